@@ -1,0 +1,191 @@
+"""Plugin discovery: the catalog of methods, datasets and backbones.
+
+Plugin modules come from the ``ltbench`` entry-point group, loaded in sorted
+order (distribution name, then entry-point name). The core's own datasets
+and backbones are registered the same way, through the same hooks, before
+the entry points. Each plugin is loaded and asked to register in isolation:
+one that fails to import, breaks the hook contract or registers a name that
+is taken is reported by name in ``catalog.broken`` and the others load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from ltbench import hookspecs
+from ltbench.backbones import TIMM_PREFIX, BackboneSpec
+from ltbench.datasets import DatasetSpec
+from ltbench.errors import UnknownNameError
+from ltbench.method import Method, MethodMetadata
+
+ENTRY_POINT_GROUP = "ltbench"
+CORE_MODULES = ("ltbench.datasets", "ltbench.backbones")
+
+
+@dataclass
+class PluginInfo:
+    name: str  # entry-point name, or the core module
+    module: str
+    distribution: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BrokenPlugin:
+    name: str
+    distribution: str
+    error: str
+
+
+@dataclass
+class MethodEntry:
+    cls: type[Method]
+    plugin: PluginInfo
+
+    @property
+    def stage_hooks(self) -> list[str]:
+        return sorted(n for n in dir(self.cls) if n.startswith("ltbench_") and callable(getattr(self.cls, n)))
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self.methods: dict[str, MethodEntry] = {}
+        self.datasets: dict[str, DatasetSpec] = {}
+        self.backbones: dict[str, BackboneSpec] = {}
+        self.plugins: list[PluginInfo] = []
+        self.broken: list[BrokenPlugin] = []
+
+    # -- loading ---------------------------------------------------------------
+    def add_plugin(self, obj: Any, info: PluginInfo) -> None:
+        """Register one plugin module; on any error record it as broken and roll back."""
+        added: list[tuple[dict, str]] = []
+        try:
+            pm = pluggy.PluginManager("ltbench")
+            pm.add_hookspecs(hookspecs)
+            pm.register(obj, name=info.name)
+            pm.check_pending()
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(obj) or [])
+
+            def adder(table: dict, kind: str, check):
+                def register(item):
+                    check(item)
+                    name = item.name
+                    if name in table:
+                        owner = table[name].plugin.name if kind == "method" else getattr(table[name], "_plugin", "?")
+                        raise ValueError(f"{kind} name {name!r} is already registered by plugin {owner!r}")
+                    table[name] = MethodEntry(item, info) if kind == "method" else item
+                    if kind != "method":
+                        object.__setattr__(item, "_plugin", info.name)
+                    added.append((table, name))
+                    if kind == "method":
+                        info.methods.append(name)
+
+                return register
+
+            pm.hook.ltbench_register_methods(register=adder(self.methods, "method", _check_method_class))
+            pm.hook.ltbench_register_datasets(register=adder(self.datasets, "dataset", _check_type(DatasetSpec)))
+            pm.hook.ltbench_register_backbones(register=adder(self.backbones, "backbone", _check_type(BackboneSpec)))
+        except Exception as exc:
+            for table, name in added:
+                table.pop(name, None)
+            self.broken.append(BrokenPlugin(info.name, info.distribution, f"{type(exc).__name__}: {exc}"))
+            return
+        self.plugins.append(info)
+
+    def load_entry_points(self) -> None:
+        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda ep: ((ep.dist.name if ep.dist else ""), ep.name))
+        seen = set()
+        for ep in eps:
+            dist = ep.dist.name if ep.dist else "?"
+            if (dist, ep.name) in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add((dist, ep.name))
+            info = PluginInfo(ep.name, ep.value, dist, ep.dist.version if ep.dist else "?")
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                self.broken.append(BrokenPlugin(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}"))
+                continue
+            self.add_plugin(obj, info)
+
+    # -- look-ups --------------------------------------------------------------
+    def method(self, name: str) -> MethodEntry:
+        if name not in self.methods:
+            raise UnknownNameError("method", name, self.methods)
+        return self.methods[name]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise UnknownNameError("dataset", name, self.datasets)
+        return self.datasets[name]
+
+    def backbone(self, name: str) -> BackboneSpec:
+        if name.startswith(TIMM_PREFIX):
+            import timm
+
+            from ltbench.backbones import TimmBackbone
+
+            model_name = name[len(TIMM_PREFIX):]
+            if model_name not in timm.list_models():
+                raise UnknownNameError("timm model", model_name, timm.list_models())
+            return BackboneSpec(name, f"timm model {model_name}", lambda c: TimmBackbone(model_name, c))
+        if name not in self.backbones:
+            raise UnknownNameError("backbone", name, [*self.backbones, TIMM_PREFIX + "<timm model name>"])
+        return self.backbones[name]
+
+
+def _check_type(kind: type):
+    def check(item: Any) -> None:
+        if not isinstance(item, kind):
+            raise TypeError(f"register() expects a {kind.__name__}, got {type(item).__name__}")
+
+    return check
+
+
+def _check_method_class(cls: Any) -> None:
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise TypeError(f"register() expects a subclass of ltbench.Method, got {cls!r}")
+    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        raise TypeError(f"method class {cls.__qualname__} has no 'name'")
+    if not isinstance(getattr(cls, "metadata", None), MethodMetadata):
+        raise TypeError(f"method {cls.name!r} has no MethodMetadata 'metadata'")
+    if "+" in cls.name or "," in cls.name:
+        raise TypeError(f"method name {cls.name!r} may not contain '+' or ','")
+    # Validate its run hooks against the specification now, not mid-run.
+    pm = pluggy.PluginManager("ltbench")
+    pm.add_hookspecs(hookspecs)
+    pm.register(cls.__new__(cls), name=cls.name)
+    pm.check_pending()
+
+
+def _core_info(module: ModuleType) -> PluginInfo:
+    from ltbench import __version__
+
+    return PluginInfo(module.__name__, module.__name__, "ltbench", __version__)
+
+
+_CATALOG: Catalog | None = None
+
+
+def get_catalog(refresh: bool = False) -> Catalog:
+    """The process-wide catalog, built on first use."""
+    global _CATALOG
+    if _CATALOG is None or refresh:
+        import importlib
+
+        cat = Catalog()
+        for name in CORE_MODULES:
+            module = importlib.import_module(name)
+            cat.add_plugin(module, _core_info(module))
+        cat.load_entry_points()
+        _CATALOG = cat
+    return _CATALOG

@@ -1,0 +1,194 @@
+"""The ``ltbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ltbench.errors import ConfigError, LtbenchError
+
+DEFAULT_DATASET = "fashion-mnist-lt"
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ltbench import config as config_mod
+    from ltbench.runner import plan_grid, resolve_device, run_grid, split_methods, stderr_log
+
+    device = resolve_device(args.device)
+    cells = plan_grid(split_methods(args.methods), split_methods(args.datasets), _seeds(args.seeds), args.budget,
+                      settings=config_mod.parse_set(args.set or []), epochs=args.epochs,
+                      imbalance_factor=args.imbalance_factor, data_root=args.data_root)
+    log = (lambda msg: None) if args.quiet else stderr_log
+    records = run_grid(cells, Path(args.output), device, rerun=args.rerun, log=log)
+    bad = [r for r in records if r["status"] != "completed"]
+    print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {args.output}/")
+    for r in bad:
+        print(f"  {r['method']} seed {r['seed']} on {r['dataset']}: {r['status']}: {(r['error'] or '').splitlines()[0]}")
+    return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
+def _print_table(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers="keys", tablefmt="simple"))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from ltbench.catalog import get_catalog
+
+    cat = get_catalog()
+    if args.what == "methods":
+        rows = []
+        for name, entry in sorted(cat.methods.items()):
+            meta = entry.cls.metadata
+            row = {"name": name, "title": meta.title, "venue": meta.venue, "year": meta.year,
+                   "plugin": f"{entry.plugin.distribution} {entry.plugin.version}"}
+            if args.json:
+                row.update(metadata=meta.to_dict(), options=entry.cls.options, hooks=entry.stage_hooks)
+            rows.append(row)
+    elif args.what == "datasets":
+        rows = [{"name": n, "description": s.description, "budgets": ",".join(s.budgets),
+                 "default_if": s.default_imbalance_factor} for n, s in sorted(cat.datasets.items())]
+    else:
+        rows = [{"name": n, "description": s.description} for n, s in sorted(cat.backbones.items())]
+        rows.append({"name": "timm/<model>", "description": "any timm model by name (random init)"})
+    _print_table(rows, args.json)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ltbench.catalog import get_catalog
+    from ltbench.metrics import shot_groups
+
+    spec = get_catalog().dataset(args.dataset)
+    imb = spec.default_imbalance_factor if args.imbalance_factor is None else args.imbalance_factor
+    if not imb >= 1:
+        raise ConfigError(f"--imbalance-factor must be >= 1, got {imb!r}")
+    data = spec.load(args.data_root, imb)
+    counts = data.train_counts
+    groups = shot_groups(counts, **data.group_thresholds)
+    info = {"dataset": spec.key(imb), "num_classes": data.num_classes, "train_size": int(counts.sum()),
+            "train_counts": counts.tolist(),
+            "groups": {g: int((groups == g).sum()) for g in ("many", "medium", "few")},
+            "group_thresholds": data.group_thresholds, "val_size": int(len(data.y_val)),
+            "test_size": int(len(data.y_test)), "classes_without_val": data.info.get("classes_without_val", []),
+            "source": data.info.get("source")}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from ltbench.catalog import get_catalog
+
+    cat = get_catalog()
+    rows = []
+    for p in cat.plugins:
+        hooks = set(p.hooks)
+        for m in p.methods:
+            hooks.update(cat.methods[m].stage_hooks)
+        rows.append({"plugin": p.name, "distribution": p.distribution, "version": p.version,
+                     "methods": ",".join(p.methods), "hooks": ",".join(sorted(hooks))})
+    _print_table(rows, args.json)
+    for b in cat.broken:
+        print(f"BROKEN plugin {b.name!r} ({b.distribution}): {b.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ltbench import leaderboard
+
+    out = Path(args.out)
+    if args.action == "build":
+        written = leaderboard.build(Path(args.runs_dir) if args.runs_dir else None, out)
+        for path in written:
+            print(f"wrote {path}")
+        if not written:
+            print(f"no completed records under {args.runs_dir or out / leaderboard.RECORDS}")
+        return 0
+    problems = leaderboard.check(out)
+    for p in problems:
+        print(p)
+    if problems:
+        print("run `ltbench leaderboard build` (or ci/build_leaderboards.sh) and commit the result")
+        return 1
+    print(f"{out}: markdown matches its records")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ltbench import __version__
+
+    parser = argparse.ArgumentParser(prog="ltbench", description="Benchmark long-tailed recognition methods.")
+    parser.add_argument("--version", action="version", version=f"ltbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate methods; writes one record per run")
+    run.add_argument("--methods", required=True, help="comma-separated; compose with '+', e.g. safa+ldam-drw")
+    run.add_argument("--datasets", default=DEFAULT_DATASET, help=f"comma-separated (default {DEFAULT_DATASET})")
+    run.add_argument("--seeds", default="0", help="comma-separated integers (default 0)")
+    run.add_argument("--budget", default="cpu", help="paper, cpu or smoke (default cpu)")
+    run.add_argument("--epochs", type=int, help="override the budget's stage-1 epochs")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key or method option")
+    run.add_argument("--imbalance-factor", type=float, help="imbalance factor of the long-tailed split")
+    run.add_argument("--data-root", help="where to find data (else $LTBENCH_DATA)")
+    run.add_argument("--output", default="runs", help="records directory (default runs/)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--rerun", action="store_true", help="retrain runs that already completed")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("ls", help="list methods, datasets or backbones")
+    ls.add_argument("what", choices=["methods", "datasets", "backbones"])
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_ls)
+
+    data = sub.add_parser("data", help="describe a dataset's long-tailed split")
+    data.add_argument("dataset")
+    data.add_argument("--imbalance-factor", type=float)
+    data.add_argument("--data-root")
+    data.add_argument("--json", action="store_true")
+    data.set_defaults(func=cmd_data)
+
+    plugins = sub.add_parser("plugins", help="list loaded plugins, their distributions and hooks")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    lb = sub.add_parser("leaderboard", help="build or check markdown leaderboards")
+    lb.add_argument("action", choices=["build", "check"])
+    lb.add_argument("runs_dir", nargs="?", help="build: runs directory whose completed records to add")
+    lb.add_argument("--out", default="leaderboards", help="leaderboard directory (default leaderboards/)")
+    lb.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LtbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Resolving a run's configuration: budget + ``--epochs`` + ``--set key=value``.
+
+The resolved configuration is a flat, JSON-serialisable dict of the core
+keys (the fields of :class:`ltbench.datasets.Budget` plus
+``imbalance_factor``) and ``methods``: ``{method name: {option: value}}``.
+A ``--set`` key is a core key, a method option (``gamma``) or a qualified
+method option (``focal.gamma``); anything else is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from ltbench.datasets import Budget, DatasetSpec
+from ltbench.errors import ConfigError, UnknownNameError
+from ltbench.method import Method
+
+CORE_KEYS = [f.name for f in dataclasses.fields(Budget) if f.name != "description"] + ["imbalance_factor"]
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def coerce(key: str, raw: Any, default: Any) -> Any:
+    """Convert ``raw`` (a string from the command line, or a value) to the type of ``default``."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(str(raw)) if isinstance(raw, str) else int(raw)
+        if isinstance(default, float):
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        if isinstance(default, tuple):
+            parts = raw if isinstance(raw, (list, tuple)) else [p for p in str(raw).split(",") if p.strip()]
+            return tuple(float(p) for p in parts)
+        return str(raw)
+    except (TypeError, ValueError):
+        kind = "true/false" if isinstance(default, bool) else (
+            "comma-separated numbers" if isinstance(default, tuple) else type(default).__name__)
+        raise ConfigError(f"{key}: expected {kind}, got {raw!r}") from None
+
+
+def check_core(config: dict[str, Any]) -> None:
+    positive = ["epochs", "batch_size", "eval_batch_size", "stage2_batch_size"]
+    for key in positive:
+        if config[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {config[key]!r}")
+    for key in ["lr", "stage2_lr"]:
+        if not config[key] > 0:
+            raise ConfigError(f"{key} must be > 0, got {config[key]!r}")
+    for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs"]:
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {config[key]!r}")
+    if not config["imbalance_factor"] >= 1:
+        raise ConfigError(f"imbalance_factor must be >= 1, got {config['imbalance_factor']!r}")
+    if not 0 < config["lr_decay"] <= 1:
+        raise ConfigError(f"lr_decay must be in (0, 1], got {config['lr_decay']!r}")
+    if any(not 0 < m < 1 for m in config["lr_milestones"]):
+        raise ConfigError(f"lr_milestones are fractions of the epochs in (0, 1), got {config['lr_milestones']!r}")
+
+
+def resolve(
+    dataset: DatasetSpec,
+    budget: str,
+    method_classes: list[type[Method]],
+    settings: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    imbalance_factor: float | None = None,
+) -> dict[str, Any]:
+    if budget not in dataset.budgets:
+        raise UnknownNameError(f"budget for {dataset.name}", budget, dataset.budgets)
+    base = dataclasses.asdict(dataset.budgets[budget])
+    base.pop("description")
+    base["lr_milestones"] = tuple(base["lr_milestones"])
+    base["imbalance_factor"] = float(dataset.default_imbalance_factor)
+    config: dict[str, Any] = dict(base)
+    method_opts: dict[str, dict[str, Any]] = {cls.name: {} for cls in method_classes}
+    settings = dict(settings or {})
+    if epochs is not None:
+        settings["epochs"] = epochs
+    if imbalance_factor is not None:
+        settings["imbalance_factor"] = imbalance_factor
+    for key, raw in settings.items():
+        if key in base:
+            config[key] = coerce(key, raw, base[key])
+            continue
+        owner, _, opt = key.rpartition(".")
+        owners = [c for c in method_classes if (c.name == owner if owner else opt in c.options)]
+        owners = [c for c in owners if opt in c.options]
+        if not owners:
+            valid = CORE_KEYS + [f"{c.name}.{o}" for c in method_classes for o in c.options]
+            raise UnknownNameError("--set key", key, valid)
+        for cls in owners:
+            method_opts[cls.name][opt] = coerce(key, raw, cls.options[opt])
+    check_core(config)
+    config["lr_milestones"] = list(config["lr_milestones"])
+    config["methods"] = method_opts
+    return config

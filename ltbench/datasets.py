@@ -1,0 +1,380 @@
+"""Long-tailed datasets, their splits and their named budgets.
+
+A dataset is a :class:`DatasetSpec` in the catalog; plugins add more through
+``ltbench_register_datasets``. Loading one gives an :class:`LTData`: uint8
+images in memory (N, H, W, C), integer labels, and three disjoint splits:
+
+* ``train``: the long-tailed training subset;
+* ``val``: images the long-tailed subset left out (never test images); used
+  for anything that selects or tunes;
+* ``test``: the balanced test set; only evaluation reads it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltbench import hookimpl
+from ltbench.errors import ConfigError, DataNotFoundError
+
+#: Shot groups by training count (OLTR / Decoupling convention):
+#: many > 100, medium 20..100 inclusive, few < 20.
+DEFAULT_GROUP_THRESHOLDS = {"few_below": 20, "many_above": 100}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A training recipe. ``lr_milestones`` are fractions of ``epochs``."""
+
+    backbone: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 0
+    lr_milestones: tuple[float, ...] = ()
+    lr_decay: float = 0.1
+    stage2_epochs: int = 10
+    stage2_lr: float = 0.1
+    stage2_batch_size: int = 128
+    eval_batch_size: int = 500
+    description: str = ""
+
+
+@dataclass
+class LTData:
+    name: str
+    num_classes: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] = field(default_factory=list)
+    group_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_GROUP_THRESHOLDS))
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.y_train, minlength=self.num_classes)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[-1]
+
+    def fingerprint(self) -> str:
+        """A hash of the training split (which images, which labels)."""
+        h = hashlib.sha256()
+        for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset in the catalog.
+
+    ``load(data_root, imbalance_factor)`` returns an :class:`LTData`; it must
+    raise :class:`ltbench.errors.DataNotFoundError` when no copy is found.
+    """
+
+    name: str
+    description: str
+    load: Callable[[str | None, float], LTData]
+    budgets: dict[str, Budget]
+    default_imbalance_factor: float = 100.0
+    crop_padding: int = 4
+    flip: bool = True
+    needs_data_root: bool = False
+
+    def key(self, imbalance_factor: float) -> str:
+        """The name used for run directories and leaderboards."""
+        return f"{self.name}-if{imbalance_factor:g}"
+
+
+# --------------------------------------------------------------------------
+# Long-tailed profile and subset, exactly as LDAM-DRW draws them.
+# --------------------------------------------------------------------------
+
+
+def exponential_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
+    """n_c = int(n_max * (1/IF)^(c/(C-1))), class 0 the head."""
+    if not imbalance_factor >= 1:
+        raise ConfigError(f"imbalance_factor must be >= 1, got {imbalance_factor!r}")
+    return [int(n_max * (1.0 / imbalance_factor) ** (c / (num_classes - 1))) for c in range(num_classes)]
+
+
+def long_tailed_split(
+    labels: np.ndarray, counts: list[int], val_per_class: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train indices, validation indices).
+
+    LDAM-DRW's draw: one ``np.random.seed(seed)``; for each class in label
+    order, shuffle the class's indices (ascending) and keep the first n_c.
+    Validation takes the next ``val_per_class`` of the same shuffled order, so
+    it only ever holds images the long-tailed subset left out (a class with
+    no left-over images has no validation images).
+    """
+    rng = np.random.RandomState(seed)
+    train, val = [], []
+    for c, n_c in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        train.append(idx[:n_c])
+        val.append(idx[n_c : n_c + val_per_class])
+    return np.concatenate(train), np.concatenate(val)
+
+
+# --------------------------------------------------------------------------
+# CIFAR-10/100
+# --------------------------------------------------------------------------
+
+_CIFAR = {
+    100: {"npz": "cifar100.npz", "dir": "cifar-100-python", "train": ["train"], "test": ["test"],
+          "label_key": b"fine_labels", "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)},
+    10: {"npz": "cifar10.npz", "dir": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
+         "test": ["test_batch"], "label_key": b"labels", "mean": (0.4914, 0.4822, 0.4465),
+         "std": (0.2470, 0.2435, 0.2616)},
+}
+
+
+def _read_cifar_pickles(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for name in files:
+        with open(folder / name, "rb") as fh:
+            entry = pickle.load(fh, encoding="bytes")
+        xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(entry[label_key], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _check_arrays(x_train, y_train, x_test, y_test, source: Path, num_classes: int) -> None:
+    for key, arr, ndim in (("x_train", x_train, 4), ("x_test", x_test, 4), ("y_train", y_train, 1), ("y_test", y_test, 1)):
+        if arr.ndim != ndim:
+            raise DataNotFoundError(f"{source}: {key} has shape {arr.shape}; expected {ndim} dimensions")
+    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
+        raise DataNotFoundError(f"{source}: images must be uint8, got {x_train.dtype}/{x_test.dtype}")
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise DataNotFoundError(f"{source}: image and label counts differ")
+    if y_train.min() < 0 or y_train.max() >= num_classes:
+        raise DataNotFoundError(f"{source}: labels outside 0..{num_classes - 1}")
+
+
+def load_npz(path: Path, num_classes: int) -> tuple[np.ndarray, ...]:
+    """Load ``x_train, y_train, x_test, y_test`` from an .npz without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data.files]
+            if missing:
+                raise DataNotFoundError(f"{path} lacks arrays {missing}; it must hold x_train, y_train, x_test, y_test")
+            arrays = tuple(np.asarray(data[k]) for k in ("x_train", "y_train", "x_test", "y_test"))
+    except DataNotFoundError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError ...
+        raise DataNotFoundError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    x_train, y_train, x_test, y_test = arrays
+    _check_arrays(x_train, y_train, x_test, y_test, path, num_classes)
+    return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
+
+
+def _candidate_roots(data_root: str | None) -> list[Path]:
+    roots = []
+    if data_root:
+        roots.append(Path(data_root).expanduser())
+    if os.environ.get("LTBENCH_DATA"):
+        roots.append(Path(os.environ["LTBENCH_DATA"]).expanduser())
+    return roots
+
+
+def find_cifar(num_classes: int, data_root: str | None) -> tuple[tuple[np.ndarray, ...], str]:
+    """Find CIFAR-10/100 under ``--data-root`` or ``$LTBENCH_DATA``, else download it."""
+    meta = _CIFAR[num_classes]
+    looked = []
+    for root in _candidate_roots(data_root):
+        npz, folder = root / meta["npz"], root / meta["dir"]
+        if root.is_file() and root.suffix == ".npz":
+            return load_npz(root, num_classes), str(root)
+        if npz.is_file():
+            return load_npz(npz, num_classes), str(npz)
+        if folder.is_dir():
+            try:
+                x_tr, y_tr = _read_cifar_pickles(folder, meta["train"], meta["label_key"])
+                x_te, y_te = _read_cifar_pickles(folder, meta["test"], meta["label_key"])
+            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+                raise DataNotFoundError(f"{folder} is not a readable CIFAR-{num_classes} folder: {exc}") from exc
+            _check_arrays(x_tr, y_tr, x_te, y_te, folder, num_classes)
+            return (x_tr, y_tr, x_te, y_te), str(folder)
+        looked += [str(npz), str(folder)]
+    cache = Path(data_root or os.environ.get("LTBENCH_DATA") or Path.home() / ".cache" / "ltbench")
+    try:
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR100 if num_classes == 100 else torchvision.datasets.CIFAR10
+        train = cls(str(cache), train=True, download=True)
+        test = cls(str(cache), train=False, download=True)
+        arrays = (np.asarray(train.data), np.asarray(train.targets, dtype=np.int64),
+                  np.asarray(test.data), np.asarray(test.targets, dtype=np.int64))
+        return arrays, f"torchvision download into {cache}"
+    except Exception as exc:
+        where = "\n  ".join(looked) if looked else "(no --data-root given and LTBENCH_DATA is not set)"
+        raise DataNotFoundError(
+            f"CIFAR-{num_classes} not found. Looked in:\n  {where}\n"
+            f"and the download into {cache} failed ({type(exc).__name__}: {str(exc)[:200]}).\n"
+            f"Put either {meta['npz']} (arrays x_train, y_train, x_test, y_test) or the official "
+            f"{meta['dir']}/ folder in a directory and pass it with --data-root DIR or LTBENCH_DATA=DIR."
+        ) from None
+
+
+def _cifar_loader(num_classes: int) -> Callable[[str | None, float], LTData]:
+    def load(data_root: str | None, imbalance_factor: float) -> LTData:
+        (x_train, y_train, x_test, y_test), source = find_cifar(num_classes, data_root)
+        counts = exponential_counts(500 if num_classes == 100 else 5000, num_classes, imbalance_factor)
+        train_idx, val_idx = long_tailed_split(y_train, counts, val_per_class=20)
+        no_val = [c for c in range(num_classes) if not np.any(y_train[val_idx] == c)]
+        meta = _CIFAR[num_classes]
+        return LTData(
+            name=f"cifar{num_classes}-lt",
+            num_classes=num_classes,
+            x_train=x_train[train_idx], y_train=y_train[train_idx],
+            x_val=x_train[val_idx], y_val=y_train[val_idx],
+            x_test=x_test, y_test=y_test,
+            mean=meta["mean"], std=meta["std"],
+            info={"imbalance_factor": imbalance_factor, "source": source,
+                  "val_rule": "up to 20 left-out training images per class",
+                  "classes_without_val": no_val},
+        )
+
+    return load
+
+
+# --------------------------------------------------------------------------
+# Fashion-MNIST-LT (embedded) and synthetic-LT (tests)
+# --------------------------------------------------------------------------
+
+FASHION_FILE = "fashion_mnist_lt.npz"
+
+
+def load_fashion_mnist_lt(data_root: str | None, imbalance_factor: float) -> LTData:
+    """The embedded Fashion-MNIST-LT (n_max 500, IF 100); built by
+    ``ltbench/data/build_fashion_mnist_lt.py``. Only IF 100 is embedded."""
+    del data_root
+    if imbalance_factor != 100:
+        raise ConfigError(f"imbalance_factor: fashion-mnist-lt is embedded at IF 100 only, got {imbalance_factor:g}")
+    with resources.as_file(resources.files("ltbench") / "data" / FASHION_FILE) as path, np.load(path) as d:
+        arrays = {k: np.asarray(d[k]) for k in d.files}
+    return LTData(
+        name="fashion-mnist-lt", num_classes=10,
+        x_train=arrays["x_train"], y_train=arrays["y_train"].astype(np.int64),
+        x_val=arrays["x_val"], y_val=arrays["y_val"].astype(np.int64),
+        x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int64),
+        mean=(0.2860,), std=(0.3530,),
+        class_names=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle boot"],
+        info={"imbalance_factor": 100.0, "source": "embedded (Fashion-MNIST, MIT licence, Zalando SE)",
+              "val_rule": "20 left-out training images per class", "classes_without_val": []},
+    )
+
+
+def load_synthetic_lt(data_root: str | None, imbalance_factor: float) -> LTData:
+    """Generated 16x16 RGB images: a fixed random pattern per class plus noise.
+
+    The class signal is learnable by a tiny CNN within a few epochs. Counts
+    follow the exponential profile with n_max 150 over 10 classes.
+    """
+    del data_root
+    rng = np.random.RandomState(1234)
+    num_classes, size = 10, 16
+    protos = rng.uniform(0, 1, size=(num_classes, size, size, 3))
+
+    def draw(counts):
+        labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.int64)
+        noise = rng.normal(0, 0.35, size=(len(labels), size, size, 3))
+        images = np.clip(protos[labels] * 0.6 + 0.2 + noise, 0, 1)
+        return (images * 255).astype(np.uint8), labels
+
+    x_train, y_train = draw(exponential_counts(150, num_classes, imbalance_factor))
+    x_val, y_val = draw([10] * num_classes)
+    x_test, y_test = draw([50] * num_classes)
+    return LTData(
+        name="synthetic-lt", num_classes=num_classes, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+        x_test=x_test, y_test=y_test, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+        info={"imbalance_factor": imbalance_factor, "source": "generated", "val_rule": "10 per class",
+              "classes_without_val": []},
+    )
+
+
+# --------------------------------------------------------------------------
+# Budgets
+# --------------------------------------------------------------------------
+
+CIFAR_PAPER = Budget(
+    backbone="resnet32", epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, warmup_epochs=5,
+    lr_milestones=(0.8, 0.9), lr_decay=0.01, stage2_epochs=10, stage2_lr=0.1,
+    description="LDAM-DRW recipe: ResNet-32, 200 epochs, batch 128, SGD 0.9, lr 0.1, 5 warm-up epochs, "
+    "x0.01 at 160 and 180, wd 2e-4",
+)
+CIFAR_CPU = Budget(
+    backbone="resnet8", epochs=12, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=1,
+    lr_milestones=(0.75,), lr_decay=0.1, stage2_epochs=10, stage2_lr=0.1,
+    description="a few minutes on 2 CPU cores: CIFAR ResNet-8, 12 epochs, lr x0.1 at epoch 9",
+)
+CIFAR_SMOKE = Budget(backbone="resnet8", epochs=1, batch_size=128, lr=0.05, stage2_epochs=1,
+                     description="seconds: one epoch of ResNet-8")
+
+
+def _cifar_budgets() -> dict[str, Budget]:
+    return {"paper": CIFAR_PAPER, "cpu": CIFAR_CPU, "smoke": CIFAR_SMOKE}
+
+
+@hookimpl
+def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
+    register(DatasetSpec("cifar100-lt", "CIFAR-100-LT (Cao et al. 2019 subset, seed 0); needs CIFAR-100",
+                         _cifar_loader(100), _cifar_budgets(), needs_data_root=True))
+    register(DatasetSpec("cifar10-lt", "CIFAR-10-LT (Cao et al. 2019 subset, seed 0); needs CIFAR-10",
+                         _cifar_loader(10), _cifar_budgets(), needs_data_root=True))
+    register(DatasetSpec(
+        "fashion-mnist-lt", "Fashion-MNIST-LT, n_max 500, IF 100, embedded (no set-up)", load_fashion_mnist_lt,
+        {"paper": CIFAR_PAPER,
+         "cpu": Budget(backbone="resnet8", epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
+                       lr_milestones=(0.8,), stage2_epochs=10, stage2_lr=0.05, stage2_batch_size=64,
+                       description="about a minute on 2 CPU cores"),
+         "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1,
+                         stage2_batch_size=64, description="seconds")},
+        crop_padding=2,
+    ))
+    register(DatasetSpec(
+        "synthetic-lt", "generated 16x16 images with class signal, 10 classes (for tests)", load_synthetic_lt,
+        {"smoke": Budget(backbone="tiny-cnn", epochs=3, batch_size=64, lr=0.05, stage2_epochs=2, stage2_lr=0.05,
+                         stage2_batch_size=64, eval_batch_size=500, description="a second or two"),
+         "cpu": Budget(backbone="resnet8", epochs=10, batch_size=64, lr=0.05, stage2_epochs=5,
+                       stage2_batch_size=64)},
+        default_imbalance_factor=30.0, crop_padding=2,
+    ))
+
+
+# --------------------------------------------------------------------------
+# IDX reader (Fashion-MNIST build script)
+# --------------------------------------------------------------------------
+
+
+def read_idx_gz(path: str | Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)

@@ -1,0 +1,29 @@
+"""The core defaults: plain cross-entropy, instance-balanced sampling, a
+linear head, one stage. A plugin like any other, registered first in every
+run, whose first-result hooks answer last (``trylast``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltbench import hookimpl
+from ltbench.samplers import instance_balanced
+
+
+class CoreDefaults:
+    name = "core"
+
+    @hookimpl(trylast=True)
+    def ltbench_build_classifier(self, in_features: int, num_classes: int) -> nn.Module:
+        return nn.Linear(in_features, num_classes)
+
+    @hookimpl(trylast=True)
+    def ltbench_build_sampler(self, run, labels: np.ndarray) -> torch.utils.data.Sampler:
+        return instance_balanced(labels, run.generator)
+
+    @hookimpl(trylast=True)
+    def ltbench_build_loss(self):
+        return F.cross_entropy

@@ -1,0 +1,513 @@
+"""The training engine: one run = one (dataset, budget, method, seed).
+
+Stage 1 trains backbone + classifier; an optional stage 2 (asked for by
+``ltbench_second_stage``) retrains the classifier on the frozen backbone,
+on cached features when it can. Both stages call the run hooks of
+:mod:`ltbench.hookspecs` on a plugin manager that holds only the core
+defaults and this run's methods.
+
+When every method of a run leaves stage 1 plain (``Method.plain_stage1``),
+stage 1 is the same computation for all of them: it is trained once per
+(dataset, budget, seed) in a shared directory and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+
+from ltbench import hookspecs
+from ltbench.catalog import Catalog
+from ltbench.datasets import DatasetSpec, LTData
+from ltbench.defaults import CoreDefaults
+from ltbench.errors import CompositionError, PluginContractError
+from ltbench.method import Method
+from ltbench.metrics import EvalResult, evaluate_predictions
+from ltbench.model import LTModel, ModelOutput
+from ltbench.records import atomic_torch_save
+
+FIRST_RESULT_HOOKS = sorted(
+    name for name in dir(hookspecs)
+    if name.startswith("ltbench_") and getattr(getattr(hookspecs, name), "ltbench_spec", {}).get("firstresult")
+)
+
+
+class Diverged(Exception):
+    """A non-finite loss: the run stops and is recorded as ``diverged``."""
+
+
+@dataclass
+class Batch:
+    """One training batch. ``images`` are normalised tensors on the device;
+    in a stage trained on cached features ``images`` is ``None`` and
+    ``features`` holds the pooled embeddings."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+
+
+@dataclass
+class SecondStage:
+    """What a method asks of stage 2 (see ``ltbench_second_stage``).
+
+    ``None`` fields take the budget's ``stage2_*`` values. With
+    ``train_backbone=False`` the backbone is frozen (eval mode) and, when
+    ``cached_features`` is true, its training features are computed once
+    without augmentation and stage 2 trains on them. ``epochs=0`` trains
+    nothing (for methods that only transform the head, like tau-norm).
+    """
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    cosine: bool = True
+    train_backbone: bool = False
+    backbone_lr: float | None = None
+    cached_features: bool = True
+    note: str = ""
+
+
+class ImageStore:
+    """uint8 images held on the training device; augmentation is batched there."""
+
+    def __init__(self, images: np.ndarray, spec: DatasetSpec, data: LTData, device: torch.device):
+        self.x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.padding, self.flip = spec.crop_padding, spec.flip
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.x[idx.to(self.x.device)].float().div_(255)
+        if augment:
+            x = random_crop_flip(x, self.padding, self.flip, generator)
+        return (x - self.mean) / self.std
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, per image, in one batched op."""
+    b, c, h, w = x.shape
+    if padding:
+        x = nn.functional.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = x[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+              rows, cols]
+    if flip:
+        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def lr_at(config: dict[str, Any], epoch: int) -> float:
+    """Linear warm-up, then step decay at the milestone fractions of the epochs."""
+    base, warm = config["lr"], config["warmup_epochs"]
+    if epoch < warm:
+        return base * (epoch + 1) / warm
+    passed = sum(epoch >= round(m * config["epochs"]) for m in config["lr_milestones"])
+    return base * config["lr_decay"] ** passed
+
+
+@dataclass
+class Run:
+    """Everything a hook may look at during a run."""
+
+    dataset: DatasetSpec
+    data: LTData
+    config: dict[str, Any]
+    seed: int
+    device: torch.device
+    methods: list[Method]
+    pm: pluggy.PluginManager
+    out_dir: Path
+    log: Any = print
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    stage: int = 1
+    epoch: int = 0
+    model: LTModel | None = None
+    train_images: ImageStore | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    _validation_cache: tuple[tuple[int, int], EvalResult] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return self.data.train_counts
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.data.y_train
+
+    @property
+    def method_name(self) -> str:
+        return "+".join(m.name for m in self.methods)
+
+    def validation(self) -> EvalResult:
+        """The model's validation results now (cached for the current stage and epoch)."""
+        key = (self.stage, self.epoch)
+        if self._validation_cache is None or self._validation_cache[0] != key:
+            self._validation_cache = (key, evaluate(self, self.data.x_val, self.data.y_val))
+        return self._validation_cache[1]
+
+
+# --------------------------------------------------------------------------
+# Building a run's plugin manager
+# --------------------------------------------------------------------------
+
+
+def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
+    """A fresh manager: the core defaults plus this run's method instances.
+
+    Raises :class:`CompositionError` when two methods implement the same
+    first-result hook.
+    """
+    claims: dict[str, list[str]] = {}
+    for m in methods:
+        for hook in FIRST_RESULT_HOOKS:
+            if callable(getattr(m, hook, None)):
+                claims.setdefault(hook, []).append(m.name)
+    conflicts = {h: names for h, names in claims.items() if len(names) > 1}
+    if conflicts:
+        hook, names = sorted(conflicts.items())[0]
+        raise CompositionError(
+            f"methods {' and '.join(repr(n) for n in names)} both implement {hook}, which only one method of a "
+            f"composed run may answer; compose methods that change different stages"
+        )
+    pm = pluggy.PluginManager("ltbench")
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreDefaults(), name="core")
+    for m in methods:
+        pm.register(m, name=m.name)
+    pm.check_pending()
+    return pm
+
+
+def _owner(run: Run, hook: str) -> str:
+    for m in run.methods:
+        if callable(getattr(m, hook, None)):
+            return f"method {m.name!r}"
+    return "the core defaults"
+
+
+def _expect(run: Run, hook: str, value: Any, check, expected: str) -> Any:
+    if not check(value):
+        raise PluginContractError(
+            f"{_owner(run, hook)}: {hook} returned {type(value).__name__}; the hook specification expects {expected}"
+        )
+    return value
+
+
+def build_classifier(run: Run, stage: int, previous: nn.Module | None) -> nn.Module:
+    head = run.pm.hook.ltbench_build_classifier(
+        run=run, in_features=run.model.num_features if run.model else run._in_features, num_classes=run.num_classes,
+        stage=stage, previous=previous)
+    return _expect(run, "ltbench_build_classifier", head, lambda v: isinstance(v, nn.Module), "an nn.Module")
+
+
+def build_sampler(run: Run, stage: int) -> torch.utils.data.Sampler:
+    sampler = run.pm.hook.ltbench_build_sampler(run=run, stage=stage, labels=run.train_labels)
+    ok = lambda v: hasattr(v, "__iter__") and hasattr(v, "__len__")  # noqa: E731
+    return _expect(run, "ltbench_build_sampler", sampler, ok, "a sampler (iterable of indices with a length)")
+
+
+def build_loss(run: Run, stage: int):
+    loss = run.pm.hook.ltbench_build_loss(run=run, stage=stage)
+    return _expect(run, "ltbench_build_loss", loss, callable, "a callable loss(logits, targets)")
+
+
+def compute_loss(run: Run, loss_fn, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    loss = loss_fn(logits, labels)
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise PluginContractError(f"{_owner(run, 'ltbench_build_loss')}: its loss returned "
+                                  f"{type(loss).__name__} {getattr(loss, 'shape', '')}; expected a scalar tensor")
+    return loss
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
+    model = run.model
+    was_training = model.training
+    model.eval()
+    store = ImageStore(images, run.dataset, run.data, run.device) if len(images) else None
+    out = []
+    bs = run.config["eval_batch_size"]
+    for start in range(0, len(images), bs):
+        idx = torch.arange(start, min(start + bs, len(images)))
+        with _autocast(run.device):
+            logits = model(store.get(idx, augment=False)).float()
+        adjusted = run.pm.hook.ltbench_adjust_logits(run=run, logits=logits)
+        if adjusted is not None:
+            _expect(run, "ltbench_adjust_logits", adjusted,
+                    lambda v: isinstance(v, torch.Tensor) and v.shape == logits.shape, f"a tensor of shape {tuple(logits.shape)}")
+            logits = adjusted
+        out.append(logits.cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, run.num_classes)
+
+
+def evaluate(run: Run, images: np.ndarray, labels: np.ndarray) -> EvalResult:
+    preds = predict_logits(run, images).argmax(1).numpy()
+    return evaluate_predictions(labels, preds, run.train_counts, run.data.group_thresholds)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+
+def _progress(run: Run, total: int, desc: str):
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+    return None
+
+
+def _rng_state(run: Run) -> dict[str, Any]:
+    return {"generator": run.generator.get_state(), "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(run: Run, state: dict[str, Any]) -> None:
+    run.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None) -> None:
+    atomic_torch_save({
+        "stage": run.stage, "epoch": run.epoch, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
+        "methods": {m.name: m.state_dict() for m in run.methods}, "rng": _rng_state(run), "history": run.history,
+        **(extra or {}),
+    }, path)
+
+
+def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -> int:
+    run.model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for m in run.methods:
+        m.load_state_dict(ckpt["methods"].get(m.name, {}))
+    _set_rng_state(run, ckpt["rng"])
+    run.history = ckpt["history"]
+    run.log(f"resuming stage {ckpt['stage']} after epoch {ckpt['epoch'] + 1}")
+    return ckpt["epoch"] + 1
+
+
+def _finite_or_raise(run: Run, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    if not torch.isfinite(loss):
+        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        raise Diverged(f"non-finite loss at stage {run.stage}, epoch {run.epoch + 1} (terms: {', '.join(bad) or 'task'})")
+
+
+def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
+    model, config = run.model, run.config
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                                weight_decay=config["weight_decay"])
+    sampler = build_sampler(run, 1)
+    loss_fn = build_loss(run, 1)
+    start = _restore(run, torch.load(ckpt_path, weights_only=False), optimizer) if ckpt_path.exists() else 0
+    bs = config["batch_size"]
+    for epoch in range(start, config["epochs"]):
+        run.epoch = epoch
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, epoch)
+        run.pm.hook.ltbench_epoch_start(run=run, stage=1, epoch=epoch)
+        model.train()
+        order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = _progress(run, math.ceil(len(order) / bs), f"stage 1 epoch {epoch + 1}/{config['epochs']}")
+        t0 = time.perf_counter()
+        for start_i in range(0, len(order), bs):
+            idx = order[start_i : start_i + bs]
+            batch = Batch(labels=torch.as_tensor(run.train_labels[idx.numpy()], device=run.device),
+                          images=run.train_images.get(idx, augment=True, generator=run.generator), indices=idx)
+            run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
+            with _autocast(run.device):
+                output: ModelOutput = model.forward_all(batch.images)
+                loss = compute_loss(run, loss_fn, output.logits.float(), batch.labels)
+                terms = {"task": loss}
+                for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
+                    terms.update(extra or {})
+                total = sum(terms.values())
+            _finite_or_raise(run, total, terms)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps += 1
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        entry = {"stage": 1, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": round(time.perf_counter() - t0, 3), **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
+        run.pm.hook.ltbench_epoch_end(run=run, stage=1, epoch=epoch)
+        if run._validation_cache and run._validation_cache[0] == (1, epoch):
+            entry["val_overall"] = run._validation_cache[1].overall
+        run.history.append(entry)
+        run.log(f"[{run.method_name} seed {run.seed}] stage 1 epoch {epoch + 1}/{config['epochs']} "
+                f"loss {entry.get('loss_task', float('nan')):.4f} ({entry['seconds']:.1f}s)")
+        _checkpoint(run, ckpt_path, optimizer)
+        if on_epoch_end:
+            on_epoch_end()
+    run.pm.hook.ltbench_stage_end(run=run, stage=1)
+
+
+@torch.no_grad()
+def extract_features(run: Run) -> torch.Tensor:
+    run.model.eval()
+    out = []
+    bs = run.config["eval_batch_size"]
+    for start in range(0, len(run.train_images), bs):
+        idx = torch.arange(start, min(start + bs, len(run.train_images)))
+        with _autocast(run.device):
+            out.append(run.model.features(run.train_images.get(idx, augment=False)).float())
+    return torch.cat(out)
+
+
+def prepare_stage2(run: Run, plan: SecondStage) -> None:
+    """Freeze the backbone (unless the plan trains it) and build the stage-2 head."""
+    run.stage = 2
+    if not plan.train_backbone:
+        for p in run.model.backbone.parameters():
+            p.requires_grad_(False)
+    run.model.classifier = build_classifier(run, 2, run.model.classifier).to(run.device)
+
+
+def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
+    config, model = run.config, run.model
+    epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
+    lr = config["stage2_lr"] if plan.lr is None else plan.lr
+    bs = plan.batch_size or config["stage2_batch_size"]
+    groups = [{"params": [p for p in model.classifier.parameters() if p.requires_grad], "lr": lr}]
+    if plan.train_backbone:
+        groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
+                       "lr": plan.backbone_lr if plan.backbone_lr is not None else lr})
+    groups = [g for g in groups if g["params"]]
+    if not groups or epochs == 0:
+        run.pm.hook.ltbench_stage_end(run=run, stage=2)
+        return
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    sampler = build_sampler(run, 2)
+    loss_fn = build_loss(run, 2)
+    cached = plan.cached_features and not plan.train_backbone
+    features = extract_features(run) if cached else None
+    start = _restore(run, torch.load(ckpt_path, weights_only=False), optimizer) if ckpt_path.exists() else 0
+    for epoch in range(start, epochs):
+        run.epoch = epoch
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if plan.cosine else 1.0
+        for g, base in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = base * factor
+        run.pm.hook.ltbench_epoch_start(run=run, stage=2, epoch=epoch)
+        model.train()
+        if not plan.train_backbone:
+            model.backbone.eval()  # frozen: batch-norm statistics stay as stage 1 left them
+        order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        t0, total_loss, steps = time.perf_counter(), 0.0, 0
+        for start_i in range(0, len(order), bs):
+            idx = order[start_i : start_i + bs]
+            labels = torch.as_tensor(run.train_labels[idx.numpy()], device=run.device)
+            if cached:
+                batch = Batch(labels=labels, features=features[idx.to(features.device)], indices=idx)
+            else:
+                batch = Batch(labels=labels, images=run.train_images.get(idx, augment=True, generator=run.generator),
+                              indices=idx)
+            run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
+            with _autocast(run.device):
+                if batch.features is not None:
+                    logits = model.classifier(batch.features)
+                    output = ModelOutput(logits, batch.features, batch.features)
+                else:
+                    output = model.forward_all(batch.images)
+                loss = compute_loss(run, loss_fn, output.logits.float(), batch.labels)
+                terms = {"task": loss}
+                for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
+                    terms.update(extra or {})
+                total = sum(terms.values())
+            _finite_or_raise(run, total, terms)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            steps += 1
+        entry = {"stage": 2, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": round(time.perf_counter() - t0, 3), "loss_task": total_loss / max(steps, 1)}
+        run.pm.hook.ltbench_epoch_end(run=run, stage=2, epoch=epoch)
+        run.history.append(entry)
+        run.log(f"[{run.method_name} seed {run.seed}] stage 2 epoch {epoch + 1}/{epochs} loss {entry['loss_task']:.4f}")
+        _checkpoint(run, ckpt_path, optimizer)
+        if on_epoch_end:
+            on_epoch_end()
+    run.pm.hook.ltbench_stage_end(run=run, stage=2)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def stage1_key(config: dict[str, Any], data: LTData, dataset_key: str, seed: int) -> str:
+    """Identity of a plain stage 1: everything stage 1 depends on, nothing it does not."""
+    relevant = {k: v for k, v in config.items() if not k.startswith("stage2_") and k != "methods"}
+    blob = json.dumps({"dataset": dataset_key, "split": data.fingerprint(), "seed": seed, "config": relevant},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict[str, Any], seed: int,
+              device: torch.device, out_dir: Path, log=print) -> Run:
+    methods = [catalog.method(name).cls(**opts) for name, opts in config["methods"].items()]
+    pm = make_plugin_manager(methods)
+    seed_everything(seed)
+    run = Run(dataset=dataset, data=data, config=config, seed=seed, device=device, methods=methods, pm=pm,
+              out_dir=out_dir, log=log)
+    run.generator.manual_seed(seed)
+    backbone = catalog.backbone(config["backbone"]).build(data.channels)
+    run._in_features = backbone.num_features
+    head = build_classifier(run, 1, None)
+    run.model = LTModel(backbone, head)
+    run.pm.hook.ltbench_configure_model(run=run, model=run.model)
+    run.model.to(device)
+    run.train_images = ImageStore(data.x_train, dataset, data, device)
+    return run

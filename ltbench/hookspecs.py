@@ -1,0 +1,229 @@
+"""The one contract between ltbench and its plugins.
+
+There are two kinds of hooks, called at two different times.
+
+**Registration hooks** (``ltbench_register_*``) are implemented by plugin
+*modules* found through the ``ltbench`` entry-point group. They are called
+once per process, when ltbench builds its catalog of methods, datasets and
+backbones::
+
+    [project.entry-points.ltbench]
+    my-method = "my_package.plugin"
+
+**Run hooks** are implemented by :class:`ltbench.Method` subclasses. Each run
+creates a fresh plugin manager holding the core defaults
+(:mod:`ltbench.defaults`, plain CE, instance-balanced sampling, one stage) and
+one new instance of every method the run selected (``a+b`` selects two). Only
+those take part in that run, and their state lives on those instances.
+
+Hooks marked *first result* return a value; the first non-``None`` answer wins
+and the core defaults answer last. When two composed methods both implement
+the same first-result hook the run fails before training with a
+:class:`ltbench.errors.CompositionError`; it never picks one silently. The
+other run hooks are broadcast to every method of the run.
+
+A hook implementation may accept fewer arguments than the specification
+lists (pluggy's opt-in arguments); it may not accept others.
+
+Stages: stage 1 trains backbone and classifier. A method that answers
+:func:`ltbench_second_stage` adds stage 2, which retrains the classifier
+on the frozen stage-1 backbone, on cached features when it needs no image
+augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from ltbench.backbones import BackboneSpec
+    from ltbench.datasets import DatasetSpec
+    from ltbench.engine import Batch, Run, SecondStage
+    from ltbench.model import ModelOutput
+    from ltbench.method import Method
+    from ltbench.model import LTModel
+
+    LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+hookspec = pluggy.HookspecMarker("ltbench")
+
+
+# --------------------------------------------------------------------------
+# Registration: called once per process on every discovered plugin module.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def ltbench_register_methods(register: Callable[[type[Method]], None]) -> None:
+    """Add method classes to the catalog.
+
+    :param register: call it with each :class:`ltbench.Method` subclass the
+        plugin provides. A name already taken is an error that names both
+        plugins.
+    """
+
+
+@hookspec
+def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
+    """Add datasets (with their long-tailed split and named budgets).
+
+    :param register: call it with each :class:`ltbench.datasets.DatasetSpec`.
+    """
+
+
+@hookspec
+def ltbench_register_backbones(register: Callable[[BackboneSpec], None]) -> None:
+    """Add backbones.
+
+    :param register: call it with each :class:`ltbench.backbones.BackboneSpec`.
+    """
+
+
+# --------------------------------------------------------------------------
+# Building the model.
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ltbench_build_classifier(
+    run: Run, in_features: int, num_classes: int, stage: int, previous: nn.Module | None
+) -> nn.Module | None:
+    """Return the classifier head that maps pooled features to logits.
+
+    First result. Called once per stage. In stage 1 ``previous`` is ``None``;
+    in stage 2 it is the trained stage-1 head, which a method may wrap (LWS,
+    tau-norm) or replace (cRT). The core default is a fresh ``nn.Linear``.
+
+    :param run: the run being built.
+    :param in_features: width of the pooled embedding.
+    :param num_classes: number of classes.
+    :param stage: 1 or 2.
+    :param previous: the stage-1 head in stage 2, else ``None``.
+    """
+
+
+@hookspec
+def ltbench_configure_model(run: Run, model: LTModel) -> None:
+    """Change the model in place after it is built, before training.
+
+    Broadcast. Use it to insert a training-only module into the backbone or
+    to add an auxiliary head. Modules added here are trained by the stage-1
+    optimizer.
+    """
+
+
+# --------------------------------------------------------------------------
+# Per stage: sampler and loss.
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ltbench_build_sampler(run: Run, stage: int, labels: np.ndarray) -> torch.utils.data.Sampler | None:
+    """Return the sampler that orders training indices for one stage.
+
+    First result. The sampler yields indices into ``labels`` (the training
+    labels) and is iterated once per epoch; ``len(sampler)`` is the epoch
+    length. Use ``run.generator`` for randomness so that seeds repeat. The core
+    default is instance-balanced (each image once per epoch, shuffled).
+    """
+
+
+@hookspec(firstresult=True)
+def ltbench_build_loss(run: Run, stage: int) -> LossFn | None:
+    """Return the task loss ``loss(logits, targets) -> scalar`` for one stage.
+
+    First result. The loss may read ``run.epoch`` to change over time
+    (deferred re-weighting). The core default is plain cross-entropy.
+    """
+
+
+# --------------------------------------------------------------------------
+# The training loop.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def ltbench_epoch_start(run: Run, stage: int, epoch: int) -> None:
+    """Called before each training epoch (0-based ``epoch``) of a stage."""
+
+
+@hookspec
+def ltbench_augment_batch(run: Run, model: LTModel, batch: Batch) -> None:
+    """Change a training batch in place before the forward pass.
+
+    Broadcast, in plugin order. ``batch.images`` are normalised, augmented
+    tensors on the training device. A method may replace or extend
+    ``batch.images`` and ``batch.labels`` (keep them the same length). It may
+    run the model, but must leave its parameters, gradients and batch-norm
+    statistics as they were.
+    """
+
+
+@hookspec
+def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOutput) -> dict[str, torch.Tensor] | None:
+    """Return extra loss terms to add to the task loss for this batch.
+
+    Broadcast. Each value is a scalar tensor; the engine adds them all to the
+    task loss before the backward pass and logs each by name. ``output`` holds
+    the logits and the pooled features of the forward pass training already
+    did; reuse them rather than running the backbone again.
+    """
+
+
+@hookspec
+def ltbench_epoch_end(run: Run, stage: int, epoch: int) -> None:
+    """Called after each training epoch of a stage.
+
+    ``run.validation()`` returns the validation results of the model as it
+    is now (computed at most once per epoch, and only when asked for). The
+    test split is never available during training.
+    """
+
+
+@hookspec
+def ltbench_stage_end(run: Run, stage: int) -> None:
+    """Called after a stage's last epoch, e.g. to select a hyper-parameter on
+    validation (tau in tau-norm)."""
+
+
+@hookspec(firstresult=True)
+def ltbench_second_stage(run: Run) -> SecondStage | None:
+    """Ask for stage 2, which starts from the trained stage-1 model.
+
+    First result. Return a :class:`ltbench.engine.SecondStage`. By default
+    stage 2 retrains the classifier on the frozen stage-1 backbone; with
+    ``cached_features=True`` (the default) the engine computes the training
+    features once (eval mode, no augmentation) and stage 2 trains on them.
+    ``train_backbone=True`` fine-tunes the whole network instead (BLT's
+    stage 2). Stage 2 uses the ``stage=2`` answers of the classifier,
+    sampler and loss hooks.
+    """
+
+
+# --------------------------------------------------------------------------
+# Evaluation and the record.
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ltbench_adjust_logits(run: Run, logits: torch.Tensor) -> torch.Tensor | None:
+    """Return post-hoc adjusted logits for evaluation (validation and test).
+
+    First result. Must return a tensor of the same shape. Not called during
+    training.
+    """
+
+
+@hookspec
+def ltbench_record(run: Run) -> dict[str, Any] | None:
+    """Return extra JSON-serialisable fields for the run's ``result.json``.
+
+    Broadcast; each method's fields are stored under ``extra[method name]``.
+    """

@@ -1,0 +1,116 @@
+"""Run records on disk.
+
+One directory per (dataset, budget, method, seed)::
+
+    <output>/<dataset>-if<IF>/<budget>/<method>/seed<k>/
+        config.json          the resolved configuration
+        metrics.jsonl        one line per training epoch
+        checkpoint-stage*.pt the last checkpoint of each stage (resume)
+        result.json          written last, atomically
+
+Plain stage-1 models shared by decoupled methods live in
+``<output>/<dataset>/<budget>/_stage1/seed<k>-<key>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+SCHEMA_VERSION = 1
+STATUSES = ("completed", "failed", "diverged")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_dir(output: Path, dataset_key: str, budget: str, method: str, seed: int) -> Path:
+    return Path(output) / dataset_key / budget / method / f"seed{seed}"
+
+
+def load_result(path: Path) -> dict[str, Any] | None:
+    """A record, or None when there is none or it cannot be read."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("status") in STATUSES else None
+
+
+def git_commit() -> dict[str, Any]:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def versions(plugins: dict[str, dict[str, str]]) -> dict[str, Any]:
+    import platform
+
+    import numpy
+    import timm
+    import torch
+    import torchvision
+
+    from ltbench import __version__
+
+    git = git_commit()
+    return {"ltbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "plugins": plugins, "git_commit": git["commit"], "git_dirty": git["dirty"]}

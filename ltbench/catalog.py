@@ -176,16 +176,22 @@ def _core_info(module: ModuleType) -> PluginInfo:
 _CATALOG: Catalog | None = None
 
 
-def get_catalog(refresh: bool = False) -> Catalog:
+def build_catalog(entry_points: bool = True) -> Catalog:
+    """A new catalog: the core's datasets and backbones, then the entry points."""
+    import importlib
+
+    cat = Catalog()
+    for name in CORE_MODULES:
+        module = importlib.import_module(name)
+        cat.add_plugin(module, _core_info(module))
+    if entry_points:
+        cat.load_entry_points()
+    return cat
+
+
+def get_catalog() -> Catalog:
     """The process-wide catalog, built on first use."""
     global _CATALOG
-    if _CATALOG is None or refresh:
-        import importlib
-
-        cat = Catalog()
-        for name in CORE_MODULES:
-            module = importlib.import_module(name)
-            cat.add_plugin(module, _core_info(module))
-        cat.load_entry_points()
-        _CATALOG = cat
+    if _CATALOG is None:
+        _CATALOG = build_catalog()
     return _CATALOG

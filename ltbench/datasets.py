@@ -291,7 +291,7 @@ def load_fashion_mnist_lt(data_root: str | None, imbalance_factor: float) -> LTD
 
 
 def load_synthetic_lt(data_root: str | None, imbalance_factor: float) -> LTData:
-    """Generated 16x16 RGB images: a fixed random pattern per class plus noise.
+    """Generated 16x16 RGB images: a fixed smooth random pattern per class plus noise.
 
     The class signal is learnable by a tiny CNN within a few epochs. Counts
     follow the exponential profile with n_max 150 over 10 classes.
@@ -299,7 +299,9 @@ def load_synthetic_lt(data_root: str | None, imbalance_factor: float) -> LTData:
     del data_root
     rng = np.random.RandomState(1234)
     num_classes, size = 10, 16
-    protos = rng.uniform(0, 1, size=(num_classes, size, size, 3))
+    # smooth (4x4 upsampled) colour patterns: class signal that survives crops and flips
+    coarse = rng.uniform(0, 1, size=(num_classes, 4, 4, 3))
+    protos = coarse.repeat(size // 4, axis=1).repeat(size // 4, axis=2)
 
     def draw(counts):
         labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.int64)

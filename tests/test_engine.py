@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ltbench.engine import random_crop_flip
+from ltbench.samplers import class_balanced, class_share_sampler
+from ltbench.testing import catalog_with, run_methods
+
+import toy_methods as toy
+
+REQUIRED = {"method", "dataset", "budget", "seed", "status", "metrics", "per_class_accuracy", "train_counts",
+            "group_thresholds", "wall_time_s", "peak_memory_mb", "config", "versions", "device"}
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return catalog_with(*toy.ALL)
+
+
+def test_a_run_writes_its_config_metrics_checkpoint_and_result(catalog, tmp_path):
+    (rec,) = run_methods(catalog, ["cb-sampling"], tmp_path)
+    out = tmp_path / "synthetic-lt-if30" / "smoke" / "cb-sampling" / "seed0"
+    assert REQUIRED <= set(rec)
+    assert rec["status"] == "completed"
+    assert set(rec["metrics"]) == {"overall", "many", "medium", "few"}
+    assert rec["overall" if False else "metrics"]["overall"] == pytest.approx(np.mean(rec["per_class_accuracy"]))
+    assert rec["group_thresholds"] == {"few_below": 20, "many_above": 100}
+    assert {"ltbench", "torch", "plugins", "git_commit"} <= set(rec["versions"])
+    assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(rec))
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (out / "checkpoint-stage1.pt").exists()
+
+
+def test_training_learns_the_synthetic_class_signal(catalog, tmp_path):
+    (rec,) = run_methods(catalog, ["cb-sampling"], tmp_path, epochs=6)
+    assert rec["metrics"]["overall"] > 50  # 10 classes: chance is 10%
+
+
+def test_same_seed_repeats_and_finished_runs_are_skipped(catalog, tmp_path):
+    (a,) = run_methods(catalog, ["ce"], tmp_path / "a")
+    (b,) = run_methods(catalog, ["ce"], tmp_path / "b")
+    assert a["per_class_accuracy"] == b["per_class_accuracy"]
+    (again,) = run_methods(catalog, ["ce"], tmp_path / "a")
+    assert again["finished_at"] == a["finished_at"]  # skipped, not retrained
+    (forced,) = run_methods(catalog, ["ce"], tmp_path / "a", rerun=True)
+    assert forced["per_class_accuracy"] == a["per_class_accuracy"]
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(catalog, tmp_path):
+    toy.Interrupter.armed = False
+    (reference,) = run_methods(catalog, ["interrupter"], tmp_path / "ref", epochs=4)
+    toy.Interrupter.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        run_methods(catalog, ["interrupter"], tmp_path / "cut", epochs=4)
+    out = tmp_path / "cut" / "synthetic-lt-if30" / "smoke" / "interrupter" / "seed0"
+    assert not (out / "result.json").exists()
+    # epoch 2 was cut before its checkpoint: epoch 1 is what survives
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert torch.load(out / "checkpoint-stage1.pt", weights_only=False)["epoch"] == 0
+    (resumed,) = run_methods(catalog, ["interrupter"], tmp_path / "cut", epochs=4)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 4
+    assert resumed["per_class_accuracy"] == reference["per_class_accuracy"]  # the same computation
+
+
+def test_a_changed_config_does_not_silently_resume(catalog, tmp_path):
+    from ltbench.errors import ConfigError
+
+    toy.Interrupter.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        run_methods(catalog, ["interrupter"], tmp_path, epochs=4)
+    with pytest.raises(ConfigError, match="different config.*epochs.*--rerun"):
+        run_methods(catalog, ["interrupter"], tmp_path, epochs=5)
+
+
+def test_a_diverging_run_is_recorded_as_diverged(catalog, tmp_path):
+    (rec,) = run_methods(catalog, ["nan-at-epoch-2"], tmp_path)
+    assert rec["status"] == "diverged"
+    assert "non-finite loss" in rec["error"] and "epoch 2" in rec["error"] and "poison" in rec["error"]
+    assert rec["metrics"] is None
+
+
+def test_a_plugin_returning_the_wrong_type_fails_its_run_by_name_and_the_grid_goes_on(catalog, tmp_path):
+    recs = run_methods(catalog, ["bad-sampler", "vector-loss", "ce"], tmp_path)
+    assert [r["status"] for r in recs] == ["failed", "failed", "completed"]
+    assert "method 'bad-sampler'" in recs[0]["error"] and "ltbench_build_sampler returned int" in recs[0]["error"]
+    assert "method 'vector-loss'" in recs[1]["error"] and "scalar" in recs[1]["error"]
+
+
+def test_validation_is_available_at_epoch_end_and_never_the_test_set(catalog, tmp_path):
+    (rec,) = run_methods(catalog, ["uses-validation"], tmp_path)
+    vals = rec["extra"]["uses-validation"]["val_overall"]
+    assert len(vals) == 3 and all(0 <= v <= 100 for v in vals)
+    assert rec["val_metrics"]["overall"] == pytest.approx(vals[-1])
+
+
+def test_posthoc_logit_adjustment_applies_at_evaluation(catalog, tmp_path):
+    (rec,) = run_methods(catalog, ["shift-logits"], tmp_path)
+    assert rec["per_class_accuracy"][0] == 100.0 and all(a == 0.0 for a in rec["per_class_accuracy"][1:])
+
+
+def test_second_stage_freezes_the_backbone_and_reuses_a_shared_stage1(catalog, tmp_path):
+    (ce,) = run_methods(catalog, ["ce"], tmp_path)
+    (dec,) = run_methods(catalog, ["toy-decoupled"], tmp_path)
+    (twin,) = run_methods(catalog, ["toy-decoupled-twin"], tmp_path)
+    assert dec["stage1"]["reused"] and twin["stage1"]["reused"]
+    assert dec["stage1"]["source"] == ce["stage1"]["source"] == twin["stage1"]["source"]
+    assert dec["stage_wall_time_s"]["stage1"] == ce["stage_wall_time_s"]["stage1"]
+    assert dec["second_stage"]["epochs"] == 2 and dec["stage_wall_time_s"]["stage2"] > 0
+    shared = torch.load(tmp_path / dec["stage1"]["source"] / "stage1.pt", weights_only=False)["model"]
+    final = torch.load(tmp_path / "synthetic-lt-if30" / "smoke" / "toy-decoupled" / "seed0" / "checkpoint-stage2.pt",
+                       weights_only=False)["model"]
+    backbone = [k for k in shared if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(shared[k], final[k]) for k in backbone)  # incl. batch-norm statistics
+    assert not torch.equal(shared["classifier.weight"], final["classifier.weight"])
+
+
+def test_random_crop_flip_takes_a_shifted_window_of_the_padded_image():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4) + 1
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, padding=2, flip=True, generator=g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, r:r + 4, c:c + 4] for r in range(5) for c in range(5)]
+        windows += [w.flip(2) for w in windows]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_class_balanced_sampler_draws_every_class_equally():
+    labels = np.repeat(np.arange(4), [400, 100, 20, 5])
+    sampler = class_balanced(labels, torch.Generator().manual_seed(0), num_samples=40000)
+    shares = np.bincount(labels[list(sampler)], minlength=4) / 40000
+    assert len(sampler) == 40000
+    np.testing.assert_allclose(shares, 0.25, atol=0.01)
+
+
+def test_class_share_sampler_rejects_bad_shares():
+    with pytest.raises(ValueError, match="non-negative"):
+        class_share_sampler(np.array([0, 1]), np.array([-1.0, 1.0]), torch.Generator())

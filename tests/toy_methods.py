@@ -1,0 +1,153 @@
+"""Small method plugins that exercise the hook contract in tests."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.engine import SecondStage
+from ltbench.samplers import class_balanced, instance_balanced
+
+META = MethodMetadata(title="test method")
+
+
+class SamplerA(Method):
+    name = "sampler-a"
+    metadata = META
+
+    @hookimpl
+    def ltbench_build_sampler(self, run, labels):
+        return instance_balanced(labels, run.generator)
+
+
+class SamplerB(SamplerA):
+    name = "sampler-b"
+
+
+class BadSampler(Method):
+    name = "bad-sampler"
+    metadata = META
+
+    @hookimpl
+    def ltbench_build_sampler(self):
+        return 42
+
+
+class VectorLoss(Method):
+    name = "vector-loss"
+    metadata = META
+
+    @hookimpl
+    def ltbench_build_loss(self):
+        return lambda logits, targets: F.cross_entropy(logits, targets, reduction="none")
+
+
+class NanAtEpoch2(Method):
+    name = "nan-at-epoch-2"
+    metadata = META
+
+    @hookimpl
+    def ltbench_extra_losses(self, run, output):
+        if run.epoch == 1:
+            return {"poison": output.logits.sum() * float("nan")}
+        return None
+
+
+class Counter(Method):
+    """Counts its own hook calls on the instance: per-run state."""
+
+    name = "counter"
+    metadata = META
+    options = {"scale": 1.0}
+    calls: list = []  # class-level spy, shared on purpose
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.epochs_seen = 0
+
+    @hookimpl
+    def ltbench_epoch_start(self, run):
+        self.epochs_seen += 1
+        Counter.calls.append(run.seed)
+
+    @hookimpl
+    def ltbench_extra_losses(self, output):
+        return {"zero": output.logits.sum() * 0.0 * self.opts["scale"]}
+
+    @hookimpl
+    def ltbench_record(self):
+        return {"epochs_seen": self.epochs_seen}
+
+
+class Interrupter(Method):
+    """Raises KeyboardInterrupt after stage-1 epoch 2 while armed (once)."""
+
+    name = "interrupter"
+    metadata = META
+    armed = False
+
+    @hookimpl
+    def ltbench_epoch_end(self, stage, epoch):
+        if Interrupter.armed and stage == 1 and epoch == 1:
+            Interrupter.armed = False
+            raise KeyboardInterrupt
+
+
+class ToyDecoupled(Method):
+    """Re-initialised linear head retrained on cached features, class-balanced."""
+
+    name = "toy-decoupled"
+    metadata = META
+    plain_stage1 = True
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(epochs=2)
+
+    @hookimpl
+    def ltbench_build_classifier(self, in_features, num_classes, stage):
+        return nn.Linear(in_features, num_classes) if stage == 2 else None
+
+    @hookimpl
+    def ltbench_build_sampler(self, run, stage, labels):
+        return class_balanced(labels, run.generator) if stage == 2 else None
+
+
+class ToyDecoupledTwin(ToyDecoupled):
+    name = "toy-decoupled-twin"
+
+
+class UsesValidation(Method):
+    """Reads validation results at the end of every epoch."""
+
+    name = "uses-validation"
+    metadata = META
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.val_overall = []
+
+    @hookimpl
+    def ltbench_epoch_end(self, run):
+        self.val_overall.append(run.validation().overall)
+
+    @hookimpl
+    def ltbench_record(self):
+        return {"val_overall": self.val_overall}
+
+
+class ShiftLogits(Method):
+    """Post-hoc: adds a large bonus to class 0 at evaluation only."""
+
+    name = "shift-logits"
+    metadata = META
+
+    @hookimpl
+    def ltbench_adjust_logits(self, logits):
+        bonus = torch.zeros_like(logits)
+        bonus[:, 0] = 1e6
+        return logits + bonus
+
+
+ALL = [SamplerA, SamplerB, BadSampler, VectorLoss, NanAtEpoch2, Counter, Interrupter, ToyDecoupled, ToyDecoupledTwin,
+       UsesValidation, ShiftLogits]

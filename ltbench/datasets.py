@@ -12,6 +12,7 @@ images in memory (N, H, W, C), integer labels, and three disjoint splits:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -83,6 +84,25 @@ class LTData:
         for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
+
+
+class SealedSplit:
+    """Stands in for the test arrays while a run trains: any use of it is an error."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        from ltbench.errors import LtbenchError
+
+        raise LtbenchError("the test split is not available during training; select and tune on run.data.x_val")
+
+    __len__ = __getitem__ = __iter__ = __array__ = _refuse
+
+    def __getattr__(self, name: str) -> Any:
+        return self._refuse()
+
+
+def sealed_for_training(data: LTData) -> LTData:
+    """A view of ``data`` whose test split cannot be read."""
+    return dataclasses.replace(data, x_test=SealedSplit(), y_test=SealedSplit())
 
 
 @dataclass(frozen=True)

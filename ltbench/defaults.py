@@ -17,8 +17,9 @@ class CoreDefaults:
     name = "core"
 
     @hookimpl(trylast=True)
-    def ltbench_build_classifier(self, in_features: int, num_classes: int) -> nn.Module:
-        return nn.Linear(in_features, num_classes)
+    def ltbench_build_classifier(self, in_features: int, num_classes: int, previous: nn.Module | None) -> nn.Module:
+        # stage 1: a fresh linear head; stage 2: keep training the stage-1 head
+        return previous if previous is not None else nn.Linear(in_features, num_classes)
 
     @hookimpl(trylast=True)
     def ltbench_build_sampler(self, run, labels: np.ndarray) -> torch.utils.data.Sampler:

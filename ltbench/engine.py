@@ -31,7 +31,7 @@ from torch import nn
 
 from ltbench import hookspecs
 from ltbench.catalog import Catalog
-from ltbench.datasets import DatasetSpec, LTData
+from ltbench.datasets import DatasetSpec, LTData, sealed_for_training
 from ltbench.defaults import CoreDefaults
 from ltbench.errors import CompositionError, PluginContractError
 from ltbench.method import Method
@@ -147,6 +147,8 @@ class Run:
     epoch: int = 0
     model: LTModel | None = None
     train_images: ImageStore | None = None
+    #: stage 2 on a frozen backbone: pooled training features (eval mode, no augmentation)
+    train_features: torch.Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     _validation_cache: tuple[tuple[int, int], EvalResult] | None = None
 
@@ -393,15 +395,19 @@ def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | N
 
 
 @torch.no_grad()
-def extract_features(run: Run) -> torch.Tensor:
+def extract_features(run: Run, images: np.ndarray | None = None) -> torch.Tensor:
+    """Pooled features in eval mode without augmentation: of the training images, or of ``images``."""
+    store = run.train_images if images is None else ImageStore(images, run.dataset, run.data, run.device)
+    was_training = run.model.training
     run.model.eval()
     out = []
     bs = run.config["eval_batch_size"]
-    for start in range(0, len(run.train_images), bs):
-        idx = torch.arange(start, min(start + bs, len(run.train_images)))
+    for start in range(0, len(store), bs):
+        idx = torch.arange(start, min(start + bs, len(store)))
         with _autocast(run.device):
-            out.append(run.model.features(run.train_images.get(idx, augment=False)).float())
-    return torch.cat(out)
+            out.append(run.model.features(store.get(idx, augment=False)).float())
+    run.model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, run.model.num_features, device=run.device)
 
 
 def prepare_stage2(run: Run, plan: SecondStage) -> None:
@@ -410,6 +416,8 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
     if not plan.train_backbone:
         for p in run.model.backbone.parameters():
             p.requires_grad_(False)
+        if plan.cached_features:
+            run.train_features = extract_features(run)
     run.model.classifier = build_classifier(run, 2, run.model.classifier).to(run.device)
 
 
@@ -430,8 +438,8 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     sampler = build_sampler(run, 2)
     loss_fn = build_loss(run, 2)
-    cached = plan.cached_features and not plan.train_backbone
-    features = extract_features(run) if cached else None
+    cached = run.train_features is not None
+    features = run.train_features
     start = _restore(run, torch.load(ckpt_path, weights_only=False), optimizer) if ckpt_path.exists() else 0
     for epoch in range(start, epochs):
         run.epoch = epoch
@@ -500,8 +508,8 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
     methods = [catalog.method(name).cls(**opts) for name, opts in config["methods"].items()]
     pm = make_plugin_manager(methods)
     seed_everything(seed)
-    run = Run(dataset=dataset, data=data, config=config, seed=seed, device=device, methods=methods, pm=pm,
-              out_dir=out_dir, log=log)
+    run = Run(dataset=dataset, data=sealed_for_training(data), config=config, seed=seed, device=device,
+              methods=methods, pm=pm, out_dir=out_dir, log=log)
     run.generator.manual_seed(seed)
     backbone = catalog.backbone(config["backbone"]).build(data.channels)
     run._in_features = backbone.num_features

@@ -99,7 +99,9 @@ def ltbench_build_classifier(
 
     First result. Called once per stage. In stage 1 ``previous`` is ``None``;
     in stage 2 it is the trained stage-1 head, which a method may wrap (LWS,
-    tau-norm) or replace (cRT). The core default is a fresh ``nn.Linear``.
+    tau-norm) or replace (cRT). The core default is a fresh ``nn.Linear`` in
+    stage 1 and ``previous`` itself in stage 2. In stage 2 with cached
+    features, ``run.train_features`` already holds them (class means for NCM).
 
     :param run: the run being built.
     :param in_features: width of the pooled embedding.

@@ -140,3 +140,9 @@ def test_class_balanced_sampler_draws_every_class_equally():
 def test_class_share_sampler_rejects_bad_shares():
     with pytest.raises(ValueError, match="non-negative"):
         class_share_sampler(np.array([0, 1]), np.array([-1.0, 1.0]), torch.Generator())
+
+
+def test_the_test_split_cannot_be_read_during_training(catalog, tmp_path):
+    (rec,) = run_methods(catalog, ["peeks-at-test"], tmp_path)
+    assert rec["status"] == "failed"
+    assert "test split is not available during training" in rec["error"]

@@ -151,3 +151,17 @@ class ShiftLogits(Method):
 
 ALL = [SamplerA, SamplerB, BadSampler, VectorLoss, NanAtEpoch2, Counter, Interrupter, ToyDecoupled, ToyDecoupledTwin,
        UsesValidation, ShiftLogits]
+
+
+class PeeksAtTest(Method):
+    """Tries to read the test split during training."""
+
+    name = "peeks-at-test"
+    metadata = META
+
+    @hookimpl
+    def ltbench_epoch_end(self, run):
+        return len(run.data.y_test)
+
+
+ALL.append(PeeksAtTest)

@@ -1,0 +1,216 @@
+"""Decoupling representation and classifier (Kang et al., ICLR 2020):
+``crt``, ``lws``, ``tau-norm`` and ``ncm``.
+
+All four leave stage 1 plain (cross-entropy, instance-balanced), so they
+share one stage-1 model per (dataset, budget, seed) with ``ce``, and change
+only the classifier in stage 2, on the frozen backbone. No stage 2 here
+needs image augmentation: cRT and LWS train on cached features of the
+un-augmented training images; tau-norm and NCM train nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.engine import SecondStage, extract_features
+from ltbench.errors import ConfigError, PluginContractError
+from ltbench.metrics import evaluate_predictions
+from ltbench.samplers import class_balanced
+
+PAPER = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition"
+CODE = "https://github.com/facebookresearch/classifier-balancing"
+BOT = "BagofTricks-LT trick gallery (ResNet-32, LDAM recipe; 100 - error)"
+CACHED_NOTE = ("stage 2 trains on cached features of un-augmented training images (ltbench's choice; the "
+               "Decoupling code passes augmented images through the frozen backbone)")
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0.0, 0.1, ..., 2.0 as tau_norm.py
+
+
+def choose_on_validation(run, candidates: Sequence[float],
+                         logits_for: Callable[[float, torch.Tensor], torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """Pick the candidate with the best validation accuracy (mean of per-class); ties go to the first.
+
+    ``logits_for(candidate, val_features)`` gives the validation logits.
+    Only the validation split is read.
+    """
+    if len(run.data.y_val) == 0:
+        raise ConfigError(f"{run.dataset.name} has no validation split to choose a hyper-parameter on")
+    features = extract_features(run, run.data.x_val)
+    scores = {}
+    with torch.no_grad():
+        for c in candidates:
+            preds = logits_for(c, features).argmax(1).cpu().numpy()
+            scores[c] = evaluate_predictions(run.data.y_val, preds, run.train_counts, run.data.group_thresholds).overall
+    best = max(candidates, key=lambda c: scores[c])  # max keeps the first of equal scores
+    return best, {f"{c:g}": round(s, 4) for c, s in scores.items()}
+
+
+def _linear(previous: nn.Module, method: str) -> nn.Linear:
+    if not isinstance(previous, nn.Linear):
+        raise PluginContractError(f"method {method!r} needs a linear stage-1 classifier, got {type(previous).__name__}")
+    return previous
+
+
+class LWSHead(nn.Module):
+    """Learnable weight scaling: logits_c = f_c * (w_c . x + b_c); only f is trained."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+        for p in self.linear.parameters():
+            p.requires_grad_(False)
+        self.scales = nn.Parameter(torch.ones(linear.out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scales
+
+
+class TauNormHead(nn.Module):
+    """logits_c = (w_c / ||w_c||^tau) . x, bias dropped."""
+
+    def __init__(self, linear: nn.Linear, tau: float = 1.0):
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().clone())
+        self.tau = tau
+
+    def normalised_weight(self, tau: float) -> torch.Tensor:
+        return self.weight / self.weight.norm(dim=1, keepdim=True).pow(tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.normalised_weight(self.tau).t()
+
+
+class NCMHead(nn.Module):
+    """Nearest class mean by cosine: logits_c = cos(x, mean_c)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+        super().__init__()
+        means = torch.stack([features[labels == c].mean(0) for c in range(num_classes)])
+        self.register_buffer("means", F.normalize(means, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ self.means.t()
+
+
+class _Decoupled(Method):
+    plain_stage1 = True
+
+
+class CRT(_Decoupled):
+    name = "crt"
+    metadata = MethodMetadata(
+        title="Classifier re-training (cRT)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
+        summary="Stage 2: re-initialise the linear classifier and retrain it with class-balanced sampling on the "
+        "frozen stage-1 backbone.",
+        reference_results={"cifar100-lt-if100": {"overall": 40.26, "source": BOT},
+                           "cifar10-lt-if100": {"overall": 74.99, "source": BOT}},
+        interpretations=(CACHED_NOTE, "Stage 2 length and lr are the budget's stage2_epochs / stage2_lr with a "
+                         "cosine schedule (Decoupling: 10 epochs, cosine)."),
+    )
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(note=CACHED_NOTE)
+
+    @hookimpl
+    def ltbench_build_classifier(self, in_features, num_classes, stage):
+        return nn.Linear(in_features, num_classes) if stage == 2 else None
+
+    @hookimpl
+    def ltbench_build_sampler(self, run, stage, labels):
+        return class_balanced(labels, run.generator) if stage == 2 else None
+
+
+class LWS(_Decoupled):
+    name = "lws"
+    metadata = MethodMetadata(
+        title="Learnable weight scaling (LWS)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
+        summary="Stage 2: learn one scale per class on the stage-1 classifier (weights frozen), class-balanced.",
+        reference_results={"cifar100-lt-if100": {"overall": 40.16, "source": BOT},
+                           "cifar10-lt-if100": {"overall": 72.63, "source": BOT}},
+        interpretations=(CACHED_NOTE, "The scale multiplies the whole logit, bias included, as the Decoupling code."),
+    )
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(note=CACHED_NOTE)
+
+    @hookimpl
+    def ltbench_build_classifier(self, stage, previous):
+        return LWSHead(_linear(previous, self.name)) if stage == 2 else None
+
+    @hookimpl
+    def ltbench_build_sampler(self, run, stage, labels):
+        return class_balanced(labels, run.generator) if stage == 2 else None
+
+
+class TauNorm(_Decoupled):
+    name = "tau-norm"
+    metadata = MethodMetadata(
+        title="tau-normalised classifier", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
+        summary="Divide each classifier weight row by its norm^tau and drop the bias; tau in 0, 0.1, ..., 2 chosen "
+        "on the validation split.",
+        reference_results={"cifar100-lt-if100": {"overall": 40.96, "source": BOT},
+                           "cifar10-lt-if100": {"overall": 72.70, "source": BOT}},
+        interpretations=("tau is chosen on validation (mean per-class accuracy), never on test.",),
+    )
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.scores: dict[str, float] = {}
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(epochs=0, cached_features=False, note="no training; tau chosen on validation")
+
+    @hookimpl
+    def ltbench_build_classifier(self, stage, previous):
+        return TauNormHead(_linear(previous, self.name)) if stage == 2 else None
+
+    @hookimpl
+    def ltbench_stage_end(self, run, stage):
+        if stage != 2:
+            return
+        head = run.model.classifier
+        head.tau, self.scores = choose_on_validation(run, TAU_GRID, lambda t, f: f @ head.normalised_weight(t).t())
+
+    @hookimpl
+    def ltbench_record(self, run):
+        return {"tau": run.model.classifier.tau, "validation_accuracy_by_tau": self.scores}
+
+    def state_dict(self):
+        return {"scores": self.scores}
+
+    def load_state_dict(self, state):
+        self.scores = state.get("scores", {})
+
+
+class NCM(_Decoupled):
+    name = "ncm"
+    metadata = MethodMetadata(
+        title="Nearest class mean (cosine)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
+        summary="Stage 2: classify by cosine similarity to the mean training feature of each class.",
+        interpretations=("Class means of un-augmented training features in eval mode.",),
+    )
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(epochs=0, note="no training; class means of cached features")
+
+    @hookimpl
+    def ltbench_build_classifier(self, run, num_classes, stage):
+        if stage != 2:
+            return None
+        labels = torch.as_tensor(np.asarray(run.train_labels), device=run.train_features.device)
+        return NCMHead(run.train_features, labels, num_classes)
+
+
+@hookimpl
+def ltbench_register_methods(register):
+    for cls in (CRT, LWS, TauNorm, NCM):
+        register(cls)

@@ -1,0 +1,281 @@
+"""Re-weighting and margin losses: ``cb-loss``, ``cb-focal``, ``focal``,
+``ldam``, ``ldam-drw``, ``balanced-softmax`` and ``logit-adjust``.
+
+All of them train one stage with instance-balanced sampling and change only
+the task loss (LDAM also the classifier: a cosine head). The arithmetic is
+in plain functions so that tests can pin it on hand-made numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.errors import ConfigError
+
+# --------------------------------------------------------------------------
+# Arithmetic
+# --------------------------------------------------------------------------
+
+
+def class_balanced_weights(counts: np.ndarray, beta: float) -> torch.Tensor:
+    """Cui et al. 2019: w_c = (1 - beta) / (1 - beta^n_c), normalised to sum to C."""
+    counts = np.asarray(counts, dtype=np.float64)
+    effective = 1.0 - np.power(beta, counts)
+    weights = (1.0 - beta) / np.maximum(effective, 1e-12)
+    weights = weights / weights.sum() * len(counts)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i w_{y_i} (1 - p_i)^gamma * CE_i / sum_i w_{y_i}, p_i the softmax probability of the true class.
+
+    With ``weight=None`` it is the plain mean; at gamma 0 it is (weighted) cross-entropy.
+    """
+    log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    per_sample = -((1.0 - log_p.exp()) ** gamma) * log_p
+    if weight is None:
+        return per_sample.mean()
+    w = weight.to(logits.device)[targets]
+    return (w * per_sample).sum() / w.sum()
+
+
+def ldam_margins(counts: np.ndarray, max_margin: float = 0.5) -> torch.Tensor:
+    """Cao et al. 2019: m_c proportional to n_c^(-1/4), scaled so that the largest is ``max_margin``."""
+    m = 1.0 / np.sqrt(np.sqrt(np.asarray(counts, dtype=np.float64)))
+    return torch.tensor(m * (max_margin / m.max()), dtype=torch.float32)
+
+
+def ldam_loss(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CE(s * (cos - m_y at the true class), y), weighted as F.cross_entropy weights."""
+    margin = margins.to(cosine.device)[targets]
+    adjusted = cosine - F.one_hot(targets, cosine.shape[1]).to(cosine.dtype) * margin[:, None]
+    return F.cross_entropy(scale * adjusted, targets, weight=None if weight is None else weight.to(cosine.device))
+
+
+def logit_adjusted_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior: torch.Tensor,
+                        tau: float = 1.0) -> torch.Tensor:
+    """Menon et al. 2021 / Ren et al. 2020: CE(logits + tau * log pi, y)."""
+    return F.cross_entropy(logits + tau * log_prior.to(logits.device), targets)
+
+
+def log_prior(counts: np.ndarray) -> torch.Tensor:
+    counts = np.asarray(counts, dtype=np.float64)
+    return torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+
+class NormedLinear(nn.Module):
+    """LDAM's cosine classifier: cos(x, w_c) for every class (no bias)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, num_classes))
+        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+# --------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------
+
+_LDAM_PAPER = "Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss"
+_LDAM_CODE = "https://github.com/kaidic/LDAM-DRW"
+_CB_PAPER = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples"
+_BOT = "BagofTricks-LT trick gallery (ResNet-32, LDAM recipe; 100 - error)"
+
+
+def _check_beta(method: Method) -> None:
+    if not 0 <= method.opts["beta"] < 1:
+        raise ConfigError(f"{method.name}.beta must be in [0, 1), got {method.opts['beta']}")
+
+
+def _check_gamma(method: Method) -> None:
+    if method.opts["gamma"] < 0:
+        raise ConfigError(f"{method.name}.gamma must be >= 0, got {method.opts['gamma']}")
+
+
+class ClassBalancedLoss(Method):
+    name = "cb-loss"
+    options = {"beta": 0.9999}
+    metadata = MethodMetadata(
+        title="Class-balanced loss (softmax cross-entropy)", paper=_CB_PAPER, venue="CVPR", year=2019,
+        code_url="https://github.com/richardaecn/class-balanced-loss",
+        summary="Cross-entropy weighted per class by the inverse effective number of samples, "
+        "w_c = (1-beta)/(1-beta^n_c), normalised to sum to C.",
+        reference_results={"cifar100-lt-if100": {"overall": 39.60, "source": "Cui et al. Table 2, best CB variant "
+                                                 "(ResNet-32)"},
+                           "cifar10-lt-if100": {"overall": 74.57, "source": "Cui et al. Table 2, best CB variant"}},
+        interpretations=("Weighted cross-entropy normalised by the batch's weight sum (PyTorch's weighted mean, as "
+                         "LDAM-DRW's 'Reweight' rule), applied from the first epoch.",),
+    )
+
+    def check_options(self):
+        _check_beta(self)
+
+    @hookimpl
+    def ltbench_build_loss(self, run):
+        weight = class_balanced_weights(run.train_counts, self.opts["beta"]).to(run.device)
+        return lambda logits, targets: F.cross_entropy(logits, targets, weight=weight)
+
+
+class ClassBalancedFocal(Method):
+    name = "cb-focal"
+    options = {"beta": 0.9999, "gamma": 1.0}
+    metadata = MethodMetadata(
+        title="Class-balanced focal loss (softmax)", paper=_CB_PAPER, venue="CVPR", year=2019,
+        code_url="https://github.com/richardaecn/class-balanced-loss",
+        summary="Focal loss weighted by class-balanced weights.",
+        reference_results={"cifar100-lt-if100": {"overall": 38.56, "source": _BOT},
+                           "cifar10-lt-if100": {"overall": 75.20, "source": _BOT}},
+        interpretations=("Softmax focal loss (the paper's best CIFAR variants are sigmoid-based); normalised by the "
+                         "batch's weight sum so that gamma 0 gives exactly cb-loss.",),
+    )
+
+    def check_options(self):
+        _check_beta(self)
+        _check_gamma(self)
+
+    @hookimpl
+    def ltbench_build_loss(self, run):
+        weight = class_balanced_weights(run.train_counts, self.opts["beta"]).to(run.device)
+        gamma = self.opts["gamma"]
+        return lambda logits, targets: focal_loss(logits, targets, gamma, weight)
+
+
+class Focal(Method):
+    name = "focal"
+    options = {"gamma": 1.0}
+    metadata = MethodMetadata(
+        title="Focal loss", paper="Lin et al., Focal Loss for Dense Object Detection", venue="ICCV", year=2017,
+        code_url=_LDAM_CODE, summary="(1-p_y)^gamma * CE; gamma 1.0 as the LDAM paper's baseline.",
+        reference_results={"cifar100-lt-if100": {"overall": 38.41, "source": "LDAM-DRW paper, Table 2 (ResNet-32)"},
+                           "cifar10-lt-if100": {"overall": 70.38, "source": "LDAM-DRW paper, Table 2"}},
+    )
+
+    def check_options(self):
+        _check_gamma(self)
+
+    @hookimpl
+    def ltbench_build_loss(self):
+        gamma = self.opts["gamma"]
+        return lambda logits, targets: focal_loss(logits, targets, gamma)
+
+
+class LDAM(Method):
+    name = "ldam"
+    options = {"max_margin": 0.5, "scale": 30.0}
+    metadata = MethodMetadata(
+        title="LDAM (label-distribution-aware margin), no re-weighting", paper=_LDAM_PAPER, venue="NeurIPS",
+        year=2019, code_url=_LDAM_CODE,
+        summary="Cosine classifier; the true-class cosine is reduced by m_y ~ n_y^(-1/4) (largest 0.5) and "
+        "scaled by s=30 before cross-entropy.",
+        interpretations=("Evaluation uses the cosine logits without margin or scale, as the official code.",),
+    )
+    drw = False
+
+    def check_options(self):
+        if not self.opts["max_margin"] > 0 or not self.opts["scale"] > 0:
+            raise ConfigError(f"{self.name}: max_margin and scale must be > 0, got {self.opts}")
+
+    @hookimpl
+    def ltbench_build_classifier(self, in_features, num_classes, stage):
+        return NormedLinear(in_features, num_classes) if stage == 1 else None
+
+    def weight_at(self, run) -> torch.Tensor | None:
+        return None
+
+    @hookimpl
+    def ltbench_build_loss(self, run):
+        margins = ldam_margins(run.train_counts, self.opts["max_margin"]).to(run.device)
+        scale = self.opts["scale"]
+        return lambda cosine, targets: ldam_loss(cosine, targets, margins, scale, self.weight_at(run))
+
+
+class LDAMDRW(LDAM):
+    name = "ldam-drw"
+    options = {"max_margin": 0.5, "scale": 30.0, "beta": 0.9999, "drw_start": 0.8}
+    metadata = MethodMetadata(
+        title="LDAM with deferred re-weighting (DRW)", paper=_LDAM_PAPER, venue="NeurIPS", year=2019,
+        code_url=_LDAM_CODE,
+        summary="LDAM loss; from epoch 160 of 200 (scaled with the budget: drw_start x epochs) the loss is weighted "
+        "by class-balanced weights with beta 0.9999.",
+        reference_results={"cifar100-lt-if100": {"overall": 42.04, "source": "LDAM-DRW paper, Table 2 (ResNet-32)"},
+                           "cifar10-lt-if100": {"overall": 77.03, "source": "LDAM-DRW paper, Table 2 (ResNet-32)"}},
+        interpretations=("The switch epoch is round(drw_start x epochs), 0-based, so 160 of 200 in the paper budget.",),
+    )
+
+    def check_options(self):
+        super().check_options()
+        _check_beta(self)
+        if not 0 <= self.opts["drw_start"] <= 1:
+            raise ConfigError(f"ldam-drw.drw_start is a fraction of the epochs in [0, 1], got {self.opts['drw_start']}")
+
+    _weight: torch.Tensor | None = None
+
+    def drw_epoch(self, run) -> int:
+        return round(self.opts["drw_start"] * run.config["epochs"])
+
+    def weight_at(self, run) -> torch.Tensor | None:
+        if run.stage == 1 and run.epoch >= self.drw_epoch(run):
+            if self._weight is None:
+                self._weight = class_balanced_weights(run.train_counts, self.opts["beta"])
+            return self._weight
+        return None
+
+    @hookimpl
+    def ltbench_record(self, run):
+        return {"drw_epoch": self.drw_epoch(run)}
+
+
+class BalancedSoftmax(Method):
+    name = "balanced-softmax"
+    metadata = MethodMetadata(
+        title="Balanced Softmax", paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition",
+        venue="NeurIPS", year=2020, code_url="https://github.com/jiawei-ren/BalancedMetaSoftmax-Classification",
+        summary="Cross-entropy on logits + log(n_c): the softmax is re-balanced by the training prior.",
+        reference_results={"cifar100-lt-if100": {"overall": 42.99, "source": _BOT + ", plain recipe"},
+                           "cifar10-lt-if100": {"overall": 77.54, "source": _BOT + ", plain recipe"}},
+        interpretations=("Identical in arithmetic to logit-adjust at tau 1; both are listed because the literature "
+                         "reports them separately.",),
+    )
+
+    @hookimpl
+    def ltbench_build_loss(self, run):
+        prior = log_prior(run.train_counts).to(run.device)
+        return lambda logits, targets: logit_adjusted_loss(logits, targets, prior, 1.0)
+
+
+class LogitAdjustLoss(Method):
+    name = "logit-adjust"
+    options = {"tau": 1.0}
+    metadata = MethodMetadata(
+        title="Logit-adjusted loss", paper="Menon et al., Long-Tail Learning via Logit Adjustment", venue="ICLR",
+        year=2021, code_url="https://github.com/google-research/google-research/tree/master/logit_adjustment",
+        summary="Cross-entropy on logits + tau * log(prior), tau 1.",
+        reference_results={"cifar100-lt-if100": {"overall": 43.89, "source": "Menon et al. (as quoted by OpenLT; "
+                                                 "ResNet-32)"}},
+    )
+
+    def check_options(self):
+        if self.opts["tau"] < 0:
+            raise ConfigError(f"logit-adjust.tau must be >= 0, got {self.opts['tau']}")
+
+    @hookimpl
+    def ltbench_build_loss(self, run):
+        prior = log_prior(run.train_counts).to(run.device)
+        tau = self.opts["tau"]
+        return lambda logits, targets: logit_adjusted_loss(logits, targets, prior, tau)
+
+
+@hookimpl
+def ltbench_register_methods(register):
+    for cls in (ClassBalancedLoss, ClassBalancedFocal, Focal, LDAM, LDAMDRW, BalancedSoftmax, LogitAdjustLoss):
+        register(cls)
+

@@ -82,6 +82,18 @@ class SecondStage:
     backbone_lr: float | None = None
     cached_features: bool = True
     note: str = ""
+    #: train on these features and labels instead of the cached training features
+    #: (a method's own feature set, e.g. Breadcrumb's EMANATE set); implies a frozen backbone
+    features: torch.Tensor | None = None
+    labels: np.ndarray | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-serialisable part, for the run record."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("features", "labels")}
+        out["own_feature_set"] = self.features is not None
+        if self.features is not None:
+            out["feature_set_size"] = int(len(self.features))
+        return out
 
 
 class ImageStore:
@@ -230,8 +242,9 @@ def build_classifier(run: Run, stage: int, previous: nn.Module | None) -> nn.Mod
     return _expect(run, "ltbench_build_classifier", head, lambda v: isinstance(v, nn.Module), "an nn.Module")
 
 
-def build_sampler(run: Run, stage: int) -> torch.utils.data.Sampler:
-    sampler = run.pm.hook.ltbench_build_sampler(run=run, stage=stage, labels=run.train_labels)
+def build_sampler(run: Run, stage: int, labels: np.ndarray | None = None) -> torch.utils.data.Sampler:
+    labels = run.train_labels if labels is None else labels
+    sampler = run.pm.hook.ltbench_build_sampler(run=run, stage=stage, labels=labels)
     ok = lambda v: hasattr(v, "__iter__") and hasattr(v, "__len__")  # noqa: E731
     return _expect(run, "ltbench_build_sampler", sampler, ok, "a sampler (iterable of indices with a length)")
 
@@ -416,7 +429,12 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
     if not plan.train_backbone:
         for p in run.model.backbone.parameters():
             p.requires_grad_(False)
-        if plan.cached_features:
+        if plan.features is not None:
+            if plan.labels is None or len(plan.labels) != len(plan.features):
+                raise PluginContractError(f"{_owner(run, 'ltbench_second_stage')}: SecondStage.features needs "
+                                          f"labels of the same length")
+            run.train_features = plan.features.to(run.device)
+        elif plan.cached_features:
             run.train_features = extract_features(run)
     run.model.classifier = build_classifier(run, 2, run.model.classifier).to(run.device)
 
@@ -436,7 +454,8 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
         return
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    sampler = build_sampler(run, 2)
+    labels_np = run.train_labels if plan.labels is None else np.asarray(plan.labels)
+    sampler = build_sampler(run, 2, labels_np)
     loss_fn = build_loss(run, 2)
     cached = run.train_features is not None
     features = run.train_features
@@ -454,7 +473,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
         t0, total_loss, steps = time.perf_counter(), 0.0, 0
         for start_i in range(0, len(order), bs):
             idx = order[start_i : start_i + bs]
-            labels = torch.as_tensor(run.train_labels[idx.numpy()], device=run.device)
+            labels = torch.as_tensor(labels_np[idx.numpy()], device=run.device)
             if cached:
                 batch = Batch(labels=labels, features=features[idx.to(features.device)], indices=idx)
             else:

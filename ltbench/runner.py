@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
         "test_size": int(len(cell.data.y_test)),
         "split_fingerprint": cell.data.fingerprint(),
         "stage1": stage1_info,
-        "second_stage": asdict(plan) if plan is not None else None,
+        "second_stage": plan.describe() if plan is not None else None,
         "stage_wall_time_s": {k: round(v, 3) for k, v in timing.items()},
         "wall_time_s": round(sum(timing.values()), 3),
         "process_time_s": round(time.perf_counter() - t_start, 3),

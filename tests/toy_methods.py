@@ -165,3 +165,39 @@ class PeeksAtTest(Method):
 
 
 ALL.append(PeeksAtTest)
+
+
+class ForwardCounter(Method):
+    """Counts backbone forward passes made in training mode, per epoch."""
+
+    name = "forward-counter"
+    metadata = META
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.per_epoch = []
+        self.current = 0
+
+    @hookimpl
+    def ltbench_configure_model(self, model):
+        inner = model.backbone.forward_features
+
+        def counted(x):
+            if model.training:
+                self.current += 1
+            return inner(x)
+
+        model.backbone.forward_features = counted
+
+    @hookimpl
+    def ltbench_epoch_end(self, stage):
+        if stage == 1:
+            self.per_epoch.append(self.current)
+            self.current = 0
+
+    @hookimpl
+    def ltbench_record(self):
+        return {"per_epoch": self.per_epoch}
+
+
+ALL.append(ForwardCounter)

@@ -160,10 +160,10 @@ def _check_method_class(cls: Any) -> None:
         raise TypeError(f"method {cls.name!r} has no MethodMetadata 'metadata'")
     if "+" in cls.name or "," in cls.name:
         raise TypeError(f"method name {cls.name!r} may not contain '+' or ','")
-    # Validate its run hooks against the specification now, not mid-run.
+    # Validate its run hooks against the specification now, not mid-run; its defaults must construct.
     pm = pluggy.PluginManager("ltbench")
     pm.add_hookspecs(hookspecs)
-    pm.register(cls.__new__(cls), name=cls.name)
+    pm.register(cls(), name=cls.name)
     pm.check_pending()
 
 

@@ -86,7 +86,10 @@ def resolve(
     settings: dict[str, Any] | None = None,
     epochs: int | None = None,
     imbalance_factor: float | None = None,
+    grid_classes: list[type[Method]] | None = None,
 ) -> dict[str, Any]:
+    """Resolve one cell's config. ``grid_classes`` are all methods of the grid: a method option
+    is valid when one of them has it, and applies to the cells whose methods have it."""
     if budget not in dataset.budgets:
         raise UnknownNameError(f"budget for {dataset.name}", budget, dataset.budgets)
     base = dataclasses.asdict(dataset.budgets[budget])
@@ -105,12 +108,15 @@ def resolve(
             config[key] = coerce(key, raw, base[key])
             continue
         owner, _, opt = key.rpartition(".")
-        owners = [c for c in method_classes if (c.name == owner if owner else opt in c.options)]
-        owners = [c for c in owners if opt in c.options]
-        if not owners:
-            valid = CORE_KEYS + [f"{c.name}.{o}" for c in method_classes for o in c.options]
+
+        def owns(c: type[Method]) -> bool:
+            return (c.name == owner or not owner) and opt in c.options
+
+        known = grid_classes or method_classes
+        if not any(owns(c) for c in known):
+            valid = CORE_KEYS + sorted({f"{c.name}.{o}" for c in known for o in c.options})
             raise UnknownNameError("--set key", key, valid)
-        for cls in owners:
+        for cls in filter(owns, method_classes):
             method_opts[cls.name][opt] = coerce(key, raw, cls.options[opt])
     check_core(config)
     config["lr_milestones"] = list(config["lr_milestones"])

@@ -162,9 +162,12 @@ def ltbench_augment_batch(run: Run, model: LTModel, batch: Batch) -> None:
 
     Broadcast, in plugin order. ``batch.images`` are normalised, augmented
     tensors on the training device. A method may replace or extend
-    ``batch.images`` and ``batch.labels`` (keep them the same length). It may
-    run the model, but must leave its parameters, gradients and batch-norm
-    statistics as they were.
+    ``batch.images`` and ``batch.labels`` (keep them the same length). In a
+    stage that trains only the classifier it may instead set
+    ``batch.features`` (pooled embeddings) and ``batch.images = None``; the
+    classifier is then applied to the features. It may run the model, but
+    must leave its parameters, gradients and batch-norm statistics as they
+    were.
     """
 
 

@@ -73,4 +73,4 @@ class Method:
         del state
 
     def __repr__(self) -> str:
-        return f"<method {self.name} {getattr(self, 'opts', {})}>"
+        return f"<method {self.name} {self.opts}>"

@@ -72,7 +72,8 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
     specs = [catalog.dataset(d) for d in datasets]
     cells = []
     for spec in specs:
-        configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor)
+        every = [cls for classes in composed.values() for cls in classes]
+        configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor, every)
                    for m, classes in composed.items()}
         for m, classes in composed.items():  # option values a method rejects
             for cls in classes:

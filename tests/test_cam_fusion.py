@@ -1,0 +1,106 @@
+"""CAM-based feature space augmentation: the paper's defining properties."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltbench.testing import catalog_with, run_methods
+from ltbench_plugins.cam_fusion import (FusionBatchSampler, class_activation_maps, confusing_classes, fuse,
+                                        head_classes, masked_vectors)
+
+
+def test_head_set_is_the_minimal_prefix_reaching_h_r():
+    counts = np.array([50, 400, 30, 15, 5])  # sorted: 400, 50, 30, 15, 5 of 500
+    assert head_classes(counts, 0.8).tolist() == [1]  # 400/500 = 0.80 reaches 0.8
+    assert head_classes(counts, 0.81).tolist() == [0, 1]  # 450/500
+    assert head_classes(counts, 0.9).tolist() == [0, 1]  # 0.90
+    assert head_classes(counts, 0.95).tolist() == [0, 1, 2]  # 480/500 = 0.96
+    assert head_classes(counts, 0.97).tolist() == [0, 1, 2, 3]  # 0.99; 0.96 is not enough
+    cifar = np.array([int(500 * 0.01 ** (c / 99)) for c in range(100)])
+    head = head_classes(cifar, 0.9)
+    assert cifar[head].sum() / cifar.sum() >= 0.9 > cifar[head[:-1]].sum() / cifar.sum()
+
+
+def test_confusing_classes_exclude_the_class_itself_and_have_length_n_f():
+    scores = np.array([[0.7, 0.1, 0.1, 0.1], [0.5, 0.1, 0.3, 0.1], [0.2, 0.3, 0.4, 0.1], [0.1, 0.2, 0.6, 0.1]])
+    out = confusing_classes(scores, np.array([1, 2, 3]), n_f=2)
+    assert out == {1: [0, 2], 2: [1, 0], 3: [2, 1]}
+    assert all(c not in us and len(us) == 2 for c, us in out.items())
+    assert confusing_classes(scores, np.array([3]), 2, candidates=np.array([0, 1])) == {3: [1, 0]}
+
+
+def test_cam_is_a_1x1_convolution_with_the_class_weight_row_then_min_max_normalised():
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.randn(3, 8, 4, 4, generator=g)
+    weight = torch.randn(5, 8, generator=g)
+    classes = torch.tensor([4, 0, 2])
+    cam = class_activation_maps(fmap, weight, classes)
+    for b, c in enumerate(classes):
+        raw = F.conv2d(fmap[b: b + 1], weight[c].view(1, 8, 1, 1))[0, 0]
+        expected = (raw - raw.min()) / (raw.max() - raw.min())
+        assert torch.allclose(cam[b], expected, atol=1e-5)
+        flat = cam[b].flatten()
+        assert flat.max() == 1.0 and flat.min() == 0.0
+        assert flat[raw.flatten().argmax()] >= 0.8 and flat[raw.flatten().argmin()] <= 0.2  # in both masks
+
+
+def test_an_augmented_map_has_exactly_l_vectors_each_from_its_source():
+    g = torch.Generator().manual_seed(0)
+    specific, generic = torch.randn(3, 6, generator=g) + 10, torch.randn(5, 6, generator=g) - 10
+    fused, n_spec = fuse(specific, generic, gamma=0.3, length=16, generator=g)
+    assert fused.shape == (16, 6) and n_spec == round(0.3 * 16)
+    spec_rows = {tuple(r.tolist()) for r in specific}
+    gen_rows = {tuple(r.tolist()) for r in generic}
+    assert all(tuple(r.tolist()) in spec_rows for r in fused[:n_spec])
+    assert all(tuple(r.tolist()) in gen_rows for r in fused[n_spec:])
+
+
+def test_all_zero_vectors_are_never_drawn():
+    fmap = torch.zeros(2, 2, 2)
+    fmap[:, 0, 0] = torch.tensor([1.0, 2.0])
+    vectors = masked_vectors(fmap, torch.ones(2, 2, dtype=torch.bool))
+    assert vectors.tolist() == [[1.0, 2.0]]
+
+
+def test_batch_composition_is_2_nt_1_plus_na_with_the_stated_parts():
+    labels = np.repeat(np.arange(6), [40, 30, 20, 5, 4, 3])
+    head, tail = np.array([0, 1, 2]), np.array([3, 4, 5])
+    confusing = {3: [0, 1], 4: [1, 2], 5: [2, 0]}
+    sampler = FusionBatchSampler(labels, tail, head, confusing, n_t=4, n_a=2, iterations=3,
+                                 generator=torch.Generator().manual_seed(0))
+    idx = np.array(list(sampler))
+    assert len(sampler) == len(idx) == 3 * 2 * 4 * 3
+    for batch in idx.reshape(3, -1):
+        y = labels[batch]
+        tail_y, conf_y, head_y = y[:4], y[4:12], y[12:]
+        assert set(tail_y) <= set(tail) and len(head_y) == 4 * 3 and set(head_y) <= set(head)
+        assert [list(conf_y[2 * i: 2 * i + 2]) for i in range(4)] == [confusing[c] for c in tail_y]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    recs = run_methods(catalog_with(), ["ce", "cam-fusion", "cam-fusion+focal"], out, epochs=4,
+                       settings={"cam-fusion.iterations": "20"})
+    return out, {r["method"]: r for r in recs}
+
+
+def test_phase_two_leaves_every_backbone_parameter_bit_identical(runs):
+    out, recs = runs
+    assert all(r["status"] == "completed" for r in recs.values()), [r["error"] for r in recs.values()]
+    assert recs["cam-fusion"]["stage1"]["reused"]  # Phase I is ce's stage 1
+    stage1 = torch.load(out / recs["cam-fusion"]["stage1"]["source"] / "stage1.pt", weights_only=False)["model"]
+    final = torch.load(next(out.rglob("cam-fusion/seed0/checkpoint-stage2.pt")), weights_only=False)["model"]
+    backbone = [k for k in stage1 if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(stage1[k], final[k]) for k in backbone)
+    assert not torch.equal(stage1["classifier.weight"], final["classifier.weight"])
+
+
+def test_fused_samples_are_counted_and_focal_composes(runs):
+    _, recs = runs
+    extra = recs["cam-fusion"]["extra"]["cam-fusion"]
+    assert extra["fused_samples"] == 20 * 16 * 3  # iterations x N_t x N_a
+    assert all(int(c) not in us and len(us) == 3 for c, us in extra["confusing"].items())
+    composed = recs["cam-fusion+focal"]
+    assert composed["methods"] == ["cam-fusion", "focal"] and not composed["stage1"]["shared"]

@@ -255,6 +255,9 @@ def build_loss(run: Run, stage: int):
 
 
 def compute_loss(run: Run, loss_fn, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if len(logits) != len(labels):
+        raise PluginContractError(f"the batch has {len(labels)} labels but the model gave {len(logits)} logits; "
+                                  f"a method's ltbench_augment_batch and the modules it inserted disagree")
     loss = loss_fn(logits, labels)
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
         raise PluginContractError(f"{_owner(run, 'ltbench_build_loss')}: its loss returned "

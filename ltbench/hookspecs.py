@@ -162,7 +162,10 @@ def ltbench_augment_batch(run: Run, model: LTModel, batch: Batch) -> None:
 
     Broadcast, in plugin order. ``batch.images`` are normalised, augmented
     tensors on the training device. A method may replace or extend
-    ``batch.images`` and ``batch.labels`` (keep them the same length). In a
+    ``batch.images`` and ``batch.labels`` (keep them the same length, unless
+    a module the method inserted into the model appends samples in its
+    forward pass: then extend ``batch.labels`` by their labels, as SAFA
+    does; the engine checks that logits and labels agree). In a
     stage that trains only the classifier it may instead set
     ``batch.features`` (pooled embeddings) and ``batch.images = None``; the
     classifier is then applied to the features. It may run the model, but

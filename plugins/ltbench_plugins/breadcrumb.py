@@ -353,10 +353,8 @@ class Breadcrumb(_BreadcrumbBase):
 
     @hookimpl
     def ltbench_epoch_start(self, run, stage):
-        if stage == 1:
-            self.setup(run)
-            self.epoch_features, self.epoch_labels = [], []
-            self.step = 0
+        super().ltbench_epoch_start(run, stage)
+        self.step = 0  # bank batch i goes with image batch i
 
     @hookimpl
     def ltbench_extra_losses(self, run, model, batch, output):
@@ -417,12 +415,6 @@ class BreadcrumbWeak(_BreadcrumbBase):
             t0 = time.perf_counter()
             self.collect(batch, output)
             self.seconds += time.perf_counter() - t0
-
-    @hookimpl
-    def ltbench_epoch_start(self, run, stage):
-        if stage == 1:
-            self.setup(run)
-            self.epoch_features, self.epoch_labels = [], []
 
     @hookimpl
     def ltbench_second_stage(self, run):

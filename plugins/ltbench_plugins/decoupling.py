@@ -101,7 +101,19 @@ class _Decoupled(Method):
     plain_stage1 = True
 
 
-class CRT(_Decoupled):
+class _ClassBalancedRetraining(_Decoupled):
+    """Stage 2 trains the head on cached features with class-balanced sampling (cRT, LWS)."""
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(note=CACHED_NOTE)
+
+    @hookimpl
+    def ltbench_build_sampler(self, run, stage, labels):
+        return class_balanced(labels, run.generator) if stage == 2 else None
+
+
+class CRT(_ClassBalancedRetraining):
     name = "crt"
     metadata = MethodMetadata(
         title="Classifier re-training (cRT)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
@@ -114,19 +126,11 @@ class CRT(_Decoupled):
     )
 
     @hookimpl
-    def ltbench_second_stage(self):
-        return SecondStage(note=CACHED_NOTE)
-
-    @hookimpl
     def ltbench_build_classifier(self, in_features, num_classes, stage):
         return nn.Linear(in_features, num_classes) if stage == 2 else None
 
-    @hookimpl
-    def ltbench_build_sampler(self, run, stage, labels):
-        return class_balanced(labels, run.generator) if stage == 2 else None
 
-
-class LWS(_Decoupled):
+class LWS(_ClassBalancedRetraining):
     name = "lws"
     metadata = MethodMetadata(
         title="Learnable weight scaling (LWS)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
@@ -137,16 +141,8 @@ class LWS(_Decoupled):
     )
 
     @hookimpl
-    def ltbench_second_stage(self):
-        return SecondStage(note=CACHED_NOTE)
-
-    @hookimpl
     def ltbench_build_classifier(self, stage, previous):
         return LWSHead(_linear(previous, self.name)) if stage == 2 else None
-
-    @hookimpl
-    def ltbench_build_sampler(self, run, stage, labels):
-        return class_balanced(labels, run.generator) if stage == 2 else None
 
 
 class TauNorm(_Decoupled):

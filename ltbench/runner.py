@@ -99,8 +99,12 @@ def _write_history(run: Run) -> None:
 
 
 def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False, log=print,
-            catalog: Catalog | None = None) -> dict[str, Any]:
-    """Run one cell (or skip/resume it) and return its record."""
+            catalog: Catalog | None = None, retrained: set[Path] | None = None) -> dict[str, Any]:
+    """Run one cell (or skip/resume it) and return its record.
+
+    ``rerun`` retrains the cell, including a shared stage 1 unless that is in ``retrained`` (the shared
+    stage-1 models this grid already retrained); the ones it retrains are added there.
+    """
     catalog = catalog or get_catalog()
     out = run_dir(output, cell.dataset_key, cell.budget, cell.method, cell.seed)
     result_path = out / RESULT_FILE
@@ -133,6 +137,10 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
         plain = all(m.plain_stage1 for m in run.methods)
         key = stage1_key(cell.config, cell.data, cell.dataset_key, cell.seed)
         s1_dir = (output / cell.dataset_key / cell.budget / "_stage1" / f"seed{cell.seed}-{key}") if plain else out
+        retrained = set() if retrained is None else retrained
+        if rerun and plain and s1_dir not in retrained:
+            shutil.rmtree(s1_dir, ignore_errors=True)
+            retrained.add(s1_dir)
         stage1_info = run_stage1(run, s1_dir, output, timing)
         stage1_info["shared"] = plain
         plan = run.pm.hook.ltbench_second_stage(run=run)
@@ -249,11 +257,12 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
 
 
-def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print) -> list[dict]:
-    records = []
+def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print,
+             catalog: Catalog | None = None) -> list[dict]:
+    records, retrained = [], set()
     for i, cell in enumerate(cells, 1):
         log(f"== run {i}/{len(cells)}: {cell.method} on {cell.dataset_key} ({cell.budget}), seed {cell.seed}")
-        records.append(execute(cell, output, device, rerun=rerun, log=log))
+        records.append(execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained))
     return records
 
 

@@ -153,3 +153,14 @@ def test_class_balanced_sampling_lifts_few_shot_accuracy_on_real_data(tmp_path):
     ce, cb = run_methods(catalog_with(), ["ce", "cb-sampling"], tmp_path, dataset="fashion-mnist-lt")
     assert cb["metrics"]["few"] > ce["metrics"]["few"] + 10
     assert ce["metrics"]["many"] > ce["metrics"]["few"]  # the long tail hurts plain training
+
+
+def test_rerun_retrains_a_shared_stage1_once_per_grid(catalog, tmp_path):
+    from ltbench.runner import plan_grid, run_grid
+
+    first = run_methods(catalog, ["ce", "toy-decoupled"], tmp_path)
+    cells = plan_grid(["ce", "toy-decoupled"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    again = run_grid(cells, tmp_path, torch.device("cpu"), rerun=True, log=lambda m: None, catalog=catalog)
+    assert [r["stage1"]["reused"] for r in again] == [False, True]  # retrained by ce, then reused
+    assert again[0]["started_at"] >= first[0]["finished_at"]
+    assert again[1]["per_class_accuracy"] == first[1]["per_class_accuracy"]  # the same computation

@@ -373,9 +373,9 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     register(DatasetSpec(
         "fashion-mnist-lt", "Fashion-MNIST-LT, n_max 500, IF 100, embedded (no set-up)", load_fashion_mnist_lt,
         {"paper": CIFAR_PAPER,
-         "cpu": Budget(backbone="resnet8", epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
+         "cpu": Budget(backbone="resnet8", epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
                        lr_milestones=(0.8,), stage2_epochs=10, stage2_lr=0.05, stage2_batch_size=64,
-                       description="about a minute on 2 CPU cores"),
+                       description="a minute or two on 2 CPU cores"),
          "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1,
                          stage2_batch_size=64, description="seconds")},
         crop_padding=2,

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from ltbench.cli import main
 
@@ -25,6 +26,8 @@ from ltbench.cli import main
         (["run", "--methods", "ce", "--budget", "smoke", "--seeds", "a,b"], "--seeds expects comma-separated"),
         (["run", "--methods", "ce", "--budget", "smoke", "--device", "tpu"], "--device must be auto, cpu or cuda"),
         (["data", "cifar10-lt", "--data-root", "/nonexistent-ltbench"], "/nonexistent-ltbench/cifar10.npz"),
+        pytest.param(["run", "--methods", "ce", "--budget", "smoke", "--device", "cuda"], "no CUDA device",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
         (["ls", "methods", "--json"], None),
     ],
 )

@@ -235,10 +235,9 @@ def _expect(run: Run, hook: str, value: Any, check, expected: str) -> Any:
     return value
 
 
-def build_classifier(run: Run, stage: int, previous: nn.Module | None) -> nn.Module:
-    head = run.pm.hook.ltbench_build_classifier(
-        run=run, in_features=run.model.num_features if run.model else run._in_features, num_classes=run.num_classes,
-        stage=stage, previous=previous)
+def build_classifier(run: Run, stage: int, in_features: int, previous: nn.Module | None) -> nn.Module:
+    head = run.pm.hook.ltbench_build_classifier(run=run, in_features=in_features, num_classes=run.num_classes,
+                                                 stage=stage, previous=previous)
     return _expect(run, "ltbench_build_classifier", head, lambda v: isinstance(v, nn.Module), "an nn.Module")
 
 
@@ -353,61 +352,90 @@ def _finite_or_raise(run: Run, loss: torch.Tensor, terms: dict[str, torch.Tensor
         raise Diverged(f"non-finite loss at stage {run.stage}, epoch {run.epoch + 1} (terms: {', '.join(bad) or 'task'})")
 
 
-def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
-    model, config = run.model, run.config
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
-                                weight_decay=config["weight_decay"])
-    sampler = build_sampler(run, 1)
-    loss_fn = build_loss(run, 1)
+def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch) -> dict[str, float]:
+    """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward."""
+    model = run.model
+    run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
+    with _autocast(run.device):
+        if batch.images is None:  # a classifier-only stage on features
+            output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
+        else:
+            output = model.forward_all(batch.images)
+        terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.labels)}
+        for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
+            terms.update(extra or {})
+        total = sum(terms.values())
+    _finite_or_raise(run, total, terms)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Optimizer, set_lr: Callable[[int], None],
+                  labels: np.ndarray, make_batch: Callable[[torch.Tensor], Batch], batch_size: int, ckpt_path: Path,
+                  on_epoch_end: Callable[[], None] | None, frozen_backbone: bool = False) -> None:
+    """The epoch loop both stages share: hooks, batches from the stage's sampler over ``labels``, history,
+    checkpoints."""
+    model = run.model
+    sampler = build_sampler(run, stage, labels)
+    loss_fn = build_loss(run, stage)
     start = _restore(run, torch.load(ckpt_path, weights_only=False), optimizer) if ckpt_path.exists() else 0
-    bs = config["batch_size"]
-    for epoch in range(start, config["epochs"]):
+    for epoch in range(start, epochs):
         run.epoch = epoch
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, epoch)
-        run.pm.hook.ltbench_epoch_start(run=run, stage=1, epoch=epoch)
+        set_lr(epoch)
+        run.pm.hook.ltbench_epoch_start(run=run, stage=stage, epoch=epoch)
         model.train()
+        if frozen_backbone:
+            model.backbone.eval()  # frozen: batch-norm statistics stay as stage 1 left them
         order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
         sums: dict[str, float] = {}
         steps = 0
-        bar = _progress(run, math.ceil(len(order) / bs), f"stage 1 epoch {epoch + 1}/{config['epochs']}")
+        bar = _progress(run, math.ceil(len(order) / batch_size), f"stage {stage} epoch {epoch + 1}/{epochs}")
         t0 = time.perf_counter()
-        for start_i in range(0, len(order), bs):
-            idx = order[start_i : start_i + bs]
-            batch = Batch(labels=torch.as_tensor(run.train_labels[idx.numpy()], device=run.device),
-                          images=run.train_images.get(idx, augment=True, generator=run.generator), indices=idx)
-            run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
-            with _autocast(run.device):
-                output: ModelOutput = model.forward_all(batch.images)
-                loss = compute_loss(run, loss_fn, output.logits.float(), batch.labels)
-                terms = {"task": loss}
-                for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
-                    terms.update(extra or {})
-                total = sum(terms.values())
-            _finite_or_raise(run, total, terms)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        for start_i in range(0, len(order), batch_size):
+            for k, v in _train_step(run, optimizer, loss_fn, make_batch(order[start_i : start_i + batch_size])).items():
+                sums[k] = sums.get(k, 0.0) + v
             steps += 1
             if bar:
                 bar.update(1)
         if bar:
             bar.close()
-        entry = {"stage": 1, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                 "seconds": round(time.perf_counter() - t0, 3), **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
-        run.pm.hook.ltbench_epoch_end(run=run, stage=1, epoch=epoch)
-        if run._validation_cache and run._validation_cache[0] == (1, epoch):
+        entry = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": round(time.perf_counter() - t0, 3),
+                 **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
+        run.pm.hook.ltbench_epoch_end(run=run, stage=stage, epoch=epoch)
+        if run._validation_cache and run._validation_cache[0] == (stage, epoch):
             entry["val_overall"] = run._validation_cache[1].overall
         run.history.append(entry)
-        run.log(f"[{run.method_name} seed {run.seed}] stage 1 epoch {epoch + 1}/{config['epochs']} "
+        run.log(f"[{run.method_name} seed {run.seed}] stage {stage} epoch {epoch + 1}/{epochs} "
                 f"loss {entry.get('loss_task', float('nan')):.4f} ({entry['seconds']:.1f}s)")
         _checkpoint(run, ckpt_path, optimizer)
         if on_epoch_end:
             on_epoch_end()
-    run.pm.hook.ltbench_stage_end(run=run, stage=1)
+    run.pm.hook.ltbench_stage_end(run=run, stage=stage)
+
+
+def _image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]:
+    def make(idx: torch.Tensor) -> Batch:
+        return Batch(labels=torch.as_tensor(labels[idx.numpy()], device=run.device),
+                     images=run.train_images.get(idx, augment=True, generator=run.generator), indices=idx)
+
+    return make
+
+
+def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
+    config = run.config
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                                weight_decay=config["weight_decay"])
+
+    def set_lr(epoch: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, epoch)
+
+    _train_epochs(run, 1, config["epochs"], optimizer, set_lr, run.train_labels, _image_batch(run, run.train_labels),
+                  config["batch_size"], ckpt_path, on_epoch_end)
 
 
 @torch.no_grad()
@@ -439,14 +467,13 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
             run.train_features = plan.features.to(run.device)
         elif plan.cached_features:
             run.train_features = extract_features(run)
-    run.model.classifier = build_classifier(run, 2, run.model.classifier).to(run.device)
+    run.model.classifier = build_classifier(run, 2, run.model.num_features, run.model.classifier).to(run.device)
 
 
 def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
     config, model = run.config, run.model
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
     lr = config["stage2_lr"] if plan.lr is None else plan.lr
-    bs = plan.batch_size or config["stage2_batch_size"]
     groups = [{"params": [p for p in model.classifier.parameters() if p.requires_grad], "lr": lr}]
     if plan.train_backbone:
         groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
@@ -457,58 +484,22 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
         return
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    labels_np = run.train_labels if plan.labels is None else np.asarray(plan.labels)
-    sampler = build_sampler(run, 2, labels_np)
-    loss_fn = build_loss(run, 2)
-    cached = run.train_features is not None
-    features = run.train_features
-    start = _restore(run, torch.load(ckpt_path, weights_only=False), optimizer) if ckpt_path.exists() else 0
-    for epoch in range(start, epochs):
-        run.epoch = epoch
+
+    def set_lr(epoch: int) -> None:
         factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if plan.cosine else 1.0
         for g, base in zip(optimizer.param_groups, base_lrs):
             g["lr"] = base * factor
-        run.pm.hook.ltbench_epoch_start(run=run, stage=2, epoch=epoch)
-        model.train()
-        if not plan.train_backbone:
-            model.backbone.eval()  # frozen: batch-norm statistics stay as stage 1 left them
-        order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-        t0, total_loss, steps = time.perf_counter(), 0.0, 0
-        for start_i in range(0, len(order), bs):
-            idx = order[start_i : start_i + bs]
-            labels = torch.as_tensor(labels_np[idx.numpy()], device=run.device)
-            if cached:
-                batch = Batch(labels=labels, features=features[idx.to(features.device)], indices=idx)
-            else:
-                batch = Batch(labels=labels, images=run.train_images.get(idx, augment=True, generator=run.generator),
-                              indices=idx)
-            run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
-            with _autocast(run.device):
-                if batch.features is not None:
-                    logits = model.classifier(batch.features)
-                    output = ModelOutput(logits, batch.features, batch.features)
-                else:
-                    output = model.forward_all(batch.images)
-                loss = compute_loss(run, loss_fn, output.logits.float(), batch.labels)
-                terms = {"task": loss}
-                for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
-                    terms.update(extra or {})
-                total = sum(terms.values())
-            _finite_or_raise(run, total, terms)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            total_loss += float(loss.detach())
-            steps += 1
-        entry = {"stage": 2, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                 "seconds": round(time.perf_counter() - t0, 3), "loss_task": total_loss / max(steps, 1)}
-        run.pm.hook.ltbench_epoch_end(run=run, stage=2, epoch=epoch)
-        run.history.append(entry)
-        run.log(f"[{run.method_name} seed {run.seed}] stage 2 epoch {epoch + 1}/{epochs} loss {entry['loss_task']:.4f}")
-        _checkpoint(run, ckpt_path, optimizer)
-        if on_epoch_end:
-            on_epoch_end()
-    run.pm.hook.ltbench_stage_end(run=run, stage=2)
+
+    labels = run.train_labels if plan.labels is None else np.asarray(plan.labels)
+    features = run.train_features
+    if features is not None:
+        def make_batch(idx: torch.Tensor) -> Batch:
+            return Batch(labels=torch.as_tensor(labels[idx.numpy()], device=run.device),
+                         features=features[idx.to(features.device)], indices=idx)
+    else:
+        make_batch = _image_batch(run, labels)
+    _train_epochs(run, 2, epochs, optimizer, set_lr, labels, make_batch, plan.batch_size or config["stage2_batch_size"],
+                  ckpt_path, on_epoch_end, frozen_backbone=not plan.train_backbone)
 
 
 def seed_everything(seed: int) -> None:
@@ -534,8 +525,7 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
               methods=methods, pm=pm, out_dir=out_dir, log=log)
     run.generator.manual_seed(seed)
     backbone = catalog.backbone(config["backbone"]).build(data.channels)
-    run._in_features = backbone.num_features
-    head = build_classifier(run, 1, None)
+    head = build_classifier(run, 1, backbone.num_features, None)
     run.model = LTModel(backbone, head)
     run.pm.hook.ltbench_configure_model(run=run, model=run.model)
     run.model.to(device)

@@ -13,6 +13,7 @@ images in memory (N, H, W, C), integer labels, and three disjoint splits:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -78,8 +79,9 @@ class LTData:
     def channels(self) -> int:
         return self.x_train.shape[-1]
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A hash of the training split (which images, which labels)."""
+        """A hash of the training and validation splits (which images, which labels)."""
         h = hashlib.sha256()
         for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
             h.update(np.ascontiguousarray(arr).tobytes())

@@ -511,7 +511,7 @@ def seed_everything(seed: int) -> None:
 def stage1_key(config: dict[str, Any], data: LTData, dataset_key: str, seed: int) -> str:
     """Identity of a plain stage 1: everything stage 1 depends on, nothing it does not."""
     relevant = {k: v for k, v in config.items() if not k.startswith("stage2_") and k != "methods"}
-    blob = json.dumps({"dataset": dataset_key, "split": data.fingerprint(), "seed": seed, "config": relevant},
+    blob = json.dumps({"dataset": dataset_key, "split": data.fingerprint, "seed": seed, "config": relevant},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

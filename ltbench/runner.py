@@ -117,9 +117,9 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
         return existing
     config_path = out / "config.json"
     if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != json.loads(json.dumps(cell.config)):
-            changed = sorted(k for k in set(old) | set(cell.config) if old.get(k) != json.loads(json.dumps(cell.config)).get(k))
+        old, new = json.loads(config_path.read_text()), json.loads(json.dumps(cell.config))  # as JSON sees them
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"{out} holds a run with a different config (keys: {', '.join(changed)}); "
                               f"pass --rerun to replace it")
     atomic_write_json(config_path, cell.config)
@@ -170,6 +170,7 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
     peak, peak_kind = _peak_memory(device)
     extra = {}
     if status == "completed":
+        # called one implementation at a time so that each method's fields go under its own name
         for impl in run.pm.hook.ltbench_record.get_hookimpls():
             fields = impl.function(*[{"run": run}[a] for a in impl.argnames])
             if fields:
@@ -194,7 +195,7 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
         "group_sizes": test.group_sizes if test else None,
         "val_size": int(len(cell.data.y_val)),
         "test_size": int(len(cell.data.y_test)),
-        "split_fingerprint": cell.data.fingerprint(),
+        "split_fingerprint": cell.data.fingerprint,
         "stage1": stage1_info,
         "second_stage": plan.describe() if plan is not None else None,
         "stage_wall_time_s": {k: round(v, 3) for k, v in timing.items()},

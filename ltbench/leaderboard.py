@@ -94,7 +94,10 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
         lines += [f"Top-1 accuracy (%) on the balanced test set at the final epoch, mean ± std over seeds. "
                   f"Overall is the mean of per-class accuracies; many-shot classes have more than "
                   f"{t['many_above']} training images ({g.get('many', '?')} classes), few-shot fewer than "
-                  f"{t['few_below']} ({g.get('few', '?')} classes), medium the rest ({g.get('medium', '?')} classes).",
+                  f"{t['few_below']} ({g.get('few', '?')} classes), medium the rest ({g.get('medium', '?')} classes). "
+                  f"Wall time is the mean per run, a reused stage 1 counted at what it cost to train; it was "
+                  f"measured on whatever machine made the record, under whatever load, so compare costs with "
+                  f"`ci/bench_overheads.py` or the in-run ratios in the records instead.",
                   ""]
         sources: dict[str, str] = {}
         for budget, bdf in ddf.groupby("budget", sort=True):

@@ -26,9 +26,12 @@ A hook implementation may accept fewer arguments than the specification
 lists (pluggy's opt-in arguments); it may not accept others.
 
 Stages: stage 1 trains backbone and classifier. A method that answers
-:func:`ltbench_second_stage` adds stage 2, which retrains the classifier
-on the frozen stage-1 backbone, on cached features when it needs no image
-augmentation.
+:func:`ltbench_second_stage` adds stage 2, which starts from the stage-1
+model and retrains the classifier on the frozen backbone (on cached features
+when it needs no image augmentation), or fine-tunes the whole network. A
+method that leaves stage 1 as the core defaults train it sets
+``Method.plain_stage1``; its stage 1 is then trained once per (dataset,
+budget, seed) and shared with every such method.
 """
 
 from __future__ import annotations

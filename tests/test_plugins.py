@@ -153,3 +153,16 @@ def test_example_third_party_package_installs_and_its_method_runs(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "ltbench.cli", "run", "--methods", "label-smoothing",
                               "--budget", "smoke"], capture_output=True, text=True, cwd=tmp_path)
     assert missing.returncode == 2 and "unknown method 'label-smoothing'" in missing.stderr
+
+
+def test_every_hook_is_documented_and_called_by_the_core():
+    import inspect
+
+    from ltbench import catalog, engine, hookspecs, runner
+
+    core = "".join(inspect.getsource(m) for m in (catalog, engine, runner))
+    hooks = [n for n in dir(hookspecs) if n.startswith("ltbench_")]
+    assert len(hooks) == 15
+    for name in hooks:
+        assert inspect.getdoc(getattr(hookspecs, name)), f"{name} has no docstring"
+        assert f"hook.{name}" in core, f"{name} is specified but never called"

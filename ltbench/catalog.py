@@ -62,11 +62,12 @@ class Catalog:
         self.backbones: dict[str, BackboneSpec] = {}
         self.plugins: list[PluginInfo] = []
         self.broken: list[BrokenPlugin] = []
+        self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> the plugin that registered it
 
     # -- loading ---------------------------------------------------------------
     def add_plugin(self, obj: Any, info: PluginInfo) -> None:
         """Register one plugin module; on any error record it as broken and roll back."""
-        added: list[tuple[dict, str]] = []
+        added: list[tuple[dict, str, str]] = []
         try:
             pm = pluggy.PluginManager("ltbench")
             pm.add_hookspecs(hookspecs)
@@ -78,13 +79,12 @@ class Catalog:
                 def register(item):
                     check(item)
                     name = item.name
-                    if name in table:
-                        owner = table[name].plugin.name if kind == "method" else getattr(table[name], "_plugin", "?")
-                        raise ValueError(f"{kind} name {name!r} is already registered by plugin {owner!r}")
+                    if (kind, name) in self.owners:
+                        raise ValueError(f"{kind} name {name!r} is already registered by plugin "
+                                         f"{self.owners[kind, name]!r}")
                     table[name] = MethodEntry(item, info) if kind == "method" else item
-                    if kind != "method":
-                        object.__setattr__(item, "_plugin", info.name)
-                    added.append((table, name))
+                    self.owners[kind, name] = info.name
+                    added.append((table, kind, name))
                     if kind == "method":
                         info.methods.append(name)
 
@@ -94,8 +94,9 @@ class Catalog:
             pm.hook.ltbench_register_datasets(register=adder(self.datasets, "dataset", _check_type(DatasetSpec)))
             pm.hook.ltbench_register_backbones(register=adder(self.backbones, "backbone", _check_type(BackboneSpec)))
         except Exception as exc:
-            for table, name in added:
+            for table, kind, name in added:
                 table.pop(name, None)
+                self.owners.pop((kind, name), None)
             self.broken.append(BrokenPlugin(info.name, info.distribution, f"{type(exc).__name__}: {exc}"))
             return
         self.plugins.append(info)

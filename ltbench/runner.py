@@ -70,19 +70,17 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     composed = {m: [catalog.method(part.strip()).cls for part in m.split("+")] for m in methods}
     specs = [catalog.dataset(d) for d in datasets]
+    every = [cls for classes in composed.values() for cls in classes]
     cells = []
     for spec in specs:
-        every = [cls for classes in composed.values() for cls in classes]
         configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor, every)
                    for m, classes in composed.items()}
-        for m, classes in composed.items():  # option values a method rejects
-            for cls in classes:
-                cls(**configs[m]["methods"][cls.name])
+        for m, classes in composed.items():  # option values a method rejects, and composition conflicts
+            make_plugin_manager([cls(**configs[m]["methods"][cls.name]) for cls in classes])
         catalog.backbone(next(iter(configs.values()))["backbone"])
         imb = next(iter(configs.values()))["imbalance_factor"]
         data = spec.load(data_root, imb)
         for m in methods:
-            make_plugin_manager([cls(**configs[m]["methods"][cls.name]) for cls in composed[m]])  # composition check
             for seed in seeds:
                 cells.append(Cell(spec, spec.key(imb), data, m, seed, configs[m], budget))
     return cells

@@ -29,7 +29,7 @@ import pluggy
 import torch
 from torch import nn
 
-from ltbench import hookspecs
+from ltbench import checkpoints, hookspecs
 from ltbench.catalog import Catalog
 from ltbench.datasets import DatasetSpec, LTData, sealed_for_training
 from ltbench.defaults import CoreDefaults
@@ -37,7 +37,6 @@ from ltbench.errors import CompositionError, PluginContractError
 from ltbench.method import Method
 from ltbench.metrics import EvalResult, evaluate_predictions
 from ltbench.model import LTModel, ModelOutput
-from ltbench.records import atomic_torch_save
 
 FIRST_RESULT_HOOKS = sorted(
     name for name in dir(hookspecs)
@@ -327,11 +326,15 @@ def _set_rng_state(run: Run, state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None) -> None:
-    atomic_torch_save({
+def method_states(run: Run) -> dict[str, Any]:
+    """Each method's ``state_dict``, checked and made safe to load (see :mod:`ltbench.checkpoints`)."""
+    return {m.name: checkpoints.to_safe(m.state_dict(), f"method {m.name!r}: state_dict()") for m in run.methods}
+
+
+def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer) -> None:
+    checkpoints.save({
         "stage": run.stage, "epoch": run.epoch, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
-        "methods": {m.name: m.state_dict() for m in run.methods}, "rng": _rng_state(run), "history": run.history,
-        **(extra or {}),
+        "methods": method_states(run), "rng": _rng_state(run), "history": run.history,
     }, path)
 
 
@@ -380,7 +383,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
     model = run.model
     sampler = build_sampler(run, stage, labels)
     loss_fn = build_loss(run, stage)
-    start = _restore(run, torch.load(ckpt_path, weights_only=False), optimizer) if ckpt_path.exists() else 0
+    start = _restore(run, checkpoints.load(ckpt_path), optimizer) if ckpt_path.exists() else 0
     for epoch in range(start, epochs):
         run.epoch = epoch
         set_lr(epoch)

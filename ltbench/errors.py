@@ -34,3 +34,7 @@ class PluginContractError(LtbenchError):
 
 class CompositionError(LtbenchError):
     """Two methods composed with '+' both claim a hook that only one may answer."""
+
+
+class CheckpointError(LtbenchError):
+    """A checkpoint that is corrupt, or that would need arbitrary objects unpickled; names the file and the remedy."""

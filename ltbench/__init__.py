@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pluggy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Marker for hook implementations, in plugin modules and on Method classes.
 hookimpl = pluggy.HookimplMarker("ltbench")

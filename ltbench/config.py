@@ -2,14 +2,22 @@
 
 The resolved configuration is a flat, JSON-serialisable dict of the core
 keys (the fields of :class:`ltbench.datasets.Budget` plus
-``imbalance_factor``) and ``methods``: ``{method name: {option: value}}``.
-A ``--set`` key is a core key, a method option (``gamma``) or a qualified
-method option (``focal.gamma``); anything else is an error naming the key.
+``imbalance_factor``) and ``methods``: ``{method name: {option: value}}``
+with every option, defaults included. A ``--set`` key is a core key, a
+method option (``gamma``) or a qualified method option (``focal.gamma``);
+anything else is an error naming the key.
+
+The resolved configuration *is* the run's identity: :func:`config_id`
+hashes it, and a run directory holds exactly one configuration. What
+differs from the budget's defaults (:func:`overrides`) names the variant
+on leaderboards, e.g. ``breadcrumb [alignment=var]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -120,5 +128,49 @@ def resolve(
             method_opts[cls.name][opt] = coerce(key, raw, cls.options[opt])
     check_core(config)
     config["lr_milestones"] = list(config["lr_milestones"])
-    config["methods"] = method_opts
-    return config
+    config["methods"] = {cls.name: {**_defaults(cls), **method_opts[cls.name]} for cls in method_classes}
+    return canonical(config)
+
+
+def _defaults(cls: type[Method]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cls.options.items()}
+
+
+def canonical(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as JSON sees it (tuples become lists), so that equal configs compare equal. Key order is
+    kept: the order of ``methods`` is the order their hooks run in."""
+    return json.loads(json.dumps(config))
+
+
+def config_id(config: dict[str, Any]) -> str:
+    """A short hash of the resolved configuration (and of the order of its methods): its run directories' name."""
+    blob = json.dumps({"config": canonical(config), "method_order": list(config["methods"])}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def overrides(config: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """``{key: value}`` where ``config`` differs from ``default``; method options as ``method.option``.
+
+    ``imbalance_factor`` is left out: it is part of the dataset's name (``cifar100-lt-if50``)."""
+    out = {k: v for k, v in config.items()
+           if k not in ("methods", "imbalance_factor") and default.get(k) != v}
+    for method, opts in config["methods"].items():
+        base = default["methods"].get(method, {})
+        out.update({f"{method}.{k}": v for k, v in opts.items() if base.get(k) != v})
+    return dict(sorted(out.items()))
+
+
+def variant_label(method: str, changed: dict[str, Any]) -> str:
+    """``method`` alone for the defaults, else ``method [key=value, ...]`` (a single method's options unqualified)."""
+    if not changed:
+        return method
+    single = "+" not in method
+
+    def short(key: str) -> str:
+        return key.split(".", 1)[1] if single and key.startswith(method + ".") else key
+
+    def text(value: Any) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) \
+            else (f"{value:g}" if isinstance(value, float) else str(value))
+
+    return f"{method} [{', '.join(f'{short(k)}={text(v)}' for k, v in changed.items())}]"

@@ -1,12 +1,15 @@
 """Run records on disk.
 
-One directory per (dataset, budget, method, seed)::
+One directory per run, that is per (dataset, budget, method, configuration,
+seed); ``<config-id>`` is a hash of the resolved configuration
+(:func:`ltbench.config.config_id`), so variants of a method live side by side::
 
-    <output>/<dataset>-if<IF>/<budget>/<method>/seed<k>/
+    <output>/<dataset>-if<IF>/<budget>/<method>/<config-id>/seed<k>/
         config.json          the resolved configuration
         metrics.jsonl        one line per training epoch
         checkpoint-stage*.pt the last checkpoint of each stage (resume)
         result.json          written last, atomically
+    <output>/.../<config-id>/seed<k>.lock   held while a process works on the run
 
 Plain stage-1 models shared by decoupled methods live in
 ``<output>/<dataset>/<budget>/_stage1/seed<k>-<key>/``.
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: config holds every method option; config_id, overrides, variant
 STATUSES = ("completed", "failed", "diverged")
 
 
@@ -42,7 +45,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -60,7 +63,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     import numpy as np
 
     if isinstance(value, np.integer):
@@ -76,8 +79,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def run_dir(output: Path, dataset_key: str, budget: str, method: str, seed: int) -> Path:
-    return Path(output) / dataset_key / budget / method / f"seed{seed}"
+def run_dir(output: Path, dataset_key: str, budget: str, method: str, config_id: str, seed: int) -> Path:
+    return Path(output) / dataset_key / budget / method / config_id / f"seed{seed}"
 
 
 def load_result(path: Path) -> dict[str, Any] | None:

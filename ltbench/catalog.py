@@ -1,11 +1,17 @@
 """Plugin discovery: the catalog of methods, datasets and backbones.
 
-Plugin modules come from the ``ltbench`` entry-point group, loaded in sorted
-order (distribution name, then entry-point name). The core's own datasets
-and backbones are registered the same way, through the same hooks, before
-the entry points. Each plugin is loaded and asked to register in isolation:
-one that fails to import, breaks the hook contract or registers a name that
-is taken is reported by name in ``catalog.broken`` and the others load.
+Plugin modules come from the ``ltbench`` entry-point group: ltbench's own
+first, then the others in sorted order (distribution name, then entry-point
+name). The core's own datasets and backbones are registered the same way,
+through the same hooks, before the entry points. Each plugin is loaded and
+asked to register in isolation: one that fails to import or breaks the hook
+contract is reported by name in ``catalog.broken`` and the others load.
+
+One owner per name. A method, dataset or backbone name belongs to whoever
+registers it, if nobody else does: a plugin that registers a name of
+ltbench's own is broken (built-in names cannot be taken), and when two other
+plugins register the same name, both are broken, each error naming both
+distributions, so that which one wins never depends on install order.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import pluggy
 from ltbench import hookspecs
 from ltbench.backbones import TIMM_PREFIX, BackboneSpec
 from ltbench.datasets import DatasetSpec
-from ltbench.errors import UnknownNameError
+from ltbench.errors import LtbenchError, UnknownNameError
 from ltbench.method import Method, MethodMetadata
 
 ENTRY_POINT_GROUP = "ltbench"
+BUILTIN_DISTRIBUTION = "ltbench"
 CORE_MODULES = ("ltbench.datasets", "ltbench.backbones")
 
 
@@ -43,6 +50,7 @@ class BrokenPlugin:
     name: str
     distribution: str
     error: str
+    version: str = "?"
 
 
 @dataclass
@@ -62,7 +70,9 @@ class Catalog:
         self.backbones: dict[str, BackboneSpec] = {}
         self.plugins: list[PluginInfo] = []
         self.broken: list[BrokenPlugin] = []
-        self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> the plugin that registered it
+        self.owners: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) -> the plugin that registered it
+        #: (kind, name) -> "dist (plugin)" of every claimant, for names two plugins registered
+        self.contested: dict[tuple[str, str], list[str]] = {}
 
     # -- loading ---------------------------------------------------------------
     def add_plugin(self, obj: Any, info: PluginInfo) -> None:
@@ -79,11 +89,10 @@ class Catalog:
                 def register(item):
                     check(item)
                     name = item.name
-                    if (kind, name) in self.owners:
-                        raise ValueError(f"{kind} name {name!r} is already registered by plugin "
-                                         f"{self.owners[kind, name]!r}")
+                    if (kind, name) in self.owners or (kind, name) in self.contested:
+                        self._conflict(kind, name, info)
                     table[name] = MethodEntry(item, info) if kind == "method" else item
-                    self.owners[kind, name] = info.name
+                    self.owners[kind, name] = info
                     added.append((table, kind, name))
                     if kind == "method":
                         info.methods.append(name)
@@ -94,16 +103,39 @@ class Catalog:
             pm.hook.ltbench_register_datasets(register=adder(self.datasets, "dataset", _check_type(DatasetSpec)))
             pm.hook.ltbench_register_backbones(register=adder(self.backbones, "backbone", _check_type(BackboneSpec)))
         except Exception as exc:
-            for table, kind, name in added:
-                table.pop(name, None)
-                self.owners.pop((kind, name), None)
-            self.broken.append(BrokenPlugin(info.name, info.distribution, f"{type(exc).__name__}: {exc}"))
+            self._roll_back(added)
+            self.broken.append(BrokenPlugin(info.name, info.distribution, f"{type(exc).__name__}: {exc}", info.version))
             return
         self.plugins.append(info)
 
+    def _roll_back(self, added: list[tuple[dict, str, str]]) -> None:
+        for table, kind, name in added:
+            table.pop(name, None)
+            self.owners.pop((kind, name), None)
+
+    def _conflict(self, kind: str, name: str, info: PluginInfo) -> None:
+        """``info`` registers a taken name: it raises; a third-party owner is unloaded too."""
+        me = _who(info)
+        owner = self.owners.get((kind, name))
+        if owner is not None and owner.distribution == BUILTIN_DISTRIBUTION:
+            raise ValueError(f"{kind} name {name!r} belongs to ltbench itself ({_who(owner)}); built-in names "
+                             f"cannot be taken by {me}; rename it")
+        claimants = self.contested.setdefault((kind, name), [_who(owner)] if owner else [])
+        claimants.append(me)
+        if owner is not None:  # the earlier claimant loses the name as well: install order must not decide
+            self.plugins.remove(owner)
+            self._roll_back([(t, k, n) for (k, n), o in list(self.owners.items()) if o is owner
+                             for t in [{"method": self.methods, "dataset": self.datasets,
+                                        "backbone": self.backbones}[k]]])
+            owner.methods.clear()
+            self.broken.append(BrokenPlugin(owner.name, owner.distribution, _contested(kind, name, claimants),
+                                            owner.version))
+        raise ValueError(_contested(kind, name, claimants))
+
     def load_entry_points(self) -> None:
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
-                     key=lambda ep: ((ep.dist.name if ep.dist else ""), ep.name))
+        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP),  # ltbench's own first: its names are reserved
+                     key=lambda ep: ((ep.dist.name if ep.dist else "") != BUILTIN_DISTRIBUTION,
+                                     (ep.dist.name if ep.dist else ""), ep.name))
         seen = set()
         for ep in eps:
             dist = ep.dist.name if ep.dist else "?"
@@ -114,17 +146,24 @@ class Catalog:
             try:
                 obj = ep.load()
             except Exception as exc:
-                self.broken.append(BrokenPlugin(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}"))
+                self.broken.append(BrokenPlugin(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}",
+                                                info.version))
                 continue
             self.add_plugin(obj, info)
 
     # -- look-ups --------------------------------------------------------------
+    def _check_contested(self, kind: str, name: str) -> None:
+        if (kind, name) in self.contested:
+            raise LtbenchError(_contested(kind, name, self.contested[kind, name]))
+
     def method(self, name: str) -> MethodEntry:
+        self._check_contested("method", name)
         if name not in self.methods:
             raise UnknownNameError("method", name, self.methods)
         return self.methods[name]
 
     def dataset(self, name: str) -> DatasetSpec:
+        self._check_contested("dataset", name)
         if name not in self.datasets:
             raise UnknownNameError("dataset", name, self.datasets)
         return self.datasets[name]
@@ -139,9 +178,19 @@ class Catalog:
             if model_name not in timm.list_models():
                 raise UnknownNameError("timm model", model_name, timm.list_models())
             return BackboneSpec(name, f"timm model {model_name}", lambda c: TimmBackbone(model_name, c))
+        self._check_contested("backbone", name)
         if name not in self.backbones:
             raise UnknownNameError("backbone", name, [*self.backbones, TIMM_PREFIX + "<timm model name>"])
         return self.backbones[name]
+
+
+def _who(info: PluginInfo) -> str:
+    return f"distribution {info.distribution} (plugin {info.name!r})"
+
+
+def _contested(kind: str, name: str, claimants: list[str]) -> str:
+    return (f"{kind} name {name!r} is registered by more than one plugin: {' and '.join(claimants)}; "
+            f"neither is loaded, uninstall or rename one")
 
 
 def _check_type(kind: type):

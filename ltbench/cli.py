@@ -25,16 +25,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ltbench.runner import plan_grid, resolve_device, run_grid, split_methods, stderr_log
 
     device = resolve_device(args.device)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {args.output} is a file; give a directory for the run records")
+    _warn_broken()
     cells = plan_grid(split_methods(args.methods), split_methods(args.datasets), _seeds(args.seeds), args.budget,
                       settings=config_mod.parse_set(args.set or []), epochs=args.epochs,
-                      imbalance_factor=args.imbalance_factor, data_root=args.data_root)
+                      imbalance_factor=args.imbalance_factor, data_root=args.data_root, download=args.download)
     log = (lambda msg: None) if args.quiet else stderr_log
-    records = run_grid(cells, Path(args.output), device, rerun=args.rerun, log=log)
+    records = run_grid(cells, output, device, rerun=args.rerun, log=log)
     bad = [r for r in records if r["status"] != "completed"]
     print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {args.output}/")
     for r in bad:
-        print(f"  {r['method']} seed {r['seed']} on {r['dataset']}: {r['status']}: {(r['error'] or '').splitlines()[0]}")
-    return 1 if any(r["status"] == "failed" for r in records) else 0
+        print(f"  {r['variant']} seed {r['seed']} on {r['dataset']}: {r['status']}: "
+              f"{(r['error'] or '').splitlines()[0]}")
+    return 1 if bad else 0  # 0 only when every asked-for run completed
+
+
+def _warn_broken() -> None:
+    """One line on stderr per plugin that failed to load, so that a missing method is never a mystery."""
+    from ltbench.catalog import get_catalog
+
+    for b in get_catalog().broken:
+        print(f"warning: plugin {b.name!r} ({b.distribution}) is broken and was not loaded: {b.error}",
+              file=sys.stderr)
 
 
 def _print_table(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -50,6 +64,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from ltbench.catalog import get_catalog
 
     cat = get_catalog()
+    _warn_broken()
     if args.what == "methods":
         rows = []
         for name, entry in sorted(cat.methods.items()):
@@ -71,13 +86,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from ltbench.catalog import get_catalog
+    from ltbench.datasets import load_checked
     from ltbench.metrics import shot_groups
 
     spec = get_catalog().dataset(args.dataset)
     imb = spec.default_imbalance_factor if args.imbalance_factor is None else args.imbalance_factor
     if not imb >= 1:
         raise ConfigError(f"--imbalance-factor must be >= 1, got {imb!r}")
-    data = spec.load(args.data_root, imb)
+    data = load_checked(spec, args.data_root, imb, download=args.download)
     counts = data.train_counts
     groups = shot_groups(counts, **data.group_thresholds)
     info = {"dataset": spec.key(imb), "num_classes": data.num_classes, "train_size": int(counts.sum()),
@@ -104,10 +120,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for m in p.methods:
             hooks.update(cat.methods[m].stage_hooks)
         rows.append({"plugin": p.name, "distribution": p.distribution, "version": p.version,
-                     "methods": ",".join(p.methods), "hooks": ",".join(sorted(hooks))})
+                     "methods": ",".join(p.methods), "hooks": ",".join(sorted(hooks)), "status": "loaded"})
+    if args.json:
+        rows += [{"plugin": b.name, "distribution": b.distribution, "version": b.version, "methods": "", "hooks": "",
+                  "status": "broken", "error": b.error} for b in cat.broken]
     _print_table(rows, args.json)
-    for b in cat.broken:
-        print(f"BROKEN plugin {b.name!r} ({b.distribution}): {b.error}", file=sys.stderr)
+    if not args.json:
+        for b in cat.broken:
+            print(f"BROKEN plugin {b.name!r} ({b.distribution}): {b.error}", file=sys.stderr)
     return 0
 
 
@@ -147,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="override the budget's stage-1 epochs")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key or method option")
     run.add_argument("--imbalance-factor", type=float, help="imbalance factor of the long-tailed split")
-    run.add_argument("--data-root", help="where to find data (else $LTBENCH_DATA)")
+    run.add_argument("--data-root", help="where to find data (else $LTBENCH_DATA); never created")
+    run.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")
     run.add_argument("--output", default="runs", help="records directory (default runs/)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--rerun", action="store_true", help="retrain runs that already completed")
@@ -163,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("dataset")
     data.add_argument("--imbalance-factor", type=float)
     data.add_argument("--data-root")
+    data.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")
     data.add_argument("--json", action="store_true")
     data.set_defaults(func=cmd_data)
 

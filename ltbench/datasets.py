@@ -112,7 +112,9 @@ class DatasetSpec:
     """A dataset in the catalog.
 
     ``load(data_root, imbalance_factor)`` returns an :class:`LTData`; it must
-    raise :class:`ltbench.errors.DataNotFoundError` when no copy is found.
+    raise :class:`ltbench.errors.DataNotFoundError` when no copy is found,
+    and never download (``download`` does, when the user asks for it).
+    The core checks what ``load`` returns (:func:`check_data`).
     """
 
     name: str
@@ -123,10 +125,55 @@ class DatasetSpec:
     crop_padding: int = 4
     flip: bool = True
     needs_data_root: bool = False
+    #: (height, width, channels) every image must have; ``None`` accepts any HWC size
+    image_shape: tuple[int, int, int] | None = None
+    #: ``download(root)`` fetches the data into ``root``; only ``--download`` calls it
+    download: Callable[[Path], None] | None = None
 
     def key(self, imbalance_factor: float) -> str:
         """The name used for run directories and leaderboards."""
         return f"{self.name}-if{imbalance_factor:g}"
+
+
+def load_checked(spec: DatasetSpec, data_root: str | None, imbalance_factor: float,
+                 download: bool = False) -> LTData:
+    """``spec.load`` with the core's checks: an existing ``--data-root`` (never created), a download only when
+    asked for, and data of the shape the dataset declares (:func:`check_data`)."""
+    if data_root and not Path(data_root).expanduser().exists():
+        raise DataNotFoundError(f"--data-root {data_root} does not exist; ltbench never creates it. Give the "
+                                f"directory that holds the data (or create it yourself to --download into it)")
+    try:
+        data = spec.load(data_root, imbalance_factor)
+    except DataNotFoundError:
+        if not download:
+            raise
+        if spec.download is None:
+            raise ConfigError(f"--download: dataset {spec.name!r} cannot be downloaded by ltbench") from None
+        root = Path(data_root or os.environ.get("LTBENCH_DATA") or Path.home() / ".cache" / "ltbench").expanduser()
+        if not data_root:  # ltbench's own cache (or $LTBENCH_DATA) may be made; a --data-root the user named never is
+            root.mkdir(parents=True, exist_ok=True)
+        spec.download(root)
+        data = spec.load(str(root), imbalance_factor)
+    check_data(spec, data)
+    return data
+
+
+def check_data(spec: DatasetSpec, data: LTData) -> None:
+    """Images HWC uint8 of the declared shape, one label per image, every class with training images."""
+    source = f"dataset {spec.name!r} ({data.info.get('source', 'loaded')})"
+    for key in ("x_train", "x_val", "x_test"):
+        images = getattr(data, key)
+        if len(images) or key == "x_train":
+            check_images(key, images, source, spec.image_shape)
+    for x, y in (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test")):
+        if len(getattr(data, x)) != len(getattr(data, y)):
+            raise DataNotFoundError(f"{source}: {x} has {len(getattr(data, x))} images but {y} has "
+                                    f"{len(getattr(data, y))} labels")
+    empty = np.flatnonzero(data.train_counts == 0)
+    if len(empty):
+        raise ConfigError(f"{source}: {len(empty)} classes have no training image (classes "
+                          f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); "
+                          f"lower the imbalance factor")
 
 
 # --------------------------------------------------------------------------
@@ -138,7 +185,13 @@ def exponential_counts(n_max: int, num_classes: int, imbalance_factor: float) ->
     """n_c = int(n_max * (1/IF)^(c/(C-1))), class 0 the head."""
     if not imbalance_factor >= 1:
         raise ConfigError(f"imbalance_factor must be >= 1, got {imbalance_factor!r}")
-    return [int(n_max * (1.0 / imbalance_factor) ** (c / (num_classes - 1))) for c in range(num_classes)]
+    counts = [int(n_max * (1.0 / imbalance_factor) ** (c / (num_classes - 1))) for c in range(num_classes)]
+    empty = sum(n == 0 for n in counts)
+    if empty:
+        raise ConfigError(f"imbalance_factor {imbalance_factor:g} leaves {empty} of {num_classes} classes without a "
+                          f"training image (the head class has {n_max}); the largest imbalance factor allowed "
+                          f"is {n_max}")
+    return counts
 
 
 def long_tailed_split(
@@ -185,10 +238,29 @@ def _read_cifar_pickles(folder: Path, files: list[str], label_key: bytes) -> tup
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def check_images(key: str, images: Any, source: Any, shape: tuple[int, int, int] | None = None) -> None:
+    """``images`` must be uint8 (N, H, W, C), C 1 or 3, and (H, W, C) == ``shape`` when given."""
+    arr = np.asarray(images) if not hasattr(images, "shape") else images
+    want = f"(N, {shape[0]}, {shape[1]}, {shape[2]})" if shape else "(N, H, W, C) with C 1 or 3"
+    if arr.ndim != 4:
+        raise DataNotFoundError(f"{source}: {key} has shape {tuple(arr.shape)}; expected images {want}")
+    if arr.dtype != np.uint8:
+        raise DataNotFoundError(f"{source}: {key} must be uint8 images, got {arr.dtype}")
+    hwc = tuple(int(d) for d in arr.shape[1:])
+    if hwc != tuple(shape or hwc) or hwc[2] not in (1, 3):
+        hint = ""
+        if hwc[0] in (1, 3) and hwc[2] not in (1, 3):
+            hint = ("; it looks channels-first (N, C, H, W): ltbench expects channels-last, "
+                    "e.g. x.transpose(0, 2, 3, 1)")
+        raise DataNotFoundError(f"{source}: {key} has images of shape {hwc}; expected {want}{hint}")
+
+
 def _check_arrays(x_train, y_train, x_test, y_test, source: Path, num_classes: int) -> None:
-    for key, arr, ndim in (("x_train", x_train, 4), ("x_test", x_test, 4), ("y_train", y_train, 1), ("y_test", y_test, 1)):
-        if arr.ndim != ndim:
-            raise DataNotFoundError(f"{source}: {key} has shape {arr.shape}; expected {ndim} dimensions")
+    for key, arr in (("x_train", x_train), ("x_test", x_test)):
+        check_images(key, arr, source, (32, 32, 3))
+    for key, arr in (("y_train", y_train), ("y_test", y_test)):
+        if arr.ndim != 1:
+            raise DataNotFoundError(f"{source}: {key} has shape {arr.shape}; expected one label per image")
     if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
         raise DataNotFoundError(f"{source}: images must be uint8, got {x_train.dtype}/{x_test.dtype}")
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
@@ -242,24 +314,28 @@ def find_cifar(num_classes: int, data_root: str | None) -> tuple[tuple[np.ndarra
             _check_arrays(x_tr, y_tr, x_te, y_te, folder, num_classes)
             return (x_tr, y_tr, x_te, y_te), str(folder)
         looked += [str(npz), str(folder)]
-    cache = Path(data_root or os.environ.get("LTBENCH_DATA") or Path.home() / ".cache" / "ltbench")
-    try:
+    where = "\n  ".join(looked) if looked else "(no --data-root given and LTBENCH_DATA is not set)"
+    raise DataNotFoundError(
+        f"CIFAR-{num_classes} not found. Looked in:\n  {where}\n"
+        f"Put either {meta['npz']} (arrays x_train, y_train, x_test, y_test) or the official "
+        f"{meta['dir']}/ folder in a directory and pass it with --data-root DIR or LTBENCH_DATA=DIR, "
+        f"or add --download to fetch it with torchvision into that directory."
+    )
+
+
+def _cifar_download(num_classes: int) -> Callable[[Path], None]:
+    def download(root: Path) -> None:
         import torchvision
 
         cls = torchvision.datasets.CIFAR100 if num_classes == 100 else torchvision.datasets.CIFAR10
-        train = cls(str(cache), train=True, download=True)
-        test = cls(str(cache), train=False, download=True)
-        arrays = (np.asarray(train.data), np.asarray(train.targets, dtype=np.int64),
-                  np.asarray(test.data), np.asarray(test.targets, dtype=np.int64))
-        return arrays, f"torchvision download into {cache}"
-    except Exception as exc:
-        where = "\n  ".join(looked) if looked else "(no --data-root given and LTBENCH_DATA is not set)"
-        raise DataNotFoundError(
-            f"CIFAR-{num_classes} not found. Looked in:\n  {where}\n"
-            f"and the download into {cache} failed ({type(exc).__name__}: {str(exc)[:200]}).\n"
-            f"Put either {meta['npz']} (arrays x_train, y_train, x_test, y_test) or the official "
-            f"{meta['dir']}/ folder in a directory and pass it with --data-root DIR or LTBENCH_DATA=DIR."
-        ) from None
+        try:
+            cls(str(root), train=True, download=True)
+            cls(str(root), train=False, download=True)
+        except Exception as exc:
+            raise DataNotFoundError(f"downloading CIFAR-{num_classes} into {root} failed "
+                                    f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    return download
 
 
 def _cifar_loader(num_classes: int) -> Callable[[str | None, float], LTData]:
@@ -369,9 +445,11 @@ def _cifar_budgets() -> dict[str, Budget]:
 @hookimpl
 def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     register(DatasetSpec("cifar100-lt", "CIFAR-100-LT (Cao et al. 2019 subset, seed 0); needs CIFAR-100",
-                         _cifar_loader(100), _cifar_budgets(), needs_data_root=True))
+                         _cifar_loader(100), _cifar_budgets(), needs_data_root=True, image_shape=(32, 32, 3),
+                         download=_cifar_download(100)))
     register(DatasetSpec("cifar10-lt", "CIFAR-10-LT (Cao et al. 2019 subset, seed 0); needs CIFAR-10",
-                         _cifar_loader(10), _cifar_budgets(), needs_data_root=True))
+                         _cifar_loader(10), _cifar_budgets(), needs_data_root=True, image_shape=(32, 32, 3),
+                         download=_cifar_download(10)))
     register(DatasetSpec(
         "fashion-mnist-lt", "Fashion-MNIST-LT, n_max 500, IF 100, embedded (no set-up)", load_fashion_mnist_lt,
         {"paper": CIFAR_PAPER,
@@ -380,7 +458,7 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
                        description="a minute or two on 2 CPU cores"),
          "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1,
                          stage2_batch_size=64, description="seconds")},
-        crop_padding=2,
+        crop_padding=2, image_shape=(28, 28, 1),
     ))
     register(DatasetSpec(
         "synthetic-lt", "generated 16x16 images with class signal, 10 classes (for tests)", load_synthetic_lt,
@@ -388,7 +466,7 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
                          stage2_batch_size=64, eval_batch_size=500, description="a second or two"),
          "cpu": Budget(backbone="resnet8", epochs=10, batch_size=64, lr=0.05, stage2_epochs=5,
                        stage2_batch_size=64)},
-        default_imbalance_factor=30.0, crop_padding=2,
+        default_imbalance_factor=30.0, crop_padding=2, image_shape=(16, 16, 3),
     ))
 
 

@@ -1,10 +1,14 @@
-"""Running a grid of (dataset, method, seed) cells and writing their records.
+"""Running a grid of (dataset, method, configuration, seed) cells and writing their records.
 
 Everything that can be checked before training is checked first, for the
-whole grid: names, options, data. A cell whose ``result.json`` says
-``completed`` (or ``diverged``) is skipped unless ``rerun``; an interrupted
-cell resumes from its last checkpoint. A cell that fails is recorded as
-``failed`` and the grid goes on.
+whole grid: names, options, data. A cell is identified by its resolved
+configuration (:func:`ltbench.config.config_id`): a cell whose
+``result.json`` says ``completed`` (or ``diverged``) is skipped unless
+``rerun``, an interrupted cell resumes from its last checkpoint, and a cell
+with other settings is another run in another directory. A process holds a
+file lock on a cell (and on a shared stage 1) while it works on it. Any
+exception in a cell, from the core or from any plugin hook, records the cell
+as ``failed`` with the method and hook named, and the grid goes on.
 """
 
 from __future__ import annotations
@@ -15,20 +19,23 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
+from ltbench import checkpoints
 from ltbench import config as config_mod
 from ltbench.catalog import Catalog, get_catalog
-from ltbench.datasets import DatasetSpec, LTData
+from ltbench.datasets import DatasetSpec, LTData, load_checked
 from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, evaluate, make_plugin_manager,
-                            prepare_stage2, stage1_key, train_stage1, train_stage2)
-from ltbench.errors import ConfigError, LtbenchError
-from ltbench.records import (RESULT_FILE, SCHEMA_VERSION, atomic_torch_save, atomic_write_json, atomic_write_text,
+                            method_states, prepare_stage2, stage1_key, train_stage1, train_stage2)
+from ltbench.errors import ConfigError, LtbenchError, PluginContractError
+from ltbench.method import Method
+from ltbench.records import (RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
                              load_result, run_dir, versions)
 
 
@@ -41,6 +48,20 @@ class Cell:
     seed: int
     config: dict[str, Any]
     budget: str
+    #: what differs from the budget's defaults, ``{"breadcrumb.alignment": "var"}``; names the variant
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_id(self) -> str:
+        return config_mod.config_id(self.config)
+
+    @property
+    def label(self) -> str:
+        """The method, and what differs from the defaults: ``breadcrumb [alignment=var]``."""
+        return config_mod.variant_label(self.method, self.overrides)
+
+    def out_dir(self, output: Path) -> Path:
+        return run_dir(output, self.dataset_key, self.budget, self.method, self.config_id, self.seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,13 +80,15 @@ def split_methods(spec: str) -> list[str]:
 
 def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget: str,
               settings: dict[str, Any] | None = None, epochs: int | None = None, imbalance_factor: float | None = None,
-              data_root: str | None = None, catalog: Catalog | None = None) -> list[Cell]:
+              data_root: str | None = None, catalog: Catalog | None = None, download: bool = False) -> list[Cell]:
     """Resolve every cell; raises before any training on unknown names, bad options or missing data."""
     catalog = catalog or get_catalog()
     if not methods:
         raise ConfigError("--methods: give at least one method")
     if not datasets:
         raise ConfigError("--datasets: give at least one dataset")
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
     if any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     composed = {m: [catalog.method(part.strip()).cls for part in m.split("+")] for m in methods}
@@ -76,14 +99,26 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
         configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor, every)
                    for m, classes in composed.items()}
         for m, classes in composed.items():  # option values a method rejects, and composition conflicts
-            make_plugin_manager([cls(**configs[m]["methods"][cls.name]) for cls in classes])
+            make_plugin_manager([construct(cls, configs[m]["methods"][cls.name]) for cls in classes])
         catalog.backbone(next(iter(configs.values()))["backbone"])
         imb = next(iter(configs.values()))["imbalance_factor"]
-        data = spec.load(data_root, imb)
-        for m in methods:
+        data = load_checked(spec, data_root, imb, download=download)
+        for m, classes in composed.items():
+            changed = config_mod.overrides(configs[m], config_mod.resolve(spec, budget, classes))
             for seed in seeds:
-                cells.append(Cell(spec, spec.key(imb), data, m, seed, configs[m], budget))
+                cells.append(Cell(spec, spec.key(imb), data, m, seed, configs[m], budget, changed))
     return cells
+
+
+def construct(cls: type, options: dict[str, Any]):
+    """A method instance; an unexpected exception from its constructor is a contract error naming it."""
+    try:
+        return cls(**options)
+    except LtbenchError:
+        raise
+    except Exception as exc:
+        raise PluginContractError(f"method {cls.name!r} failed to construct with options {options}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -96,57 +131,107 @@ def _write_history(run: Run) -> None:
     atomic_write_text(run.out_dir / "metrics.jsonl", "".join(json.dumps(e) + "\n" for e in run.history))
 
 
+def _blame(exc: BaseException) -> str:
+    """``method 'x', hook ltbench_y: `` for the innermost method hook on the traceback, else ``""``."""
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name.startswith("ltbench_") and isinstance(owner, Method):
+            found = f"method {owner.name!r}, hook {frame.f_code.co_name}: "
+        tb = tb.tb_next
+    return found
+
+
+class _Lock:
+    """One worker per run: an OS file lock beside the directory it guards (released by the OS if the holder dies)."""
+
+    def __init__(self, guarded: Path, what: str, log) -> None:
+        guarded.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(guarded) + ".lock")
+        self.what, self.log = what, log
+
+    def __enter__(self) -> "_Lock":
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            self.log(f"{self.what} is in use by another process ({self.lock.lock_file}); waiting for it to finish")
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
 def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False, log=print,
             catalog: Catalog | None = None, retrained: set[Path] | None = None) -> dict[str, Any]:
     """Run one cell (or skip/resume it) and return its record.
 
-    ``rerun`` retrains the cell, including a shared stage 1 unless that is in ``retrained`` (the shared
-    stage-1 models this grid already retrained); the ones it retrains are added there.
+    The cell's directory is locked while this process works on it: a second process asking for the same run
+    waits, then finds it complete. ``rerun`` retrains the cell, including a shared stage 1 unless that is in
+    ``retrained`` (the shared stage-1 models this grid already retrained); the ones it retrains are added there.
     """
-    catalog = catalog or get_catalog()
-    out = run_dir(output, cell.dataset_key, cell.budget, cell.method, cell.seed)
+    out = cell.out_dir(output)
+    with _Lock(out, f"[{cell.label} seed {cell.seed}] {out}", log):
+        return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
+                               set() if retrained is None else retrained)
+
+
+def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, rerun: bool, log,
+                    catalog: Catalog, retrained: set[Path]) -> dict[str, Any]:
+    tag = f"[{cell.label} seed {cell.seed}]"
     result_path = out / RESULT_FILE
     if rerun and out.exists():
         shutil.rmtree(out)
-    existing = load_result(result_path)
-    if existing and existing["status"] in ("completed", "diverged"):
-        log(f"[{cell.method} seed {cell.seed}] {cell.dataset_key}/{cell.budget}: already {existing['status']}, "
-            f"skipped (use --rerun to force)")
-        return existing
     config_path = out / "config.json"
     if config_path.exists():
-        old, new = json.loads(config_path.read_text()), json.loads(json.dumps(cell.config))  # as JSON sees them
-        if old != new:
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        old = json.loads(config_path.read_text())
+        if old != cell.config:
+            changed = sorted(k for k in set(old) | set(cell.config) if old.get(k) != cell.config.get(k))
             raise ConfigError(f"{out} holds a run with a different config (keys: {', '.join(changed)}); "
                               f"pass --rerun to replace it")
+    existing = load_result(result_path)
+    if existing and existing["status"] in ("completed", "diverged"):
+        log(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped (use --rerun to force)")
+        return existing
     atomic_write_json(config_path, cell.config)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
-    run = build_run(catalog, cell.dataset, cell.data, cell.config, cell.seed, device, out, log=log)
     timing: dict[str, float] = {}
     stage1_info: dict[str, Any] = {}
-    plan = None
+    run, plan = None, None
     status, error, test, val = "completed", None, None, None
     try:
+        run = build_run(catalog, cell.dataset, cell.data, cell.config, cell.seed, device, out, log=log)
         plain = all(m.plain_stage1 for m in run.methods)
         key = stage1_key(cell.config, cell.data, cell.dataset_key, cell.seed)
         s1_dir = (output / cell.dataset_key / cell.budget / "_stage1" / f"seed{cell.seed}-{key}") if plain else out
-        retrained = set() if retrained is None else retrained
-        if rerun and plain and s1_dir not in retrained:
-            shutil.rmtree(s1_dir, ignore_errors=True)
-            retrained.add(s1_dir)
-        stage1_info = run_stage1(run, s1_dir, output, timing)
+        if plain:
+            with _Lock(s1_dir, f"{tag} shared stage 1 {s1_dir}", log):
+                if rerun and s1_dir not in retrained:
+                    shutil.rmtree(s1_dir, ignore_errors=True)
+                    retrained.add(s1_dir)
+                stage1_info = run_stage1(run, s1_dir, output, timing)
+        else:
+            stage1_info = run_stage1(run, s1_dir, output, timing)
         stage1_info["shared"] = plain
         plan = run.pm.hook.ltbench_second_stage(run=run)
         if plan is not None:
             t2 = time.perf_counter()
+            progress = out / "stage2-progress.json"
+            prior = json.loads(progress.read_text())["seconds"] if progress.exists() else 0.0
+
+            def log_stage2() -> None:
+                _write_history(run)
+                atomic_write_json(progress, {"seconds": prior + time.perf_counter() - t2})
+
             prepare_stage2(run, plan)
-            train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=lambda: _write_history(run))
-            timing["stage2"] = time.perf_counter() - t2
+            train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=log_stage2)
+            timing["stage2"] = prior + time.perf_counter() - t2
         t3 = time.perf_counter()
         run.stage, run.epoch = 0, 0  # evaluation
         val = evaluate(run, cell.data.x_val, cell.data.y_val)
@@ -154,30 +239,35 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
         timing["eval"] = time.perf_counter() - t3
     except Diverged as exc:
         status, error = "diverged", str(exc)
-        log(f"[{cell.method} seed {cell.seed}] diverged: {exc}")
+        log(f"{tag} diverged: {exc}")
     except KeyboardInterrupt:
-        log(f"[{cell.method} seed {cell.seed}] interrupted; the next run resumes from the last checkpoint")
+        log(f"{tag} interrupted; the next run resumes from the last checkpoint")
         raise
     except LtbenchError as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        log(f"[{cell.method} seed {cell.seed}] failed: {error}")
-    except Exception as exc:  # recorded, and the grid goes on
-        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        log(f"[{cell.method} seed {cell.seed}] failed: {type(exc).__name__}: {exc}")
-    _write_history(run)
+        status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
+        log(f"{tag} failed: {error}")
+    except Exception as exc:  # any plugin or core fault: recorded, and the grid goes on
+        status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        log(f"{tag} failed: {error.splitlines()[0]}")
+    if run is not None and (run.history or not (out / "metrics.jsonl").exists()):
+        _write_history(run)  # never replaces a written history with an empty one (a run that failed to resume)
     peak, peak_kind = _peak_memory(device)
-    extra = {}
+    extra: dict[str, Any] = {}
     if status == "completed":
-        # called one implementation at a time so that each method's fields go under its own name
-        for impl in run.pm.hook.ltbench_record.get_hookimpls():
-            fields = impl.function(*[{"run": run}[a] for a in impl.argnames])
-            if fields:
-                extra[impl.plugin_name] = fields
-    entries = {m.name: catalog.method(m.name) for m in run.methods}
+        try:
+            extra = _record_fields(run)
+        except Exception as exc:
+            status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
+            log(f"{tag} failed: {error}")
+    names = list(cell.config["methods"])
+    entries = {n: catalog.method(n) for n in names}
     record = {
         "schema_version": SCHEMA_VERSION,
         "method": cell.method,
-        "methods": [m.name for m in run.methods],
+        "methods": names,
+        "variant": cell.label,
+        "config_id": cell.config_id,
+        "overrides": cell.overrides,
         "dataset": cell.dataset_key,
         "dataset_name": cell.dataset.name,
         "imbalance_factor": cell.config["imbalance_factor"],
@@ -199,7 +289,7 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
         "stage_wall_time_s": {k: round(v, 3) for k, v in timing.items()},
         "wall_time_s": round(sum(timing.values()), 3),
         "process_time_s": round(time.perf_counter() - t_start, 3),
-        "epochs_completed": len(run.history),
+        "epochs_completed": len(run.history) if run is not None else 0,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
         "config": cell.config,
@@ -215,9 +305,29 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
     if status == "completed":
         m = record["metrics"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        log(f"[{cell.method} seed {cell.seed}] {cell.dataset_key}/{cell.budget}: overall {fmt(m['overall'])} "
+        log(f"{tag} {cell.dataset_key}/{cell.budget}: overall {fmt(m['overall'])} "
             f"many {fmt(m['many'])} medium {fmt(m['medium'])} few {fmt(m['few'])} ({record['wall_time_s']:.0f}s)")
     return record
+
+
+def _record_fields(run: Run) -> dict[str, Any]:
+    """Each method's ``ltbench_record`` fields under its own name; a value JSON cannot hold is a contract error."""
+    extra = {}
+    for impl in run.pm.hook.ltbench_record.get_hookimpls():  # one at a time, so each method's fields are its own
+        fields = impl.function(*[{"run": run}[a] for a in impl.argnames])
+        if fields is None:
+            continue
+        if not isinstance(fields, dict):
+            raise PluginContractError(f"method {impl.plugin_name!r}: ltbench_record returned "
+                                      f"{type(fields).__name__}; the hook specification expects a dict or None")
+        try:
+            json.dumps(fields, default=json_default)
+        except (TypeError, ValueError) as exc:
+            raise PluginContractError(f"method {impl.plugin_name!r}: ltbench_record returned a value JSON cannot "
+                                      f"hold ({exc}); return numbers, strings, lists and dicts") from None
+        if fields:
+            extra[impl.plugin_name] = fields
+    return extra
 
 
 def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -> dict[str, Any]:
@@ -225,7 +335,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
     final = s1_dir / "stage1.pt"
     info_path = s1_dir / "stage1.json"
     if final.exists() and info_path.exists():
-        state = torch.load(final, weights_only=False)
+        state = checkpoints.load(final)
         info = json.loads(info_path.read_text())
         run.model.load_state_dict(state["model"])
         for m in run.methods:
@@ -249,8 +359,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
     train_stage1(run, ckpt, on_epoch_end=log_progress)
     seconds = prior + time.perf_counter() - t1
     trained_by = str(run.out_dir.relative_to(output))
-    atomic_torch_save({"model": run.model.state_dict(), "methods": {m.name: m.state_dict() for m in run.methods},
-                       "rng": _rng_state(run)}, final)
+    checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run)}, final)
     atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history, "trained_by": trained_by})
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
@@ -260,7 +369,7 @@ def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool 
              catalog: Catalog | None = None) -> list[dict]:
     records, retrained = [], set()
     for i, cell in enumerate(cells, 1):
-        log(f"== run {i}/{len(cells)}: {cell.method} on {cell.dataset_key} ({cell.budget}), seed {cell.seed}")
+        log(f"== run {i}/{len(cells)}: {cell.label} on {cell.dataset_key} ({cell.budget}), seed {cell.seed}")
         records.append(execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained))
     return records
 

@@ -90,8 +90,8 @@ def test_phase_two_leaves_every_backbone_parameter_bit_identical(runs):
     out, recs = runs
     assert all(r["status"] == "completed" for r in recs.values()), [r["error"] for r in recs.values()]
     assert recs["cam-fusion"]["stage1"]["reused"]  # Phase I is ce's stage 1
-    stage1 = torch.load(out / recs["cam-fusion"]["stage1"]["source"] / "stage1.pt", weights_only=False)["model"]
-    final = torch.load(next(out.rglob("cam-fusion/seed0/checkpoint-stage2.pt")), weights_only=False)["model"]
+    stage1 = torch.load(out / recs["cam-fusion"]["stage1"]["source"] / "stage1.pt", weights_only=True)["model"]
+    final = torch.load(next(out.rglob("cam-fusion/*/seed0/checkpoint-stage2.pt")), weights_only=True)["model"]
     backbone = [k for k in stage1 if k.startswith("backbone.")]
     assert backbone and all(torch.equal(stage1[k], final[k]) for k in backbone)
     assert not torch.equal(stage1["classifier.weight"], final["classifier.weight"])

@@ -23,7 +23,7 @@ from ltbench.cli import main
          "imbalance_factor must be >= 1"),
         (["run", "--methods", "ce", "--budget", "smoke", "--seeds", "a,b"], "--seeds expects comma-separated"),
         (["run", "--methods", "ce", "--budget", "smoke", "--device", "tpu"], "--device must be auto, cpu or cuda"),
-        (["data", "cifar10-lt", "--data-root", "/nonexistent-ltbench"], "/nonexistent-ltbench/cifar10.npz"),
+        (["data", "cifar10-lt", "--data-root", "/nonexistent-ltbench"], "--data-root /nonexistent-ltbench does not exist"),
         pytest.param(["run", "--methods", "ce", "--budget", "smoke", "--device", "cuda"], "no CUDA device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
         (["ls", "methods", "--json"], None),
@@ -79,6 +79,7 @@ def test_leaderboard_shows_mean_and_std_over_seeds(tmp_path):
 
     def rec(seed, overall):
         return {"dataset": "d-if1", "budget": "cpu", "method": "m", "methods": ["m"], "seed": seed,
+                "variant": "m", "config_id": "c0",
                 "metrics": {"overall": overall, "many": overall, "medium": None, "few": 1.0},
                 "wall_time_s": 10.0, "stage_wall_time_s": {"stage1": 10.0}, "config": {"backbone": "b", "epochs": 1},
                 "group_sizes": {"many": 1, "medium": 0, "few": 1}, "group_thresholds": {"few_below": 20, "many_above": 100},

@@ -21,7 +21,7 @@ def catalog():
 
 def test_a_run_writes_its_config_metrics_checkpoint_and_result(catalog, tmp_path):
     (rec,) = run_methods(catalog, ["cb-sampling"], tmp_path)
-    out = tmp_path / "synthetic-lt-if30" / "smoke" / "cb-sampling" / "seed0"
+    out = tmp_path / "synthetic-lt-if30" / "smoke" / "cb-sampling" / rec["config_id"] / "seed0"
     assert REQUIRED <= set(rec)
     assert rec["status"] == "completed"
     assert set(rec["metrics"]) == {"overall", "many", "medium", "few"}
@@ -55,24 +55,26 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(catalog, tmp_path):
     toy.Interrupter.armed = True
     with pytest.raises(KeyboardInterrupt):
         run_methods(catalog, ["interrupter"], tmp_path / "cut", epochs=4)
-    out = tmp_path / "cut" / "synthetic-lt-if30" / "smoke" / "interrupter" / "seed0"
+    (out,) = (tmp_path / "cut" / "synthetic-lt-if30" / "smoke" / "interrupter").glob("*/seed0")
     assert not (out / "result.json").exists()
     # epoch 2 was cut before its checkpoint: epoch 1 is what survives
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    assert torch.load(out / "checkpoint-stage1.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoint-stage1.pt", weights_only=True)["epoch"] == 0
     (resumed,) = run_methods(catalog, ["interrupter"], tmp_path / "cut", epochs=4)
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 4
     assert resumed["per_class_accuracy"] == reference["per_class_accuracy"]  # the same computation
 
 
-def test_a_changed_config_does_not_silently_resume(catalog, tmp_path):
-    from ltbench.errors import ConfigError
-
+def test_a_changed_config_is_another_run_and_never_resumes_the_old_one(catalog, tmp_path):
     toy.Interrupter.armed = True
     with pytest.raises(KeyboardInterrupt):
         run_methods(catalog, ["interrupter"], tmp_path, epochs=4)
-    with pytest.raises(ConfigError, match="different config.*epochs.*--rerun"):
-        run_methods(catalog, ["interrupter"], tmp_path, epochs=5)
+    toy.Interrupter.armed = False
+    (other,) = run_methods(catalog, ["interrupter"], tmp_path, epochs=5)
+    assert other["status"] == "completed" and other["epochs_completed"] == 5 and other["config"]["epochs"] == 5
+    (cut,) = [p for p in (tmp_path / "synthetic-lt-if30" / "smoke" / "interrupter").glob("*/seed0")
+              if p.parent.name != other["config_id"]]
+    assert not (cut / "result.json").exists() and (cut / "checkpoint-stage1.pt").exists()  # still resumable
 
 
 def test_a_diverging_run_is_recorded_as_diverged(catalog, tmp_path):
@@ -109,9 +111,9 @@ def test_second_stage_freezes_the_backbone_and_reuses_a_shared_stage1(catalog, t
     assert dec["stage1"]["source"] == ce["stage1"]["source"] == twin["stage1"]["source"]
     assert dec["stage_wall_time_s"]["stage1"] == ce["stage_wall_time_s"]["stage1"]
     assert dec["second_stage"]["epochs"] == 2 and dec["stage_wall_time_s"]["stage2"] > 0
-    shared = torch.load(tmp_path / dec["stage1"]["source"] / "stage1.pt", weights_only=False)["model"]
-    final = torch.load(tmp_path / "synthetic-lt-if30" / "smoke" / "toy-decoupled" / "seed0" / "checkpoint-stage2.pt",
-                       weights_only=False)["model"]
+    shared = torch.load(tmp_path / dec["stage1"]["source"] / "stage1.pt", weights_only=True)["model"]
+    final = torch.load(tmp_path / "synthetic-lt-if30" / "smoke" / "toy-decoupled" / dec["config_id"] / "seed0" / "checkpoint-stage2.pt",
+                       weights_only=True)["model"]
     backbone = [k for k in shared if k.startswith("backbone.")]
     assert backbone and all(torch.equal(shared[k], final[k]) for k in backbone)  # incl. batch-norm statistics
     assert not torch.equal(shared["classifier.weight"], final["classifier.weight"])

@@ -110,7 +110,7 @@ def test_nothing_is_generated_before_the_start_epoch_and_the_record_reports_over
     assert extra["start_epoch"] == 3
     assert rec["epochs_completed"] == 5 and extra["generated"] > 0
     assert extra["epoch_time_ratio_vs_without"] > 0 and extra["activation_memory_ratio_vs_without"] > 1
-    metrics = [json.loads(line) for line in (out / rec["dataset"] / "smoke" / "safa" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (out / rec["dataset"] / "smoke" / "safa" / rec["config_id"] / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [("loss_safa_cycle" in m) for m in metrics] == [False, False, False, True, True]
 
 

@@ -201,3 +201,69 @@ class ForwardCounter(Method):
 
 
 ALL.append(ForwardCounter)
+
+
+class RaisesInConfigure(Method):
+    """A plugin bug while the run is built."""
+
+    name = "raises-in-configure"
+    metadata = META
+
+    @hookimpl
+    def ltbench_configure_model(self, model):
+        raise RuntimeError("configure blew up")
+
+
+class RaisesInRecord(Method):
+    name = "raises-in-record"
+    metadata = META
+
+    @hookimpl
+    def ltbench_record(self):
+        raise KeyError("record blew up")
+
+
+class NonJsonRecord(Method):
+    name = "non-json-record"
+    metadata = META
+
+    @hookimpl
+    def ltbench_record(self):
+        return {"when": object()}
+
+
+class ObjectState(Method):
+    """Keeps an arbitrary object in its checkpoint state: refused when the checkpoint is written."""
+
+    name = "object-state"
+    metadata = META
+
+    def state_dict(self):
+        return {"thing": object()}
+
+
+class SlowStage2(ToyDecoupled):
+    """Stage 2 of 3 epochs, 0.2 s each; raises KeyboardInterrupt after stage-2 epoch 1 while armed (once)."""
+
+    name = "slow-stage2"
+    armed = False
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        return SecondStage(epochs=3)
+
+    @hookimpl
+    def ltbench_epoch_start(self, stage):
+        if stage == 2:
+            import time
+
+            time.sleep(0.2)
+
+    @hookimpl
+    def ltbench_epoch_end(self, stage, epoch):
+        if SlowStage2.armed and stage == 2 and epoch == 0:
+            SlowStage2.armed = False
+            raise KeyboardInterrupt
+
+
+ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage2]

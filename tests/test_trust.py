@@ -384,7 +384,7 @@ def test_stage_times_add_up_across_resumes(catalog, tmp_path):
         run_methods(catalog, ["slow-stage2"], tmp_path)
     (rec,) = run_methods(catalog, ["slow-stage2"], tmp_path)
     assert rec["status"] == "completed"
-    assert rec["stage_wall_time_s"]["stage2"] >= 0.6  # three sleeps of 0.2 s, one before the interruption
+    assert rec["stage_wall_time_s"]["stage2"] >= 0.6  # three sleeps of 0.2 s, one of them checkpointed before the interruption
 
 
 # -- one worker per run: real processes --------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class ObjectState(Method):
 
 
 class SlowStage2(ToyDecoupled):
-    """Stage 2 of 3 epochs, 0.2 s each; raises KeyboardInterrupt after stage-2 epoch 1 while armed (once)."""
+    """Stage 2 of 3 epochs, 0.2 s each; raises KeyboardInterrupt after stage-2 epoch 2 (before its checkpoint) while armed (once)."""
 
     name = "slow-stage2"
     armed = False
@@ -261,7 +261,7 @@ class SlowStage2(ToyDecoupled):
 
     @hookimpl
     def ltbench_epoch_end(self, stage, epoch):
-        if SlowStage2.armed and stage == 2 and epoch == 0:
+        if SlowStage2.armed and stage == 2 and epoch == 1:
             SlowStage2.armed = False
             raise KeyboardInterrupt
 

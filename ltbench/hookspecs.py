@@ -23,7 +23,11 @@ the same first-result hook the run fails before training with a
 other run hooks are broadcast to every method of the run.
 
 A hook implementation may accept fewer arguments than the specification
-lists (pluggy's opt-in arguments); it may not accept others.
+lists (pluggy's opt-in arguments); it may not accept others. An exception
+from any run hook fails that run only: its record says ``failed`` and names
+the method and hook, and the grid goes on. A method's ``state_dict`` goes
+into checkpoints loaded with ``torch.load(weights_only=True)``: tensors,
+numpy arrays, numbers, strings, ``None`` and dicts/lists/tuples of them.
 
 Stages: stage 1 trains backbone and classifier. A method that answers
 :func:`ltbench_second_stage` adds stage 2, which starts from the stage-1
@@ -237,4 +241,6 @@ def ltbench_record(run: Run) -> dict[str, Any] | None:
     """Return extra JSON-serialisable fields for the run's ``result.json``.
 
     Broadcast; each method's fields are stored under ``extra[method name]``.
+    A value JSON cannot hold (or anything but a dict or ``None``) fails the
+    run with the method named, as does an exception from any hook.
     """

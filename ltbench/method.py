@@ -42,7 +42,9 @@ class Method:
     default; the default's type is the option's type). One instance is made
     per run, so instance attributes are per-run state. Override
     ``state_dict``/``load_state_dict`` for state that must survive a resumed
-    run, and ``check_options`` to reject bad values.
+    run (tensors, numpy arrays, numbers, strings, ``None`` and
+    dicts/lists/tuples of them: checkpoints never unpickle other objects),
+    and ``check_options`` to reject bad values.
     """
 
     name: ClassVar[str]

@@ -192,6 +192,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             raise ConfigError(f"{out} holds a run with a different config (keys: {', '.join(changed)}); "
                               f"pass --rerun to replace it")
     existing = load_result(result_path)
+    if existing and existing.get("config") != cell.config:
+        raise ConfigError(f"{result_path} is the record of another configuration; pass --rerun to replace it")
     if existing and existing["status"] in ("completed", "diverged"):
         log(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped (use --rerun to force)")
         return existing

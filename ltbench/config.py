@@ -142,9 +142,18 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config))
 
 
+#: keys that say how a run is computed, not what: recorded in its config, left out of its identity
+EXECUTION_KEYS = ("channels_last", "compile")
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that identifies a run: all of it but :data:`EXECUTION_KEYS`."""
+    return {k: v for k, v in canonical(config).items() if k not in EXECUTION_KEYS}
+
+
 def config_id(config: dict[str, Any]) -> str:
     """A short hash of the resolved configuration (and of the order of its methods): its run directories' name."""
-    blob = json.dumps({"config": canonical(config), "method_order": list(config["methods"])}, sort_keys=True)
+    blob = json.dumps({"config": identity(config), "method_order": list(config["methods"])}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -153,7 +162,7 @@ def overrides(config: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]
 
     ``imbalance_factor`` is left out: it is part of the dataset's name (``cifar100-lt-if50``)."""
     out = {k: v for k, v in config.items()
-           if k not in ("methods", "imbalance_factor") and default.get(k) != v}
+           if k not in ("methods", "imbalance_factor", *EXECUTION_KEYS) and default.get(k) != v}
     for method, opts in config["methods"].items():
         base = default["methods"].get(method, {})
         out.update({f"{method}.{k}": v for k, v in opts.items() if base.get(k) != v})

@@ -52,6 +52,9 @@ class Budget:
     stage2_lr: float = 0.1
     stage2_batch_size: int = 128
     eval_batch_size: int = 500
+    #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
+    channels_last: bool = False
+    compile: bool = False
     description: str = ""
 
 

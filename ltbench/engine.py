@@ -96,37 +96,51 @@ class SecondStage:
 
 
 class ImageStore:
-    """uint8 images held on the training device; augmentation is batched there."""
+    """uint8 images held on the training device; augmentation is batched there.
 
-    def __init__(self, images: np.ndarray, spec: DatasetSpec, data: LTData, device: torch.device):
+    A batch is gathered, cropped and flipped in uint8 and converted to float once, at the size the model sees.
+    """
+
+    def __init__(self, images: np.ndarray, spec: DatasetSpec, data: LTData, device: torch.device,
+                 channels_last: bool = False):
         self.x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.padding, self.flip = spec.crop_padding, spec.flip
+        self.channels_last = channels_last
 
     def __len__(self) -> int:
         return len(self.x)
 
+    def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) to normalised float: ``(x / 255 - mean) / std``, in place on one new tensor.
+
+        The new tensor has standard strides: a cropped single-channel batch can carry strides that also read
+        as channels-last, and convolution backends pick their algorithm (and their rounding) by layout."""
+        x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = self.x[idx.to(self.x.device)].float().div_(255)
+        x = self.x[idx.to(self.x.device, non_blocking=True)]
         if augment:
             x = random_crop_flip(x, self.padding, self.flip, generator)
-        return (x - self.mean) / self.std
+        return self.normalise_uint8(x)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per image, in one batched op."""
+    """Random crop after zero padding, and random horizontal flip, per image, in one batched op.
+
+    Works on any dtype (ltbench crops uint8). The offsets and flips are drawn from ``generator`` on its own
+    device (the training device on a GPU, so nothing is copied from the host), in the order oy, ox, flip."""
     b, c, h, w = x.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
     if padding:
-        x = nn.functional.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        x = x[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-              rows, cols]
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gen_device).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gen_device).to(x.device)
+        windows = nn.functional.pad(x, (padding, padding, padding, padding)).unfold(2, h, 1).unfold(3, w, 1)
+        x = windows[torch.arange(b, device=x.device), :, oy, ox]  # (B, C, H, W): one window per image
     if flip:
-        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        mask = (torch.rand(b, generator=generator, device=gen_device) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -154,6 +168,8 @@ class Run:
     out_dir: Path
     log: Any = print
     generator: torch.Generator = field(default_factory=torch.Generator)
+    #: augmentation randomness, on the training device (on the CPU it is ``generator`` itself)
+    aug_generator: torch.Generator | None = None
     stage: int = 1
     epoch: int = 0
     model: LTModel | None = None
@@ -162,6 +178,15 @@ class Run:
     train_features: torch.Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     _validation_cache: tuple[tuple[int, int], EvalResult] | None = None
+    _eval_stores: dict[int, tuple[np.ndarray, ImageStore]] = field(default_factory=dict)
+
+    def image_store(self, images: np.ndarray) -> ImageStore:
+        """The device copy of an evaluation image array, made once per run (not at every evaluation)."""
+        key = id(images)
+        if key not in self._eval_stores or self._eval_stores[key][0] is not images:
+            self._eval_stores[key] = (images, ImageStore(images, self.dataset, self.data, self.device,
+                                                         self.config.get("channels_last", False)))
+        return self._eval_stores[key][1]
 
     @property
     def num_classes(self) -> int:
@@ -273,25 +298,24 @@ def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
     model = run.model
     was_training = model.training
     model.eval()
-    store = ImageStore(images, run.dataset, run.data, run.device) if len(images) else None
+    store = run.image_store(images) if len(images) else None
     out = []
     bs = run.config["eval_batch_size"]
     for start in range(0, len(images), bs):
-        idx = torch.arange(start, min(start + bs, len(images)))
         with _autocast(run.device):
-            logits = model(store.get(idx, augment=False)).float()
+            logits = model(store.normalise_uint8(store.x[start : start + bs])).float()
         adjusted = run.pm.hook.ltbench_adjust_logits(run=run, logits=logits)
         if adjusted is not None:
             _expect(run, "ltbench_adjust_logits", adjusted,
                     lambda v: isinstance(v, torch.Tensor) and v.shape == logits.shape, f"a tensor of shape {tuple(logits.shape)}")
             logits = adjusted
-        out.append(logits.cpu())
+        out.append(logits)
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, run.num_classes)
+    return torch.cat(out) if out else torch.zeros(0, run.num_classes, device=run.device)
 
 
 def evaluate(run: Run, images: np.ndarray, labels: np.ndarray) -> EvalResult:
-    preds = predict_logits(run, images).argmax(1).numpy()
+    preds = predict_logits(run, images).argmax(1).cpu().numpy()  # one copy from the device
     return evaluate_predictions(labels, preds, run.train_counts, run.data.group_thresholds)
 
 
@@ -315,12 +339,17 @@ def _progress(run: Run, total: int, desc: str):
 
 
 def _rng_state(run: Run) -> dict[str, Any]:
-    return {"generator": run.generator.get_state(), "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"generator": run.generator.get_state(), "torch": torch.get_rng_state(),
+             "numpy": np.random.get_state(), "python": random.getstate()}
+    if run.aug_generator is not None and run.aug_generator is not run.generator:
+        state["aug_generator"] = run.aug_generator.get_state()
+    return state
 
 
 def _set_rng_state(run: Run, state: dict[str, Any]) -> None:
     run.generator.set_state(state["generator"])
+    if "aug_generator" in state and run.aug_generator is not None and run.aug_generator is not run.generator:
+        run.aug_generator.set_state(state["aug_generator"])
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -349,14 +378,11 @@ def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -
     return ckpt["epoch"] + 1
 
 
-def _finite_or_raise(run: Run, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-    if not torch.isfinite(loss):
-        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-        raise Diverged(f"non-finite loss at stage {run.stage}, epoch {run.epoch + 1} (terms: {', '.join(bad) or 'task'})")
+def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch) -> dict[str, torch.Tensor]:
+    """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward.
 
-
-def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch) -> dict[str, float]:
-    """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward."""
+    Returns the detached loss terms, still on the device: nothing here waits for the device
+    (no ``float()``/``item()``/``bool()`` on a device tensor), so a GPU queue never stalls mid-epoch."""
     model = run.model
     run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
     with _autocast(run.device):
@@ -368,11 +394,34 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
         for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
             terms.update(extra or {})
         total = sum(terms.values())
-    _finite_or_raise(run, total, terms)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.Tensor, batch_size: int,
+              make_batch: Callable[[torch.Tensor], Batch], bar=None) -> tuple[dict[str, torch.Tensor], int]:
+    """The steps of one epoch over ``order`` (indices): per-term loss sums on the device, and the step count.
+
+    A non-finite loss is not checked per step (that would wait for the device every step): it makes its
+    term's sum non-finite, which :func:`check_finite` reads once at the end of the epoch."""
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    for start in range(0, len(order), batch_size):
+        for k, v in _train_step(run, optimizer, loss_fn, make_batch(order[start : start + batch_size])).items():
+            sums[k] = sums[k] + v.double() if k in sums else v.double()
+        steps += 1
+        if bar:
+            bar.update(1)
+    return sums, steps
+
+
+def check_finite(run: Run, sums: dict[str, float]) -> None:
+    """Raise :class:`Diverged` when an epoch's loss went non-finite, naming the stage, epoch and terms."""
+    bad = [k for k, v in sums.items() if not math.isfinite(v)]
+    if bad:
+        raise Diverged(f"non-finite loss at stage {run.stage}, epoch {run.epoch + 1} (terms: {', '.join(bad)})")
 
 
 def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Optimizer, set_lr: Callable[[int], None],
@@ -392,20 +441,17 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         if frozen_backbone:
             model.backbone.eval()  # frozen: batch-norm statistics stay as stage 1 left them
         order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-        sums: dict[str, float] = {}
-        steps = 0
         bar = _progress(run, math.ceil(len(order) / batch_size), f"stage {stage} epoch {epoch + 1}/{epochs}")
         t0 = time.perf_counter()
-        for start_i in range(0, len(order), batch_size):
-            for k, v in _train_step(run, optimizer, loss_fn, make_batch(order[start_i : start_i + batch_size])).items():
-                sums[k] = sums.get(k, 0.0) + v
-            steps += 1
-            if bar:
-                bar.update(1)
+        device_sums, steps = run_steps(run, optimizer, loss_fn, order, batch_size, make_batch, bar)
+        sums = {k: float(v) for k, v in device_sums.items()}  # the one wait for the device per epoch
+        seconds = time.perf_counter() - t0
         if bar:
             bar.close()
+        check_finite(run, sums)
         entry = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                 "seconds": round(time.perf_counter() - t0, 3),
+                 "seconds": round(seconds, 3), "images": len(order),
+                 "images_per_s": round(len(order) / seconds, 1) if seconds > 0 else None,
                  **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
         run.pm.hook.ltbench_epoch_end(run=run, stage=stage, epoch=epoch)
         if run._validation_cache and run._validation_cache[0] == (stage, epoch):
@@ -419,10 +465,14 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
     run.pm.hook.ltbench_stage_end(run=run, stage=stage)
 
 
-def _image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]:
+def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]:
+    """Batches of augmented training images: labels and images gathered on the device."""
+    on_device = torch.as_tensor(np.asarray(labels), device=run.device)
+
     def make(idx: torch.Tensor) -> Batch:
-        return Batch(labels=torch.as_tensor(labels[idx.numpy()], device=run.device),
-                     images=run.train_images.get(idx, augment=True, generator=run.generator), indices=idx)
+        where = idx.to(run.device, non_blocking=True)
+        return Batch(labels=on_device[where], indices=idx,
+                     images=run.train_images.get(where, augment=True, generator=run.aug_generator))
 
     return make
 
@@ -437,22 +487,21 @@ def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | N
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, epoch)
 
-    _train_epochs(run, 1, config["epochs"], optimizer, set_lr, run.train_labels, _image_batch(run, run.train_labels),
+    _train_epochs(run, 1, config["epochs"], optimizer, set_lr, run.train_labels, image_batch(run, run.train_labels),
                   config["batch_size"], ckpt_path, on_epoch_end)
 
 
 @torch.no_grad()
 def extract_features(run: Run, images: np.ndarray | None = None) -> torch.Tensor:
     """Pooled features in eval mode without augmentation: of the training images, or of ``images``."""
-    store = run.train_images if images is None else ImageStore(images, run.dataset, run.data, run.device)
+    store = run.train_images if images is None else run.image_store(images)
     was_training = run.model.training
     run.model.eval()
     out = []
     bs = run.config["eval_batch_size"]
     for start in range(0, len(store), bs):
-        idx = torch.arange(start, min(start + bs, len(store)))
         with _autocast(run.device):
-            out.append(run.model.features(store.get(idx, augment=False)).float())
+            out.append(run.model.features(store.normalise_uint8(store.x[start : start + bs])).float())
     run.model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, run.model.num_features, device=run.device)
 
@@ -496,11 +545,13 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     labels = run.train_labels if plan.labels is None else np.asarray(plan.labels)
     features = run.train_features
     if features is not None:
+        on_device = torch.as_tensor(labels, device=run.device)
+
         def make_batch(idx: torch.Tensor) -> Batch:
-            return Batch(labels=torch.as_tensor(labels[idx.numpy()], device=run.device),
-                         features=features[idx.to(features.device)], indices=idx)
+            where = idx.to(run.device, non_blocking=True)
+            return Batch(labels=on_device[where], features=features[where.to(features.device)], indices=idx)
     else:
-        make_batch = _image_batch(run, labels)
+        make_batch = image_batch(run, labels)
     _train_epochs(run, 2, epochs, optimizer, set_lr, labels, make_batch, plan.batch_size or config["stage2_batch_size"],
                   ckpt_path, on_epoch_end, frozen_backbone=not plan.train_backbone)
 
@@ -527,10 +578,16 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
     run = Run(dataset=dataset, data=sealed_for_training(data), config=config, seed=seed, device=device,
               methods=methods, pm=pm, out_dir=out_dir, log=log)
     run.generator.manual_seed(seed)
+    run.aug_generator = run.generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     backbone = catalog.backbone(config["backbone"]).build(data.channels)
     head = build_classifier(run, 1, backbone.num_features, None)
     run.model = LTModel(backbone, head)
     run.pm.hook.ltbench_configure_model(run=run, model=run.model)
     run.model.to(device)
-    run.train_images = ImageStore(data.x_train, dataset, data, device)
+    channels_last = config.get("channels_last", False)
+    if channels_last:
+        run.model.to(memory_format=torch.channels_last)
+    if config.get("compile", False):
+        run.model.backbone.compile()  # in place: state-dict keys, hooks and methods stay as they are
+    run.train_images = ImageStore(data.x_train, dataset, data, device, channels_last)
     return run

@@ -90,16 +90,19 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
     for rec in records:
         m = rec["metrics"]
         stages = rec.get("stage_wall_time_s", {})
+        speed = rec.get("throughput_img_per_s") or {}
         paper, source = _paper(rec)
         rows.append({"dataset": rec["dataset"], "budget": rec["budget"], "method": rec["variant"],
                      "config_id": rec["config_id"],
                      "seed": rec["seed"], "overall": m["overall"], "many": m["many"], "medium": m["medium"],
                      "few": m["few"], "wall": rec["wall_time_s"], "stage2": stages.get("stage2"),
+                     "ips1": speed.get("stage1"), "ips2": speed.get("stage2"),
+                     "device": rec.get("device_model") or rec.get("device", "?"),
                      "paper": paper, "source": source, "backbone": rec["config"]["backbone"],
                      "epochs": rec["config"]["epochs"], "groups": rec.get("group_sizes") or {},
                      "thresholds": rec["group_thresholds"]})
     df = pd.DataFrame(rows)
-    for col in ("overall", "many", "medium", "few", "wall", "stage2"):
+    for col in ("overall", "many", "medium", "few", "wall", "stage2", "ips1", "ips2"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     pages = {}
     for dataset, ddf in df.groupby("dataset", sort=True):
@@ -110,9 +113,10 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                   f"Overall is the mean of per-class accuracies; many-shot classes have more than "
                   f"{t['many_above']} training images ({g.get('many', '?')} classes), few-shot fewer than "
                   f"{t['few_below']} ({g.get('few', '?')} classes), medium the rest ({g.get('medium', '?')} classes). "
-                  f"Wall time is the mean per run, a reused stage 1 counted at what it cost to train; it was "
-                  f"measured on whatever machine made the record, under whatever load, so compare costs with "
-                  f"`ci/bench_overheads.py` or the in-run ratios in the records instead.",
+                  f"Wall time is the mean per run, a reused stage 1 counted at what it cost to train; img/s is "
+                  f"the images per second of each stage's training steps (from the records; – where a record "
+                  f"predates it). Both were measured on whatever machine made the record, under whatever load, "
+                  f"so compare costs with `ci/bench_overheads.py` or the in-run ratios in the records instead.",
                   ""]
         sources: dict[str, str] = {}
         for budget, bdf in ddf.groupby("budget", sort=True):
@@ -126,7 +130,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                 overall=("overall", "mean"), overall_sd=("overall", "std"), many=("many", "mean"),
                 many_sd=("many", "std"), medium=("medium", "mean"), medium_sd=("medium", "std"),
                 few=("few", "mean"), few_sd=("few", "std"), seeds=("seed", "nunique"), wall=("wall", "mean"),
-                stage2=("stage2", "mean"), paper=("paper", "first"), source=("source", "first"),
+                stage2=("stage2", "mean"), ips1=("ips1", "mean"), ips2=("ips2", "mean"),
+                paper=("paper", "first"), source=("source", "first"),
                 backbone=("backbone", "first"), epochs=("epochs", "first"))
             agg = agg.sort_values(["overall"], ascending=False, kind="mergesort")
             table = []
@@ -135,15 +140,18 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                 table.append([method, _fmt(r["overall"], r["overall_sd"], n), _fmt(r["many"], r["many_sd"], n),
                               _fmt(r["medium"], r["medium_sd"], n), _fmt(r["few"], r["few_sd"], n), n,
                               f"{r['wall']:.0f}", "–" if pd.isna(r["stage2"]) else f"{r['stage2']:.1f}",
-                              r["paper"] or "–"])
+                              "–" if pd.isna(r["ips1"]) else f"{r['ips1']:.0f}",
+                              "–" if pd.isna(r["ips2"]) else f"{r['ips2']:.0f}", r["paper"] or "–"])
                 if r["source"]:
                     sources[method] = r["source"]
             backbones = ", ".join(sorted(set(bdf["backbone"])))
             epochs = ", ".join(str(e) for e in sorted(set(bdf["epochs"])))
             lines += [f"## budget `{budget}` ({backbones}, {epochs} epochs)", "",
                       tabulate(table, headers=["method", "overall", "many", "medium", "few", "seeds", "wall (s)",
-                                               "stage 2 (s)", "paper overall"], tablefmt="github",
-                               disable_numparse=True), ""]
+                                               "stage 2 (s)", "stage 1 img/s", "stage 2 img/s", "paper overall"],
+                               tablefmt="github", disable_numparse=True), "",
+                      "Measured on: " + "; ".join(f"{d} ({n} runs)" for d, n in
+                                                  sorted(bdf["device"].value_counts().items())), ""]
         if sources:
             lines += ["Paper numbers (different backbones and budgets; for orientation, not comparison):", ""]
             lines += [f"- `{m}`: {s}" for m, s in sorted(sources.items())] + [""]

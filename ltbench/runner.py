@@ -14,6 +14,7 @@ as ``failed`` with the method and hook named, and the grid goes on.
 from __future__ import annotations
 
 import json
+import platform
 import resource
 import shutil
 import sys
@@ -50,6 +51,9 @@ class Cell:
     budget: str
     #: what differs from the budget's defaults, ``{"breadcrumb.alignment": "var"}``; names the variant
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: the :func:`plan_grid` arguments that plan this cell alone: small and picklable, so that a worker
+    #: process or a cluster job re-plans the cell (and loads its data) itself; see :func:`replan`
+    request: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_id(self) -> str:
@@ -95,7 +99,7 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
     specs = [catalog.dataset(d) for d in datasets]
     every = [cls for classes in composed.values() for cls in classes]
     cells = []
-    for spec in specs:
+    for name, spec in zip(datasets, specs):
         configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor, every)
                    for m, classes in composed.items()}
         for m, classes in composed.items():  # option values a method rejects, and composition conflicts
@@ -106,8 +110,26 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
         for m, classes in composed.items():
             changed = config_mod.overrides(configs[m], config_mod.resolve(spec, budget, classes))
             for seed in seeds:
-                cells.append(Cell(spec, spec.key(imb), data, m, seed, configs[m], budget, changed))
+                request = {"methods": [m], "datasets": [name], "seeds": [seed], "budget": budget,
+                           "settings": settings, "epochs": epochs, "imbalance_factor": imbalance_factor,
+                           "data_root": data_root}
+                cells.append(Cell(spec, spec.key(imb), data, m, seed, configs[m], budget, changed, request))
     return cells
+
+
+def replan(request: dict[str, Any], catalog: Catalog | None = None) -> Cell:
+    """The cell a :attr:`Cell.request` describes, planned again (in a worker process or a cluster job)."""
+    (cell,) = plan_grid(**request, catalog=catalog)
+    return cell
+
+
+def stage1_dir(cell: Cell, output: Path, catalog: Catalog | None = None) -> Path | None:
+    """Where the cell's shared stage 1 lives, or None when one of its methods changes stage 1."""
+    catalog = catalog or get_catalog()
+    if not all(catalog.method(name).cls.plain_stage1 for name in cell.config["methods"]):
+        return None
+    key = stage1_key(cell.config, cell.data, cell.dataset_key, cell.seed)
+    return output / cell.dataset_key / cell.budget / "_stage1" / f"seed{cell.seed}-{key}"
 
 
 def construct(cls: type, options: dict[str, Any]):
@@ -186,13 +208,13 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         shutil.rmtree(out)
     config_path = out / "config.json"
     if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != cell.config:
-            changed = sorted(k for k in set(old) | set(cell.config) if old.get(k) != cell.config.get(k))
+        old, new = config_mod.identity(json.loads(config_path.read_text())), config_mod.identity(cell.config)
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"{out} holds a run with a different config (keys: {', '.join(changed)}); "
                               f"pass --rerun to replace it")
     existing = load_result(result_path)
-    if existing and existing.get("config") != cell.config:
+    if existing and config_mod.identity(existing.get("config", {})) != config_mod.identity(cell.config):
         raise ConfigError(f"{result_path} is the record of another configuration; pass --rerun to replace it")
     if existing and existing["status"] in ("completed", "diverged"):
         log(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped (use --rerun to force)")
@@ -204,14 +226,15 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
+    eval_images = 0
     stage1_info: dict[str, Any] = {}
     run, plan = None, None
     status, error, test, val = "completed", None, None, None
     try:
         run = build_run(catalog, cell.dataset, cell.data, cell.config, cell.seed, device, out, log=log)
-        plain = all(m.plain_stage1 for m in run.methods)
-        key = stage1_key(cell.config, cell.data, cell.dataset_key, cell.seed)
-        s1_dir = (output / cell.dataset_key / cell.budget / "_stage1" / f"seed{cell.seed}-{key}") if plain else out
+        shared = stage1_dir(cell, output, catalog)
+        plain = shared is not None
+        s1_dir = shared if plain else out
         if plain:
             with _Lock(s1_dir, f"{tag} shared stage 1 {s1_dir}", log):
                 if rerun and s1_dir not in retrained:
@@ -239,6 +262,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         val = evaluate(run, cell.data.x_val, cell.data.y_val)
         test = evaluate(run, cell.data.x_test, cell.data.y_test)
         timing["eval"] = time.perf_counter() - t3
+        eval_images = len(cell.data.y_val) + len(cell.data.y_test)
     except Diverged as exc:
         status, error = "diverged", str(exc)
         log(f"{tag} diverged: {exc}")
@@ -261,6 +285,28 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         except Exception as exc:
             status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
             log(f"{tag} failed: {error}")
+    record = make_record(cell, device, catalog, status, error, run=run, plan=plan, test=test, val=val,
+                         stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra,
+                         started=started, process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
+    atomic_write_json(result_path, record)
+    if status == "completed":
+        m = record["metrics"]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        log(f"{tag} {cell.dataset_key}/{cell.budget}: overall {fmt(m['overall'])} "
+            f"many {fmt(m['many'])} medium {fmt(m['medium'])} few {fmt(m['few'])} ({record['wall_time_s']:.0f}s)")
+    return record
+
+
+def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str, error: str | None, *,
+                run: Run | None = None, plan: Any = None, test: Any = None, val: Any = None,
+                stage1_info: dict[str, Any] | None = None, timing: dict[str, float] | None = None,
+                eval_images: int = 0, extra: dict[str, Any] | None = None, started: datetime | None = None,
+                process_time: float = 0.0, peak: tuple[float, str] = (0.0, "none"),
+                epochs_completed: int | None = None) -> dict[str, Any]:
+    """A run's ``result.json``; every field is present whatever the status."""
+    timing = timing or {}
+    started = started or datetime.now(timezone.utc)
+    peak, peak_kind = peak
     names = list(cell.config["methods"])
     entries = {n: catalog.method(n) for n in names}
     record = {
@@ -286,12 +332,12 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         "val_size": int(len(cell.data.y_val)),
         "test_size": int(len(cell.data.y_test)),
         "split_fingerprint": cell.data.fingerprint,
-        "stage1": stage1_info,
+        "stage1": stage1_info or {},
         "second_stage": plan.describe() if plan is not None else None,
         "stage_wall_time_s": {k: round(v, 3) for k, v in timing.items()},
         "wall_time_s": round(sum(timing.values()), 3),
-        "process_time_s": round(time.perf_counter() - t_start, 3),
-        "epochs_completed": len(run.history) if run is not None else 0,
+        "process_time_s": round(process_time, 3),
+        "epochs_completed": epochs_completed if epochs_completed is not None else len(run.history) if run else 0,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
         "config": cell.config,
@@ -299,17 +345,39 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
                               for n, e in entries.items()}),
         "method_metadata": {n: e.cls.metadata.to_dict() for n, e in entries.items()},
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
-        "extra": extra,
+        "device_model": device_model(device),
+        "throughput_img_per_s": throughput(run.history if run is not None else [], eval_images, timing.get("eval")),
+        "extra": extra or {},
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_json(result_path, record)
-    if status == "completed":
-        m = record["metrics"]
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        log(f"{tag} {cell.dataset_key}/{cell.budget}: overall {fmt(m['overall'])} "
-            f"many {fmt(m['many'])} medium {fmt(m['medium'])} few {fmt(m['few'])} ({record['wall_time_s']:.0f}s)")
     return record
+
+
+def throughput(history: list[dict[str, Any]], eval_images: int, eval_seconds: float | None) -> dict[str, Any]:
+    """Images per second of each stage's step loop (from the epoch history) and of evaluation."""
+    out: dict[str, Any] = {}
+    for stage in (1, 2):
+        done = [e for e in history if e.get("stage") == stage and e.get("images")]
+        seconds = sum(e["seconds"] for e in done)
+        out[f"stage{stage}"] = round(sum(e["images"] for e in done) / seconds, 1) if seconds > 0 else None
+    out["eval"] = round(eval_images / eval_seconds, 1) if eval_images and eval_seconds else None
+    return out
+
+
+def device_model(device: torch.device) -> str:
+    """What a throughput was measured on: the GPU's name, or the CPU's model and the threads torch used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def _record_fields(run: Run) -> dict[str, Any]:

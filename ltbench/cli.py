@@ -22,24 +22,108 @@ def _seeds(text: str) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ltbench import config as config_mod
+    from ltbench import launch
     from ltbench.runner import plan_grid, resolve_device, run_grid, split_methods, stderr_log
 
     device = resolve_device(args.device)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {args.output} is a file; give a directory for the run records")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be a positive integer, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
+    if args.launcher and args.jobs > 1:
+        raise ConfigError("--jobs and --launcher do not combine: the launcher runs one job per stage-1 group; "
+                          "use --slurm-array-parallelism to bound how many run at once")
+    if args.launcher is not None and args.launcher not in launch.LAUNCHERS:
+        raise ConfigError(f"--launcher must be one of {', '.join(launch.LAUNCHERS)}, got {args.launcher!r}")
     _warn_broken()
     cells = plan_grid(split_methods(args.methods), split_methods(args.datasets), _seeds(args.seeds), args.budget,
                       settings=config_mod.parse_set(args.set or []), epochs=args.epochs,
                       imbalance_factor=args.imbalance_factor, data_root=args.data_root, download=args.download)
+    how = f"launcher {args.launcher}" if args.launcher else f"jobs {args.jobs}"
+    if args.shard:
+        planned = len(cells)
+        mine = launch.shard(cells, args.shard, output)
+        launch.write_manifest(cells, output, how=f"shards, {how}")  # the whole grid: status names other shards' runs
+        cells = mine
+        print(f"shard {args.shard}: {len(cells)} of the grid's {planned} runs", file=sys.stderr)
+    else:
+        launch.write_manifest(cells, output, how=how)
     log = (lambda msg: None) if args.quiet else stderr_log
-    records = run_grid(cells, output, device, rerun=args.rerun, log=log)
+    if args.launcher:
+        return _submit(args, cells, output, log)
+    if args.jobs > 1:
+        records = launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
+                                      log=log, quiet=args.quiet)
+    else:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads or threads)
+        try:
+            records = run_grid(cells, output, device, rerun=args.rerun, log=log)
+        finally:
+            torch.set_num_threads(threads)
+    return _report(records, args.output)
+
+
+def _report(records: list[dict[str, Any]], output: str) -> int:
     bad = [r for r in records if r["status"] != "completed"]
-    print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {args.output}/")
+    print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {output}/")
     for r in bad:
         print(f"  {r['variant']} seed {r['seed']} on {r['dataset']}: {r['status']}: "
               f"{(r['error'] or '').splitlines()[0]}")
     return 1 if bad else 0  # 0 only when every asked-for run completed
+
+
+def _submit(args: argparse.Namespace, cells: list, output: Path, log) -> int:
+    from ltbench import launch
+    from ltbench.records import RESULT_FILE, load_result
+
+    options = {key: value for key, value in {
+        "slurm_partition": args.slurm_partition, "slurm_account": args.slurm_account,
+        "gpus_per_node": args.slurm_gpus_per_job, "cpus_per_task": args.slurm_cpus_per_task,
+        "timeout_min": args.slurm_time, "mem_gb": args.slurm_mem_gb,
+        "slurm_array_parallelism": args.slurm_array_parallelism}.items() if value is not None}
+    if args.launcher == "local":  # the local executor knows no SLURM keys
+        options = {k: v for k, v in options.items() if not k.startswith("slurm_")}
+    jobs = launch.submit(cells, output, args.launcher, args.device, options, rerun=args.rerun, log=log,
+                         quiet=args.quiet)
+    ids = ", ".join(job.job_id for job in jobs)
+    print(f"submitted {len(cells)} runs as {len(jobs)} {args.launcher} jobs: {ids}")
+    print(f"logs: {output / launch.SUBMITIT_DIR}/<job id>_<task>_log.out/err; follow with: ltbench status {output}")
+    if args.launcher == "slurm" and not args.wait:
+        return 0
+    for job in jobs:  # local jobs are children of this process: wait for them (and for slurm with --wait)
+        try:
+            job.result()
+        except Exception as exc:  # the record says what happened; a job that died has none
+            print(f"job {job.job_id} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
+                  file=sys.stderr)
+    records = []
+    for cell in cells:
+        record = load_result(cell.out_dir(output) / RESULT_FILE)
+        records.append(record or {"variant": cell.label, "seed": cell.seed, "dataset": cell.dataset_key,
+                                  "status": "failed", "error": "its job ended without a record"})
+    return _report(records, str(output))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ltbench import status
+
+    rows = status.collect(Path(args.runs_dir))
+    counts = status.summary(rows)
+    if args.json:
+        print(json.dumps({"counts": counts, "runs": rows}, indent=2))
+    else:
+        shown = rows if args.all else [r for r in rows if r["state"] != "completed"]
+        if shown:
+            _print_table([{k: r[k] for k in ("state", "variant", "seed", "dataset", "budget", "detail")}
+                          for r in shown], False)
+        print(", ".join(f"{n} {state}" for state, n in counts.items() if n) or f"no runs under {args.runs_dir}")
+    return 0 if rows and counts["completed"] == len(rows) else 1
 
 
 def _warn_broken() -> None:
@@ -173,7 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--rerun", action="store_true", help="retrain runs that already completed")
     run.add_argument("--quiet", action="store_true")
+    scale = run.add_argument_group("running at scale (README: Running at scale)")
+    scale.add_argument("--jobs", type=int, default=1, help="runs in N worker processes on this machine (default 1)")
+    scale.add_argument("--threads", type=int, help="torch threads per run (default: the cores, divided by --jobs)")
+    scale.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the grid")
+    scale.add_argument("--launcher", help="submit the grid through submitit: slurm (a job array) or local")
+    scale.add_argument("--wait", action="store_true", help="--launcher slurm: wait for the jobs and report")
+    scale.add_argument("--slurm-partition")
+    scale.add_argument("--slurm-account")
+    scale.add_argument("--slurm-gpus-per-job", type=int)
+    scale.add_argument("--slurm-cpus-per-task", type=int)
+    scale.add_argument("--slurm-mem-gb", type=int)
+    scale.add_argument("--slurm-time", type=int, help="minutes per job")
+    scale.add_argument("--slurm-array-parallelism", type=int, help="at most this many jobs at once")
     run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="what is done, running, failed or missing in a runs directory")
+    st.add_argument("runs_dir", nargs="?", default="runs", help="the --output of ltbench run (default runs/)")
+    st.add_argument("--all", action="store_true", help="list completed runs too")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
 
     ls = sub.add_parser("ls", help="list methods, datasets or backbones")
     ls.add_argument("what", choices=["methods", "datasets", "backbones"])

@@ -330,8 +330,12 @@ def _autocast(device: torch.device):
 # --------------------------------------------------------------------------
 
 
+#: progress bars on a terminal; worker processes that share one terminal turn them off
+SHOW_PROGRESS = True
+
+
 def _progress(run: Run, total: int, desc: str):
-    if sys.stderr.isatty():
+    if SHOW_PROGRESS and sys.stderr.isatty():
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)

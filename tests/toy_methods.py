@@ -267,3 +267,25 @@ class SlowStage2(ToyDecoupled):
 
 
 ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage2]
+
+
+class DiesAtEpoch2(Method):
+    """Its worker process is killed (SIGKILL) in stage-1 epoch 2, once: the first time, it leaves a marker in
+    $LTBENCH_TEST_DIE_MARKER; a later attempt finds the marker and lives."""
+
+    name = "dies-at-epoch-2"
+    metadata = META
+
+    @hookimpl
+    def ltbench_epoch_end(self, run, stage, epoch):
+        import os
+        import signal
+        from pathlib import Path
+
+        marker = Path(os.environ["LTBENCH_TEST_DIE_MARKER"])
+        if stage == 1 and epoch == 1 and not marker.exists():
+            marker.write_text("died once")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+ALL.append(DiesAtEpoch2)

@@ -1,0 +1,82 @@
+"""``ltbench status RUNS``: what is done, running, failed or missing, from the records and locks alone.
+
+A run directory (``<dataset>/<budget>/<method>/<config_id>/seed<k>``, holding ``config.json``) is
+
+- ``completed``, ``diverged`` or ``failed``: what its ``result.json`` says;
+- ``running``: a process holds its lock (``seed<k>.lock``), whatever is on disk;
+- ``interrupted``: started, no finished record, and nobody holds its lock; the same command resumes it.
+
+A run that a grid planned (``<RUNS>/_grids/*.json``, written by ``ltbench run``) but that has no directory yet is
+``missing``. Nothing is written, and no run is disturbed: a lock is only tried, never waited for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from ltbench.errors import ConfigError
+from ltbench.launch import GRIDS_DIR
+from ltbench.records import RESULT_FILE, load_result
+
+STATES = ("completed", "running", "interrupted", "failed", "diverged", "missing")
+
+
+def _locked(run: Path) -> bool:
+    lock = FileLock(str(run) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _describe(runs: Path, run: Path) -> dict[str, Any]:
+    rel = run.relative_to(runs)
+    parts = rel.parts  # dataset, budget, method, config_id, seed<k>
+    row = {"run_dir": str(rel), "dataset": parts[0], "budget": parts[1], "variant": parts[2],
+           "seed": int(parts[-1][4:]), "state": "", "detail": ""}
+    try:
+        record = load_result(run / RESULT_FILE)
+    except Exception as exc:  # an unreadable record is reported, not fatal
+        record, row["detail"] = None, f"unreadable result.json: {exc}"
+    if _locked(run):
+        row["state"] = "running"
+        history = run / "metrics.jsonl"
+        if history.exists():
+            row["detail"] = f"{len(history.read_text().splitlines())} epochs done"
+    elif record and record.get("status") in ("completed", "diverged", "failed"):
+        row["state"] = record["status"]
+        row["variant"] = record.get("variant", row["variant"])
+        if record["status"] == "completed":
+            row["detail"] = f"overall {record['metrics']['overall']:.2f}"
+        else:
+            row["detail"] = (record.get("error") or "").splitlines()[0] if record.get("error") else ""
+    else:
+        row["state"] = "interrupted"
+        row["detail"] = row["detail"] or "no finished record; run the same command again to resume it"
+    return row
+
+
+def collect(runs: Path) -> list[dict[str, Any]]:
+    """One row per run directory under ``runs`` and per planned run without one."""
+    if not runs.is_dir():
+        raise ConfigError(f"ltbench status: {runs} is not a directory of runs (the --output of ltbench run)")
+    rows = [_describe(runs, config.parent) for config in sorted(runs.glob("*/*/*/*/seed*/config.json"))]
+    seen = {row["run_dir"] for row in rows}
+    for manifest in sorted((runs / GRIDS_DIR).glob("*.json")):
+        for planned in json.loads(manifest.read_text())["runs"]:
+            if planned["run_dir"] not in seen:
+                seen.add(planned["run_dir"])
+                rows.append({"run_dir": planned["run_dir"], "dataset": planned["dataset"],
+                             "budget": planned["budget"], "variant": planned["variant"], "seed": planned["seed"],
+                             "state": "missing", "detail": f"planned by grid {manifest.stem}, not started"})
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return {state: sum(r["state"] == state for r in rows) for state in STATES}

@@ -22,7 +22,7 @@ def _seeds(text: str) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ltbench import config as config_mod
-    from ltbench import launch
+    from ltbench import distributed, launch
     from ltbench.runner import plan_grid, resolve_device, run_grid, split_methods, stderr_log
 
     device = resolve_device(args.device)
@@ -38,6 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                           "use --slurm-array-parallelism to bound how many run at once")
     if args.launcher is not None and args.launcher not in launch.LAUNCHERS:
         raise ConfigError(f"--launcher must be one of {', '.join(launch.LAUNCHERS)}, got {args.launcher!r}")
+    if args.nproc is not None:
+        return _torchrun(args)
+    if distributed.launched_by_torchrun() and (args.jobs > 1 or args.launcher or args.shard):
+        raise ConfigError("under torchrun every process trains the same run: --jobs, --launcher and --shard "
+                          "do not apply")
     _warn_broken()
     cells = plan_grid(split_methods(args.methods), split_methods(args.datasets), _seeds(args.seeds), args.budget,
                       settings=config_mod.parse_set(args.set or []), epochs=args.epochs,
@@ -54,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = (lambda msg: None) if args.quiet else stderr_log
     if args.launcher:
         return _submit(args, cells, output, log)
+    if distributed.launched_by_torchrun():
+        return _run_distributed(args, cells, output, device, log)
     if args.jobs > 1:
         records = launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
                                       log=log, quiet=args.quiet)
@@ -69,13 +76,70 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _report(records, args.output)
 
 
+def _torchrun(args: argparse.Namespace) -> int:
+    """``ltbench run --nproc K ...``: the same command under ``torchrun --standalone --nproc_per_node K``."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer, got {args.nproc}")
+    if args.jobs > 1 or args.launcher or args.shard:
+        raise ConfigError("--nproc trains each run in several processes: --jobs, --launcher and --shard do not "
+                          "combine with it")
+    from ltbench.runner import resolve_device
+
+    if resolve_device(args.device).type == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < args.nproc:
+            raise ConfigError(f"--nproc {args.nproc}: only {torch.cuda.device_count()} GPUs are visible "
+                              f"(one per process); use --device cpu for gloo on the CPU")
+    argv, skip = [], False
+    for i, a in enumerate(args.argv):
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "ltbench", *argv]
+    print("running: " + " ".join(cmd[1:]), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def _run_distributed(args: argparse.Namespace, cells: list, output: Path, device, log) -> int:
+    """One rank of a torchrun job: every rank trains every run of the grid together (README: Running at scale)."""
+    import os
+
+    import torch
+
+    from ltbench import distributed
+    from ltbench.runner import run_grid
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    from ltbench.launch import available_cores
+
+    torch.set_num_threads(args.threads or max(1, available_cores() // local))
+    device = distributed.init_from_env(device)
+    main_rank = distributed.is_main()
+    try:
+        records = run_grid(cells, output, device, rerun=args.rerun, log=log if main_rank else (lambda m: None))
+    finally:
+        torch.distributed.destroy_process_group()
+    return _report(records, args.output) if main_rank else _exit_status(records)
+
+
+def _exit_status(records: list[dict[str, Any]]) -> int:
+    return 1 if any(r["status"] != "completed" for r in records) else 0
+
+
 def _report(records: list[dict[str, Any]], output: str) -> int:
     bad = [r for r in records if r["status"] != "completed"]
     print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {output}/")
     for r in bad:
         print(f"  {r['variant']} seed {r['seed']} on {r['dataset']}: {r['status']}: "
               f"{(r['error'] or '').splitlines()[0]}")
-    return 1 if bad else 0  # 0 only when every asked-for run completed
+    return _exit_status(records)  # 0 only when every asked-for run completed
 
 
 def _submit(args: argparse.Namespace, cells: list, output: Path, log) -> int:
@@ -261,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--jobs", type=int, default=1, help="runs in N worker processes on this machine (default 1)")
     scale.add_argument("--threads", type=int, help="torch threads per run (default: the cores, divided by --jobs)")
     scale.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the grid")
+    scale.add_argument("--nproc", type=int, metavar="K",
+                       help="train each run data-parallel in K processes (calls torchrun; gloo on CPU, NCCL on GPUs)")
     scale.add_argument("--launcher", help="submit the grid through submitit: slurm (a job array) or local")
     scale.add_argument("--wait", action="store_true", help="--launcher slurm: wait for the jobs and report")
     scale.add_argument("--slurm-partition")
@@ -305,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except LtbenchError as exc:

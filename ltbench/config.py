@@ -144,11 +144,16 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
 
 #: keys that say how a run is computed, not what: recorded in its config, left out of its identity
 EXECUTION_KEYS = ("channels_last", "compile")
+#: keys added after records existed, with the value that means "as before": at that value a key is left out
+#: of the identity, so that existing runs keep their directories and shared stage 1s
+LATER_KEYS = {"sync_bn": False}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that identifies a run: all of it but :data:`EXECUTION_KEYS`."""
-    return {k: v for k, v in canonical(config).items() if k not in EXECUTION_KEYS}
+    """The part of a config that identifies a run: all of it but :data:`EXECUTION_KEYS` and
+    :data:`LATER_KEYS` at their neutral values."""
+    return {k: v for k, v in canonical(config).items()
+            if k not in EXECUTION_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
 
 
 def config_id(config: dict[str, Any]) -> str:

@@ -52,6 +52,8 @@ class Budget:
     stage2_lr: float = 0.1
     stage2_batch_size: int = 128
     eval_batch_size: int = 500
+    #: under torchrun: BatchNorm statistics over the global batch, as in a single process (else per rank)
+    sync_bn: bool = False
     #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
     channels_last: bool = False
     compile: bool = False

@@ -29,7 +29,8 @@ import pluggy
 import torch
 from torch import nn
 
-from ltbench import checkpoints, hookspecs
+from ltbench import checkpoints, distributed, hookspecs
+from ltbench import config as config_mod
 from ltbench.catalog import Catalog
 from ltbench.datasets import DatasetSpec, LTData, sealed_for_training
 from ltbench.defaults import CoreDefaults
@@ -59,6 +60,12 @@ class Batch:
     features: torch.Tensor | None = None
     indices: torch.Tensor | None = None
 
+    def rows(self, rows: slice) -> "Batch":
+        """The batch's rows ``rows`` (a rank's share of a global batch)."""
+        take = lambda t: None if t is None else t[rows]  # noqa: E731
+        return Batch(labels=self.labels[rows], images=take(self.images), features=take(self.features),
+                     indices=take(self.indices))
+
 
 @dataclass
 class SecondStage:
@@ -81,6 +88,9 @@ class SecondStage:
     backbone_lr: float | None = None
     cached_features: bool = True
     note: str = ""
+    #: under torchrun, each rank trains on its rows of a global batch (the default); False: on the whole
+    #: batch, for batches with a structure that rows would cut (CAM fusion's Algorithm-1 batches)
+    data_parallel: bool = True
     #: train on these features and labels instead of the cached training features
     #: (a method's own feature set, e.g. Breadcrumb's EMANATE set); implies a frozen backbone
     features: torch.Tensor | None = None
@@ -178,6 +188,9 @@ class Run:
     train_features: torch.Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     _validation_cache: tuple[tuple[int, int], EvalResult] | None = None
+    #: under torchrun, each rank trains on its rows of the global batch; False: every rank on all of it
+    #: (a stage whose batches have a structure, see ``SecondStage.data_parallel``)
+    shard_batches: bool = True
     _eval_stores: dict[int, tuple[np.ndarray, ImageStore]] = field(default_factory=dict)
 
     def image_store(self, images: np.ndarray) -> ImageStore:
@@ -382,7 +395,8 @@ def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -
     return ckpt["epoch"] + 1
 
 
-def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch) -> dict[str, torch.Tensor]:
+def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch,
+                scale: float = 1.0) -> dict[str, torch.Tensor]:
     """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward.
 
     Returns the detached loss terms, still on the device: nothing here waits for the device
@@ -399,7 +413,8 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
             terms.update(extra or {})
         total = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    (total * scale if scale != 1.0 else total).backward()
+    distributed.average_gradients(model.parameters())  # under torchrun: the gradient of the global batch
     optimizer.step()
     return {k: v.detach() for k, v in terms.items()}
 
@@ -412,13 +427,36 @@ def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.
     term's sum non-finite, which :func:`check_finite` reads once at the end of the epoch."""
     sums: dict[str, torch.Tensor] = {}
     steps = 0
+    shard = distributed.is_distributed() and run.shard_batches
     for start in range(0, len(order), batch_size):
-        for k, v in _train_step(run, optimizer, loss_fn, make_batch(order[start : start + batch_size])).items():
+        batch, scale = make_batch(order[start : start + batch_size]), 1.0
+        if shard:  # the global batch (sampled and augmented alike on every rank), then this rank's rows
+            rows = distributed.shard_rows(len(batch.labels))
+            scale = (rows.stop - rows.start) * distributed.world_size() / len(batch.labels)
+            batch = batch.rows(rows)
+        for k, v in _train_step(run, optimizer, loss_fn, batch, scale).items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
         steps += 1
         if bar:
             bar.update(1)
     return sums, steps
+
+
+def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The epoch's loss sums as floats; under torchrun, the mean over ranks (every rank gets the same, so a
+    NaN on one rank stops them all)."""
+    if not distributed.is_distributed():
+        return {k: float(v) for k, v in sums.items()}
+    keys: list[list[str]] = [[] for _ in range(distributed.world_size())]
+    torch.distributed.all_gather_object(keys, sorted(sums))
+    names = sorted(set().union(*keys))
+    if not names:
+        return {}
+    device = next(iter(sums.values())).device  # every rank ran the same steps, so each has some term
+    vector = torch.stack([sums[k] if k in sums else torch.zeros((), dtype=torch.float64, device=device)
+                          for k in names])
+    distributed.all_reduce_sum(vector)
+    return {k: float(v) / distributed.world_size() for k, v in zip(names, vector.tolist())}
 
 
 def check_finite(run: Run, sums: dict[str, float]) -> None:
@@ -436,7 +474,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
     model = run.model
     sampler = build_sampler(run, stage, labels)
     loss_fn = build_loss(run, stage)
-    start = _restore(run, checkpoints.load(ckpt_path), optimizer) if ckpt_path.exists() else 0
+    start = _restore(run, checkpoints.load(ckpt_path), optimizer) if distributed.agree(ckpt_path.exists()) else 0
     for epoch in range(start, epochs):
         run.epoch = epoch
         set_lr(epoch)
@@ -448,7 +486,8 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         bar = _progress(run, math.ceil(len(order) / batch_size), f"stage {stage} epoch {epoch + 1}/{epochs}")
         t0 = time.perf_counter()
         device_sums, steps = run_steps(run, optimizer, loss_fn, order, batch_size, make_batch, bar)
-        sums = {k: float(v) for k, v in device_sums.items()}  # the one wait for the device per epoch
+        sums = _mean_over_ranks(device_sums)  # the one wait for the device per epoch
+        distributed.broadcast_state(model, buffers_only=True)  # rank 0's running statistics everywhere
         seconds = time.perf_counter() - t0
         if bar:
             bar.close()
@@ -463,7 +502,8 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         run.history.append(entry)
         run.log(f"[{run.method_name} seed {run.seed}] stage {stage} epoch {epoch + 1}/{epochs} "
                 f"loss {entry.get('loss_task', float('nan')):.4f} ({entry['seconds']:.1f}s)")
-        _checkpoint(run, ckpt_path, optimizer)
+        if distributed.is_main():
+            _checkpoint(run, ckpt_path, optimizer)
         if on_epoch_end:
             on_epoch_end()
     run.pm.hook.ltbench_stage_end(run=run, stage=stage)
@@ -524,6 +564,7 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
         elif plan.cached_features:
             run.train_features = extract_features(run)
     run.model.classifier = build_classifier(run, 2, run.model.num_features, run.model.classifier).to(run.device)
+    distributed.broadcast_state(run.model.classifier)  # a new head starts the same on every rank
 
 
 def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
@@ -547,6 +588,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
             g["lr"] = base * factor
 
     labels = run.train_labels if plan.labels is None else np.asarray(plan.labels)
+    run.shard_batches = plan.data_parallel
     features = run.train_features
     if features is not None:
         on_device = torch.as_tensor(labels, device=run.device)
@@ -568,7 +610,7 @@ def seed_everything(seed: int) -> None:
 
 def stage1_key(config: dict[str, Any], data: LTData, dataset_key: str, seed: int) -> str:
     """Identity of a plain stage 1: everything stage 1 depends on, nothing it does not."""
-    relevant = {k: v for k, v in config.items() if not k.startswith("stage2_") and k != "methods"}
+    relevant = {k: v for k, v in config_mod.identity(config).items() if not k.startswith("stage2_") and k != "methods"}
     blob = json.dumps({"dataset": dataset_key, "split": data.fingerprint, "seed": seed, "config": relevant},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -587,7 +629,10 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
     head = build_classifier(run, 1, backbone.num_features, None)
     run.model = LTModel(backbone, head)
     run.pm.hook.ltbench_configure_model(run=run, model=run.model)
+    if config.get("sync_bn", False):
+        run.model = distributed.convert_sync_batchnorm(run.model)
     run.model.to(device)
+    distributed.broadcast_state(run.model)  # the same start on every rank (the seed makes it so already)
     channels_last = config.get("channels_last", False)
     if channels_last:
         run.model.to(memory_format=torch.channels_last)

@@ -29,6 +29,15 @@ the method and hook, and the grid goes on. A method's ``state_dict`` goes
 into checkpoints loaded with ``torch.load(weights_only=True)``: tensors,
 numpy arrays, numbers, strings, ``None`` and dicts/lists/tuples of them.
 
+Under ``torchrun`` (``ltbench run --nproc K``) every rank runs every hook, in
+lockstep, on its own rows of each global batch (:mod:`ltbench.distributed`).
+A method whose state must cover the whole batch or epoch (a feature bank,
+class statistics, counters in its record) combines it with
+``ltbench.distributed.gather_rows`` or ``all_reduce_sum``, which do nothing
+in a single process; every rank must make the same collective calls. Draw
+from ``run.generator`` only for what every rank draws alike (samplers); keep
+per-rank randomness on the method's own generator.
+
 Stages: stage 1 trains backbone and classifier. A method that answers
 :func:`ltbench_second_stage` adds stage 2, which starts from the stage-1
 model and retrains the classifier on the frozen backbone (on cached features

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
-from ltbench import checkpoints
+from ltbench import checkpoints, distributed
 from ltbench import config as config_mod
 from ltbench.catalog import Catalog, get_catalog
 from ltbench.datasets import DatasetSpec, LTData, load_checked
@@ -150,6 +150,8 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
 
 
 def _write_history(run: Run) -> None:
+    if not distributed.is_main():
+        return
     atomic_write_text(run.out_dir / "metrics.jsonl", "".join(json.dumps(e) + "\n" for e in run.history))
 
 
@@ -195,6 +197,9 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
     ``retrained`` (the shared stage-1 models this grid already retrained); the ones it retrains are added there.
     """
     out = cell.out_dir(output)
+    if not distributed.is_main():  # under torchrun, rank 0 holds the locks and writes; the others follow it
+        return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
+                               set() if retrained is None else retrained)
     with _Lock(out, f"[{cell.label} seed {cell.seed}] {out}", log):
         return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
                                set() if retrained is None else retrained)
@@ -204,22 +209,14 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
                     catalog: Catalog, retrained: set[Path]) -> dict[str, Any]:
     tag = f"[{cell.label} seed {cell.seed}]"
     result_path = out / RESULT_FILE
-    if rerun and out.exists():
-        shutil.rmtree(out)
-    config_path = out / "config.json"
-    if config_path.exists():
-        old, new = config_mod.identity(json.loads(config_path.read_text())), config_mod.identity(cell.config)
-        if old != new:
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(f"{out} holds a run with a different config (keys: {', '.join(changed)}); "
-                              f"pass --rerun to replace it")
-    existing = load_result(result_path)
-    if existing and config_mod.identity(existing.get("config", {})) != config_mod.identity(cell.config):
-        raise ConfigError(f"{result_path} is the record of another configuration; pass --rerun to replace it")
-    if existing and existing["status"] in ("completed", "diverged"):
+    error, existing = distributed.agree(_check_run_dir(cell, out, rerun) if distributed.is_main() else None)
+    if error:
+        raise ConfigError(error)
+    if existing:
         log(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped (use --rerun to force)")
         return existing
-    atomic_write_json(config_path, cell.config)
+    if distributed.is_main():
+        atomic_write_json(out / "config.json", cell.config)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -235,7 +232,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         shared = stage1_dir(cell, output, catalog)
         plain = shared is not None
         s1_dir = shared if plain else out
-        if plain:
+        if plain and distributed.is_main():
             with _Lock(s1_dir, f"{tag} shared stage 1 {s1_dir}", log):
                 if rerun and s1_dir not in retrained:
                     shutil.rmtree(s1_dir, ignore_errors=True)
@@ -248,11 +245,12 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         if plan is not None:
             t2 = time.perf_counter()
             progress = out / "stage2-progress.json"
-            prior = json.loads(progress.read_text())["seconds"] if progress.exists() else 0.0
+            prior = distributed.agree(json.loads(progress.read_text())["seconds"] if progress.exists() else 0.0)
 
             def log_stage2() -> None:
                 _write_history(run)
-                atomic_write_json(progress, {"seconds": prior + time.perf_counter() - t2})
+                if distributed.is_main():
+                    atomic_write_json(progress, {"seconds": prior + time.perf_counter() - t2})
 
             prepare_stage2(run, plan)
             train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=log_stage2)
@@ -288,7 +286,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     record = make_record(cell, device, catalog, status, error, run=run, plan=plan, test=test, val=val,
                          stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra,
                          started=started, process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
-    atomic_write_json(result_path, record)
+    if distributed.is_main():
+        atomic_write_json(result_path, record)
     if status == "completed":
         m = record["metrics"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -346,12 +345,32 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "method_metadata": {n: e.cls.metadata.to_dict() for n, e in entries.items()},
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "device_model": device_model(device),
+        "world_size": distributed.world_size(),
         "throughput_img_per_s": throughput(run.history if run is not None else [], eval_images, timing.get("eval")),
         "extra": extra or {},
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return record
+
+
+def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict[str, Any] | None]:
+    """(an error, or None; the finished record to return instead of running, or None)."""
+    if rerun and out.exists():
+        shutil.rmtree(out)
+    config_path = out / "config.json"
+    if config_path.exists():
+        old, new = config_mod.identity(json.loads(config_path.read_text())), config_mod.identity(cell.config)
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            return (f"{out} holds a run with a different config (keys: {', '.join(changed)}); "
+                    f"pass --rerun to replace it"), None
+    existing = load_result(out / RESULT_FILE)
+    if existing and config_mod.identity(existing.get("config", {})) != config_mod.identity(cell.config):
+        return f"{out / RESULT_FILE} is the record of another configuration; pass --rerun to replace it", None
+    if existing and existing["status"] in ("completed", "diverged"):
+        return None, existing
+    return None, None
 
 
 def throughput(history: list[dict[str, Any]], eval_images: int, eval_seconds: float | None) -> dict[str, Any]:
@@ -404,7 +423,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
     """Train stage 1, or load it when it is already complete in ``s1_dir``."""
     final = s1_dir / "stage1.pt"
     info_path = s1_dir / "stage1.json"
-    if final.exists() and info_path.exists():
+    if distributed.agree(final.exists() and info_path.exists()):
         state = checkpoints.load(final)
         info = json.loads(info_path.read_text())
         run.model.load_state_dict(state["model"])
@@ -418,19 +437,23 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
             run.log(f"[{run.method_name} seed {run.seed}] stage 1 reused from {s1_dir.relative_to(output)}")
         return {"source": str(s1_dir.relative_to(output)), "reused": reused, "trained_by": info.get("trained_by")}
     t1 = time.perf_counter()
-    prior = json.loads((s1_dir / "stage1-progress.json").read_text())["seconds"] if (
-        s1_dir / "stage1-progress.json").exists() else 0.0
+    prior = distributed.agree(json.loads((s1_dir / "stage1-progress.json").read_text())["seconds"] if (
+        s1_dir / "stage1-progress.json").exists() else 0.0)
     ckpt = s1_dir / "checkpoint-stage1.pt"
 
     def log_progress() -> None:
         _write_history(run)
-        atomic_write_json(s1_dir / "stage1-progress.json", {"seconds": prior + time.perf_counter() - t1})
+        if distributed.is_main():
+            atomic_write_json(s1_dir / "stage1-progress.json", {"seconds": prior + time.perf_counter() - t1})
 
     train_stage1(run, ckpt, on_epoch_end=log_progress)
     seconds = prior + time.perf_counter() - t1
     trained_by = str(run.out_dir.relative_to(output))
-    checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run)}, final)
-    atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history, "trained_by": trained_by})
+    if distributed.is_main():
+        checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run)},
+                         final)
+        atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history,
+                                      "trained_by": trained_by})
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
 

@@ -152,3 +152,13 @@ def test_bad_scale_options_are_refused_before_anything_runs(argv, message, tmp_p
                 + argv) == 2
     assert message in capsys.readouterr().err
     assert not any(out.rglob(RESULT_FILE))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nproc", "0"], "--nproc must be a positive integer, got 0"),
+    (["--nproc", "2", "--jobs", "2"], "--jobs, --launcher and --shard do not combine with it"),
+])
+def test_bad_nproc_options_are_refused_before_anything_runs(argv, message, tmp_path, capsys):
+    assert main(["run", "--methods", "ce", "--datasets", "synthetic-lt", "--budget", "smoke",
+                 "--output", str(tmp_path)] + argv) == 2
+    assert message in capsys.readouterr().err

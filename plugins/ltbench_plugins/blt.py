@@ -16,6 +16,11 @@ are appended to the batch (lambda = 1).
 
 All images of a batch ascend together in one tensor, each stopping on its
 own, so the cost is at most 15 forward+backward passes per batch.
+
+Under torchrun (``--nproc K``): the confusion matrix comes from the validation pass every rank runs over the
+whole split, so it is the same everywhere. Each rank hallucinates for the tail samples of its own rows (the
+same share p of them, drawn from its own stream: the same distribution as one process, not the same draws);
+the counts in the record are summed over ranks.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
+from ltbench import Method, MethodMetadata, distributed, hookimpl
 from ltbench.engine import SecondStage
 from ltbench.errors import ConfigError
 from ltbench.samplers import class_share_sampler
@@ -232,7 +237,12 @@ class BLT(Method):
         stage1 = sum(e["seconds"] for e in run.history if e["stage"] == 1)
         stage2 = sum(e["seconds"] for e in run.history if e["stage"] == 2)
         h = self.stats["seconds"]
-        return {**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.stats.items()},
+        stats = dict(self.stats)
+        if distributed.is_distributed():  # under torchrun each rank hallucinated for its own rows: the sums
+            counts = [k for k in stats if k != "seconds"]
+            total = distributed.all_reduce_sum(torch.tensor([float(stats[k]) for k in counts], device=run.device))
+            stats.update({k: int(v) for k, v in zip(counts, total.tolist())})
+        return {**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items()},
                 "stage2_time_ratio_vs_no_hallucination": round(stage2 / max(stage2 - h, 1e-9), 3),
                 "time_ratio_vs_no_hallucination": round((stage1 + stage2) / max(stage1 + stage2 - h, 1e-9), 3)}
 

@@ -35,6 +35,11 @@ Ablations (Table 1): ``backtrack=fixed`` uses the last ``fixed_epochs`` (10)
 epochs for every class instead of class-specific lengths; ``alignment`` is
 ``mean`` (default), ``var`` (mean and per-dimension std), ``agnostic`` (one
 mean over all classes) or ``none``.
+
+Under torchrun (``--nproc K``): each rank collects the features of its rows of every batch; at the end of an
+epoch :func:`ltbench.distributed.gather_rows` joins them in single-process order, so the snapshot bank, and
+the EMANATE set drawn from it with the plugin's own generator, are the same on every rank and hold every
+image. During the next epoch each rank trains h_c on its rows of each bank batch.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
+from ltbench import Method, MethodMetadata, distributed, hookimpl
 from ltbench.engine import SecondStage
 from ltbench.errors import ConfigError
 
@@ -278,7 +283,8 @@ class _BreadcrumbBase(Method):
         if stage != 1:
             return
         t0 = time.perf_counter()
-        self.bank.push(torch.cat(self.epoch_features), torch.cat(self.epoch_labels))
+        # under torchrun: every rank's features, in the order a single process would have them
+        self.bank.push(distributed.gather_rows(self.epoch_features), distributed.gather_rows(self.epoch_labels))
         self.epoch_features, self.epoch_labels = [], []
         self.after_push(run)
         self.seconds += time.perf_counter() - t0
@@ -366,8 +372,11 @@ class Breadcrumb(_BreadcrumbBase):
         bs = run.config["batch_size"]
         if self.bank_features is not None and self.step * bs < len(self.bank_features):
             rows = slice(self.step * bs, (self.step + 1) * bs)
-            feats = self.bank_features[rows].to(output.features.device)
-            labels = self.bank_labels[rows].to(output.features.device)
+            feats, labels = self.bank_features[rows], self.bank_labels[rows]
+            if distributed.is_distributed():  # under torchrun, this rank's rows of the global bank batch
+                mine = distributed.shard_rows(len(labels))
+                feats, labels = feats[mine], labels[mine]
+            feats, labels = feats.to(output.features.device), labels.to(output.features.device)
             loss = F.cross_entropy(model.classifier.balanced(feats), labels)
         self.step += 1
         self.seconds += time.perf_counter() - t0

@@ -21,6 +21,11 @@ round(gamma L) vectors (with replacement, all-zero vectors excluded) from the
 tail sample's class-specific locations and the rest of the L = H W from a
 confusing-class sample's class-generic locations, and carries the tail label.
 Only the classifier is fine-tuned (fixed lr 0.001), on the frozen backbone.
+
+Under torchrun (``--nproc K``): Phase II batches are Algorithm-1 structures (tail items, their confusing
+items, head items) that rows would cut, so the stage declares ``data_parallel=False``: every rank trains the
+classifier on the whole batch, with the same draws, and the averaged gradient is that batch's. The
+class-specific and class-generic features are therefore the same on every rank.
 """
 
 from __future__ import annotations
@@ -243,6 +248,7 @@ class CAMFusion(Method):
                               f"classes; both must be non-empty")
         batch = 2 * self.opts["n_t"] * (1 + self.n_a)
         return SecondStage(epochs=1, lr=self.opts["lr"], batch_size=batch, cosine=False, cached_features=False,
+                           data_parallel=False,  # an Algorithm-1 batch is one structure: every rank takes all of it
                            note=f"{self.iterations(run)} iterations of Algorithm-1 batches ({batch} items) on the "
                            f"frozen backbone")
 

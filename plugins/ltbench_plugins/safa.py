@@ -31,6 +31,11 @@ modelled on RSG (Wang et al., CVPR 2021), which SAFA compares itself to:
 * ``detach_input`` (default true, as RSG): the generator reads a detached
   copy of the stage output, so generated samples send no gradient into the
   layers before the insertion point; real samples train them as usual.
+
+Under torchrun (``--nproc K``): the running class-mean maps are updated with the class means of the global
+batch (per-class sums and counts summed over ranks), so they are the same on every rank. Head-tail pairs are
+drawn within each rank's rows; ``generated`` in the record is summed over ranks. The activation-memory probe
+runs only in a single process.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
+from ltbench import Method, MethodMetadata, distributed, hookimpl
 from ltbench.errors import ConfigError, PluginContractError
 
 EPS = 1e-5
@@ -92,6 +97,17 @@ class SAFAModule(nn.Module):
 
     def update_means(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         feats = feats.detach()
+        if distributed.is_distributed():  # the class means of the global batch, the same on every rank
+            sums = torch.zeros_like(self.class_means).index_add_(0, labels, feats)
+            counts = torch.bincount(labels, minlength=len(self.class_means)).to(feats.dtype)
+            distributed.all_reduce_sum(sums), distributed.all_reduce_sum(counts)
+            present = counts > 0
+            mean = sums[present] / counts[present].view(-1, *[1] * (feats.dim() - 1))
+            old = self.class_means[present]
+            self.class_means[present] = torch.where(self.seen[present].view(-1, *[1] * (feats.dim() - 1)),
+                                                    0.9 * old + 0.1 * mean, mean)
+            self.seen[present] = True
+            return
         for c in labels.unique():
             mean = feats[labels == c].mean(0)
             self.class_means[c] = torch.where(self.seen[c], 0.9 * self.class_means[c] + 0.1 * mean, mean)
@@ -232,7 +248,8 @@ class SAFA(Method):
         tails, heads = pair_head_tail(batch.labels, self.is_head, self.generator)
         device = batch.labels.device
         plan = (batch.labels, tails.to(device), heads.to(device))
-        if self.memory is None and len(tails):
+        if self.memory is None and len(tails) and not distributed.is_distributed():  # (a probe on one rank
+            # only would run collectives the others do not)
             self.memory = activation_memory(model, batch.images, plan)
         self.stage_module.plan = plan
         # the module appends one generated sample per tail sample, labelled with that tail sample's class
@@ -256,7 +273,8 @@ class SAFA(Method):
         before = [e["seconds"] for e in run.history if e["stage"] == 1 and e["epoch"] <= start]
         after = [e["seconds"] for e in run.history if e["stage"] == 1 and e["epoch"] > start]
         return {
-            "start_epoch": start, "generated": self.generated_total,
+            "start_epoch": start,
+            "generated": int(distributed.all_reduce_sum(torch.tensor([float(self.generated_total)], device=run.device))),
             "parameters": sum(p.numel() for p in self.stage_module.safa.parameters()),
             # side by side in one run: the epochs before SAFA starts against the epochs with it
             "epoch_time_ratio_vs_without": round(np.mean(after) / np.mean(before), 3) if before and after else None,

@@ -1,0 +1,198 @@
+"""One run trained data-parallel over several processes (``torchrun``; gloo on CPU, NCCL on GPUs).
+
+ltbench does not wrap the model in ``DistributedDataParallel``: methods call the model, its heads and its
+backbone in many ways (BLT's gradient ascent, Breadcrumb's second head, CAM fusion's feature maps), and DDP's
+hooks would see those too. Instead, every rank runs the same step loop in lockstep and, after each backward,
+:func:`average_gradients` averages the gradients in one collective. So:
+
+- every rank draws the same sampler order and the same augmentation for the whole global batch (one seeded
+  generator, the same on every rank), then keeps its own contiguous rows (:func:`shard_rows`): the global
+  batch is the one a single process draws, whatever the number of ranks;
+- BatchNorm can be synced across ranks (``--set sync_bn=true``, :class:`SyncBatchNorm`, which also works on
+  CPU with gloo); the buffers (running statistics) are made rank 0's after every epoch either way;
+- evaluation and validation run on every rank over the whole split, so decisions taken on them (tau-norm's
+  tau, BLT's confusion matrix) are the same everywhere;
+- only rank 0 writes records, histories and checkpoints, and takes the run locks; the others follow its
+  decisions (:func:`agree`). Nothing in a checkpoint depends on the number of ranks, so a run resumes with
+  any number of them.
+
+Method state that must stay global uses the helpers here; each is a no-op in a single process:
+:func:`all_reduce_sum`, :func:`gather_rows` (the rows of every rank, in single-process order). Every rank
+must call a collective the same number of times, so call them from hooks every rank runs alike.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*``);
+    return this rank's device (its own GPU on CUDA)."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    return device
+
+
+def shard_rows(n: int) -> slice:
+    """This rank's contiguous rows of a global batch of ``n`` (sizes differ by at most one)."""
+    k, r = world_size(), rank()
+    base, extra = divmod(n, k)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (1 if r < extra else 0))
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place; returns the tensor."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def agree(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (for decisions taken on files only rank 0 writes)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def average_gradients(parameters: list[nn.Parameter]) -> None:
+    """Average gradients over ranks in one collective. A parameter no rank gave a gradient keeps ``None`` (so
+    that SGD's weight decay leaves it alone, as in a single process); one that some rank did gets the mean."""
+    if not is_distributed():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+                     + [has])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for p, had in zip(params, flat[-len(params):].tolist()):
+        n = p.numel()
+        if had > 0:
+            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def broadcast_state(module: nn.Module, buffers_only: bool = False) -> None:
+    """Rank 0's buffers (and parameters) on every rank."""
+    if not is_distributed():
+        return
+    tensors = list(module.buffers()) if buffers_only else list(module.parameters()) + list(module.buffers())
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
+def gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """``chunks`` are this rank's rows of consecutive global batches (one chunk per step, as
+    :func:`shard_rows` cut them); returns every rank's rows in single-process order: step by step, rank by
+    rank."""
+    local = torch.cat(chunks) if chunks else torch.zeros(0)
+    if not is_distributed():
+        return local
+    sizes = [len(c) for c in chunks]
+    all_sizes: list[list[int]] = [[] for _ in range(world_size())]
+    dist.all_gather_object(all_sizes, sizes)
+    longest = max(sum(s) for s in all_sizes)
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    gathered = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(gathered, padded)
+    pieces = [list(g[: sum(s)].split(s)) for g, s in zip(gathered, all_sizes)]
+    steps = max(len(s) for s in all_sizes)
+    return torch.cat([p[step] for step in range(steps) for p in pieces if step < len(p)])
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce sum whose backward is again an all-reduce sum (each rank's loss depends on every rank's
+    statistics)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class SyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch, over all ranks, on any device
+    (``torch.nn.SyncBatchNorm`` needs a GPU). In a single process or in eval mode it is plain BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
+        stats = _SumOverRanks.apply(stats)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c : 2 * c] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / max(float(n) - 1, 1))
+                self.num_batches_tracked += 1
+        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d in ``module`` replaced by :class:`SyncBatchNorm` with the same state."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm):
+        synced = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        synced.load_state_dict(module.state_dict())
+        return synced
+    for name, child in module.named_children():
+        setattr(module, name, convert_sync_batchnorm(child))
+    return module

@@ -265,7 +265,11 @@ def submit(cells: list[Cell], output: Path, launcher: str, device: str, options:
         clear_for_rerun(cells, output, catalog, log)
     groups = stage1_groups(cells, output, catalog)
     folder = output / SUBMITIT_DIR
-    executor = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "local" else "slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "local" else "slurm")
+    except RuntimeError as exc:  # no srun/sbatch here
+        raise ConfigError(f"--launcher {launcher}: {exc} Submit from a machine of the cluster (a login node), "
+                          f"or use --launcher local, --jobs or --shard") from None
     executor.update_parameters(name="ltbench", **options)
     threads = options.get("cpus_per_task")  # else torch's default, which follows the job's CPU allocation
     jobs = executor.map_array(run_cells, [[c.request for c in g] for g in groups], [str(output)] * len(groups),

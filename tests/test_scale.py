@@ -3,6 +3,7 @@
 gives, train a shared stage 1 once, and lose nothing when a worker dies."""
 
 import functools
+import os
 import json
 from pathlib import Path
 
@@ -162,3 +163,45 @@ def test_bad_nproc_options_are_refused_before_anything_runs(argv, message, tmp_p
     assert main(["run", "--methods", "ce", "--datasets", "synthetic-lt", "--budget", "smoke",
                  "--output", str(tmp_path)] + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_slurm_launcher_submits_one_array_task_per_stage_1_group(tmp_path, monkeypatch, capsys):
+    """No cluster here: a stand-in ``srun`` lets submitit build its SLURM executor, and the array submission
+    itself is captured instead of calling ``sbatch``."""
+    submitit = pytest.importorskip("submitit")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    submitted = {}
+
+    class Job:
+        def __init__(self, i):
+            self.job_id = f"4242_{i}"
+
+    def map_array(self, fn, *columns):
+        submitted.update(fn=fn, columns=columns, parameters=dict(self._executor.parameters))
+        return [Job(i) for i in range(len(columns[0]))]
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
+    out = tmp_path / "runs"
+    assert main(["run", "--methods", "ce,crt,lws,focal", "--datasets", "synthetic-lt", "--seeds", "0,1",
+                 "--budget", "smoke", "--output", str(out), "--launcher", "slurm", "--slurm-partition", "gpu",
+                 "--slurm-gpus-per-job", "1", "--slurm-time", "240", "--slurm-array-parallelism", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "submitted 8 runs as 4 slurm jobs: 4242_0, 4242_1, 4242_2, 4242_3" in said
+    groups = submitted["columns"][0]  # per task: the requests of its runs
+    assert sorted(len(g) for g in groups) == [1, 1, 3, 3]  # ce, crt and lws of a seed share one task
+    assert {r["methods"][0] for g in groups if len(g) == 3 for r in g} == {"ce", "crt", "lws"}
+    assert submitted["parameters"]["partition"] == "gpu" and submitted["parameters"]["gpus_per_node"] == 1
+    assert submitted["parameters"]["time"] == 240 and submitted["parameters"]["array_parallelism"] == 3
+    assert status.summary(status.collect(out))["missing"] == 8  # planned, not started: status knows them
+
+
+def test_the_slurm_launcher_off_a_cluster_says_so(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["run", "--methods", "ce", "--datasets", "synthetic-lt", "--budget", "smoke", "--output",
+                 str(tmp_path), "--launcher", "slurm"]) == 2
+    assert "are you indeed on a slurm cluster" in capsys.readouterr().err

@@ -13,18 +13,55 @@ from ltbench.errors import ConfigError, LtbenchError
 DEFAULT_DATASET = "fashion-mnist-lt"
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds expects comma-separated integers, got {text!r}") from None
+RUN_FLAGS = ("methods", "datasets", "seeds", "budget", "epochs", "imbalance_factor", "data_root", "download",
+             "output", "device", "rerun", "quiet", "jobs", "threads", "shard", "nproc", "launcher", "wait")
+SLURM_FLAGS = {"partition": "slurm_partition", "account": "slurm_account", "gpus_per_job": "slurm_gpus_per_job",
+               "cpus_per_task": "slurm_cpus_per_task", "mem_gb": "slurm_mem_gb", "time": "slurm_time",
+               "array_parallelism": "slurm_array_parallelism"}
+
+
+def _run_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The command line over the --config file over the defaults, written back onto ``args``."""
+    from ltbench import config as config_mod
+    from ltbench import experiment
+
+    exp = experiment.load(args.config) if args.config else {}
+    flags = {key: getattr(args, key) for key in RUN_FLAGS}
+    flags["set"] = config_mod.parse_set(args.set or [])
+    options = experiment.merge(exp, flags)
+    for key in RUN_FLAGS:
+        setattr(args, key, options[key])
+    args.settings, args.variants = options["set"], options["variants"]
+    for key, flag in SLURM_FLAGS.items():
+        if getattr(args, flag) is None and key in options["slurm"]:
+            setattr(args, flag, options["slurm"][key])
+    return args
+
+
+def plan_cells(args: argparse.Namespace, log=None) -> list:
+    """Every cell of the grid: methods x datasets x seeds, then each named variant's."""
+    from ltbench import experiment
+    from ltbench.catalog import get_catalog
+    from ltbench.runner import plan_grid
+
+    common = dict(epochs=args.epochs, imbalance_factor=args.imbalance_factor, data_root=args.data_root,
+                  download=args.download, log=log)
+    cells = []
+    if args.methods:
+        cells += plan_grid(args.methods, args.datasets, args.seeds, args.budget, settings=args.settings, **common)
+    for name, variant in args.variants.items():
+        method = variant["method"]
+        options = {o for part in method.split("+") for o in get_catalog().method(part).cls.options}
+        settings = experiment.variant_settings(options, method.split("+")[0], args.settings, variant.get("set", {}))
+        cells += plan_grid([method], args.datasets, args.seeds, args.budget, settings=settings, **common)
+    return cells
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ltbench import config as config_mod
     from ltbench import distributed, launch
-    from ltbench.runner import plan_grid, resolve_device, run_grid, split_methods, stderr_log
+    from ltbench.runner import resolve_device, run_grid, stderr_log
 
+    args = _run_options(args)
     device = resolve_device(args.device)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
@@ -44,9 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("under torchrun every process trains the same run: --jobs, --launcher and --shard "
                           "do not apply")
     _warn_broken()
-    cells = plan_grid(split_methods(args.methods), split_methods(args.datasets), _seeds(args.seeds), args.budget,
-                      settings=config_mod.parse_set(args.set or []), epochs=args.epochs,
-                      imbalance_factor=args.imbalance_factor, data_root=args.data_root, download=args.download)
+    cells = plan_cells(args, log=None if args.quiet or not distributed.is_main() else stderr_log)
     how = f"launcher {args.launcher}" if args.launcher else f"jobs {args.jobs}"
     if args.shard:
         planned = len(cells)
@@ -134,6 +169,11 @@ def _exit_status(records: list[dict[str, Any]]) -> int:
 
 
 def _report(records: list[dict[str, Any]], output: str) -> int:
+    from ltbench import summary
+
+    if records and all("dataset" in r and "budget" in r for r in records):
+        print(summary.render(summary.summarise(records)))
+        print()
     bad = [r for r in records if r["status"] != "completed"]
     print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {output}/")
     for r in bad:
@@ -172,6 +212,35 @@ def _submit(args: argparse.Namespace, cells: list, output: Path, log) -> int:
         records.append(record or {"variant": cell.label, "seed": cell.seed, "dataset": cell.dataset_key,
                                   "status": "failed", "error": "its job ended without a record"})
     return _report(records, str(output))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ltbench import summary
+
+    print(summary.render(summary.summarise(summary.load_records(Path(args.runs_dir))), args.format))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ltbench import summary
+
+    records = summary.load_records(Path(args.runs_dir))
+    result = summary.compare(records, args.a, args.b, dataset=args.dataset, budget=args.budget,
+                             n_boot=args.bootstrap)
+    print(json.dumps(result, indent=2) if args.json else summary.render_comparison(result))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ltbench import plots, summary
+
+    written = plots.plot_records(summary.load_records(Path(args.runs_dir)), Path(args.out))
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print(f"nothing to plot: no completed records under {args.runs_dir}")
+        return 1
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -308,21 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate methods; writes one record per run")
-    run.add_argument("--methods", required=True, help="comma-separated; compose with '+', e.g. safa+ldam-drw")
-    run.add_argument("--datasets", default=DEFAULT_DATASET, help=f"comma-separated (default {DEFAULT_DATASET})")
-    run.add_argument("--seeds", default="0", help="comma-separated integers (default 0)")
-    run.add_argument("--budget", default="cpu", help="paper, cpu or smoke (default cpu)")
+    run.add_argument("--config", metavar="FILE.toml", help="an experiment file; flags given here override it")
+    run.add_argument("--methods", help="comma-separated; compose with '+', e.g. safa+ldam-drw")
+    run.add_argument("--datasets", help=f"comma-separated (default {DEFAULT_DATASET})")
+    run.add_argument("--seeds", help="comma-separated integers (default 0)")
+    run.add_argument("--budget", help="paper, cpu or smoke (default cpu)")
     run.add_argument("--epochs", type=int, help="override the budget's stage-1 epochs")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key or method option")
     run.add_argument("--imbalance-factor", type=float, help="imbalance factor of the long-tailed split")
     run.add_argument("--data-root", help="where to find data (else $LTBENCH_DATA); never created")
     run.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")
-    run.add_argument("--output", default="runs", help="records directory (default runs/)")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--output", help="records directory (default runs/)")
+    run.add_argument("--device", help="auto, cpu or cuda")
     run.add_argument("--rerun", action="store_true", help="retrain runs that already completed")
     run.add_argument("--quiet", action="store_true")
     scale = run.add_argument_group("running at scale (README: Running at scale)")
-    scale.add_argument("--jobs", type=int, default=1, help="runs in N worker processes on this machine (default 1)")
+    scale.add_argument("--jobs", type=int, help="runs in N worker processes on this machine (default 1)")
     scale.add_argument("--threads", type=int, help="torch threads per run (default: the cores, divided by --jobs)")
     scale.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the grid")
     scale.add_argument("--nproc", type=int, metavar="K",
@@ -337,6 +407,26 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--slurm-time", type=int, help="minutes per job")
     scale.add_argument("--slurm-array-parallelism", type=int, help="at most this many jobs at once")
     run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="mean ± std over seeds per method, from any runs directory or records")
+    show.add_argument("runs_dir", nargs="?", default="runs")
+    show.add_argument("--format", default="table", help="table, csv, json or markdown (default table)")
+    show.set_defaults(func=cmd_show)
+
+    cmp_ = sub.add_parser("compare", help="method A minus method B per group, with a paired bootstrap interval")
+    cmp_.add_argument("runs_dir")
+    cmp_.add_argument("a", help="a method or variant label, as `ltbench show` names it")
+    cmp_.add_argument("b")
+    cmp_.add_argument("--dataset")
+    cmp_.add_argument("--budget")
+    cmp_.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws (default 2000)")
+    cmp_.add_argument("--json", action="store_true")
+    cmp_.set_defaults(func=cmd_compare)
+
+    plot = sub.add_parser("plot", help="per-class, group and learning-curve plots (PNG and SVG)")
+    plot.add_argument("runs_dir", nargs="?", default="runs")
+    plot.add_argument("--out", default="plots", help="directory for the plots (default plots/)")
+    plot.set_defaults(func=cmd_plot)
 
     st = sub.add_parser("status", help="what is done, running, failed or missing in a runs directory")
     st.add_argument("runs_dir", nargs="?", default="runs", help="the --output of ltbench run (default runs/)")

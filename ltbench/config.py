@@ -143,7 +143,7 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
 
 
 #: keys that say how a run is computed, not what: recorded in its config, left out of its identity
-EXECUTION_KEYS = ("channels_last", "compile")
+EXECUTION_KEYS = ("channels_last", "compile", "val_every")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
 LATER_KEYS = {"sync_bn": False}

@@ -55,6 +55,8 @@ class Budget:
     #: under torchrun: BatchNorm statistics over the global batch, as in a single process (else per rank)
     sync_bn: bool = False
     #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
+    #: validation accuracy every this many epochs (and at the last) in metrics.jsonl; 0: only when a hook asks
+    val_every: int = 2
     channels_last: bool = False
     compile: bool = False
     description: str = ""
@@ -343,6 +345,24 @@ def _cifar_download(num_classes: int) -> Callable[[Path], None]:
     return download
 
 
+#: the official class orders (CIFAR-100: the fine labels, alphabetical)
+CIFAR_CLASSES = {
+    10: ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'],
+    100: [
+        'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl',
+        'boy', 'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair',
+        'chimpanzee', 'clock', 'cloud', 'cockroach', 'couch', 'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin',
+        'elephant', 'flatfish', 'forest', 'fox', 'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp',
+        'lawn_mower', 'leopard', 'lion', 'lizard', 'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain', 'mouse',
+        'mushroom', 'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree', 'pear', 'pickup_truck', 'pine_tree',
+        'plain', 'plate', 'poppy', 'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road', 'rocket', 'rose',
+        'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper', 'snail', 'snake', 'spider', 'squirrel', 'streetcar',
+        'sunflower', 'sweet_pepper', 'table', 'tank', 'telephone', 'television', 'tiger', 'tractor', 'train',
+        'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf', 'woman', 'worm',
+    ],
+}
+
+
 def _cifar_loader(num_classes: int) -> Callable[[str | None, float], LTData]:
     def load(data_root: str | None, imbalance_factor: float) -> LTData:
         (x_train, y_train, x_test, y_test), source = find_cifar(num_classes, data_root)
@@ -356,7 +376,7 @@ def _cifar_loader(num_classes: int) -> Callable[[str | None, float], LTData]:
             x_train=x_train[train_idx], y_train=y_train[train_idx],
             x_val=x_train[val_idx], y_val=y_train[val_idx],
             x_test=x_test, y_test=y_test,
-            mean=meta["mean"], std=meta["std"],
+            mean=meta["mean"], std=meta["std"], class_names=list(CIFAR_CLASSES[num_classes]),
             info={"imbalance_factor": imbalance_factor, "source": source,
                   "val_rule": "up to 20 left-out training images per class",
                   "classes_without_val": no_val},
@@ -418,6 +438,7 @@ def load_synthetic_lt(data_root: str | None, imbalance_factor: float) -> LTData:
     return LTData(
         name="synthetic-lt", num_classes=num_classes, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
         x_test=x_test, y_test=y_test, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+        class_names=[f"pattern {c}" for c in range(num_classes)],
         info={"imbalance_factor": imbalance_factor, "source": "generated", "val_rule": "10 per class",
               "classes_without_val": []},
     )

@@ -314,7 +314,9 @@ def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
     store = run.image_store(images) if len(images) else None
     out = []
     bs = run.config["eval_batch_size"]
+    beat = Heartbeat(run, "predicting, images", len(images))
     for start in range(0, len(images), bs):
+        beat(start)
         with _autocast(run.device):
             logits = model(store.normalise_uint8(store.x[start : start + bs])).float()
         adjusted = run.pm.hook.ltbench_adjust_logits(run=run, logits=logits)
@@ -329,7 +331,9 @@ def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
 
 def evaluate(run: Run, images: np.ndarray, labels: np.ndarray) -> EvalResult:
     preds = predict_logits(run, images).argmax(1).cpu().numpy()  # one copy from the device
-    return evaluate_predictions(labels, preds, run.train_counts, run.data.group_thresholds)
+    result = evaluate_predictions(labels, preds, run.train_counts, run.data.group_thresholds)
+    result.predictions = preds
+    return result
 
 
 def _autocast(device: torch.device):
@@ -345,6 +349,25 @@ def _autocast(device: torch.device):
 
 #: progress bars on a terminal; worker processes that share one terminal turn them off
 SHOW_PROGRESS = True
+#: on a non-terminal (a log file, a batch job), a progress line at least this often during a long phase
+HEARTBEAT_S = 30.0
+
+
+class Heartbeat:
+    """A progress line every :data:`HEARTBEAT_S` seconds of a long loop, for logs that have no bar."""
+
+    def __init__(self, run: Run, what: str, total: int) -> None:
+        self.run, self.what, self.total = run, what, total
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= HEARTBEAT_S:
+            self.last = now
+            rate = done / (now - self.start)
+            eta = (self.total - done) / rate if rate > 0 else float("nan")
+            self.run.log(f"[{self.run.method_name} seed {self.run.seed}] {self.what}: {done}/{self.total} "
+                         f"({100 * done / max(self.total, 1):.0f} %, about {eta:.0f} s left)")
 
 
 def _progress(run: Run, total: int, desc: str):
@@ -428,6 +451,7 @@ def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.
     sums: dict[str, torch.Tensor] = {}
     steps = 0
     shard = distributed.is_distributed() and run.shard_batches
+    beat = Heartbeat(run, f"stage {run.stage} epoch {run.epoch + 1} steps", -(-len(order) // batch_size))
     for start in range(0, len(order), batch_size):
         batch, scale = make_batch(order[start : start + batch_size]), 1.0
         if shard:  # the global batch (sampled and augmented alike on every rank), then this rank's rows
@@ -439,6 +463,8 @@ def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.
         steps += 1
         if bar:
             bar.update(1)
+        else:
+            beat(steps)
     return sums, steps
 
 
@@ -497,6 +523,9 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
                  "images_per_s": round(len(order) / seconds, 1) if seconds > 0 else None,
                  **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
         run.pm.hook.ltbench_epoch_end(run=run, stage=stage, epoch=epoch)
+        every = run.config.get("val_every", 0)
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            run.validation()  # a learning curve: cheap (the validation split is small), and never the test split
         if run._validation_cache and run._validation_cache[0] == (stage, epoch):
             entry["val_overall"] = run._validation_cache[1].overall
         run.history.append(entry)
@@ -562,7 +591,11 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
                                           f"labels of the same length")
             run.train_features = plan.features.to(run.device)
         elif plan.cached_features:
+            t0 = time.perf_counter()
+            run.log(f"[{run.method_name} seed {run.seed}] stage 2: extracting the features of "
+                    f"{len(run.train_labels)} training images")
             run.train_features = extract_features(run)
+            run.log(f"[{run.method_name} seed {run.seed}] features extracted ({time.perf_counter() - t0:.1f}s)")
     run.model.classifier = build_classifier(run, 2, run.model.num_features, run.model.classifier).to(run.device)
     distributed.broadcast_state(run.model.classifier)  # a new head starts the same on every rank
 

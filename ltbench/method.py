@@ -27,6 +27,9 @@ class MethodMetadata:
     summary: str = ""
     reference_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     interpretations: tuple[str, ...] = ()
+    #: what kind of method it is, for the web leaderboard's filters: "baseline", "loss", "re-sampling",
+    #: "decoupling", "post-hoc", "seed paper", or a family of your own
+    family: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

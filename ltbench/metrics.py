@@ -38,6 +38,8 @@ class EvalResult:
     medium: float | None
     few: float | None
     group_sizes: dict[str, int] = field(default_factory=dict)
+    #: the predicted class of each image, in the split's order (set by ``engine.evaluate``)
+    predictions: np.ndarray | None = None
 
     def metrics(self) -> dict[str, Any]:
         return {"overall": self.overall, "many": self.many, "medium": self.medium, "few": self.few}

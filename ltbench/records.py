@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
-SCHEMA_VERSION = 2  # 2: config holds every method option; config_id, overrides, variant
+SCHEMA_VERSION = 3  # 2: config holds every method option; config_id, overrides, variant
+# 3: adds class_names, history, world_size, files (predictions.npz); a schema-2 reader ignores them
+PREDICTIONS_FILE = "predictions.npz"
 STATUSES = ("completed", "failed", "diverged")
 
 

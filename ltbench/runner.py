@@ -36,7 +36,7 @@ from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run
                             method_states, prepare_stage2, stage1_key, train_stage1, train_stage2)
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError
 from ltbench.method import Method
-from ltbench.records import (RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
+from ltbench.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
                              load_result, run_dir, versions)
 
 
@@ -84,8 +84,10 @@ def split_methods(spec: str) -> list[str]:
 
 def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget: str,
               settings: dict[str, Any] | None = None, epochs: int | None = None, imbalance_factor: float | None = None,
-              data_root: str | None = None, catalog: Catalog | None = None, download: bool = False) -> list[Cell]:
-    """Resolve every cell; raises before any training on unknown names, bad options or missing data."""
+              data_root: str | None = None, catalog: Catalog | None = None, download: bool = False,
+              log=None) -> list[Cell]:
+    """Resolve every cell; raises before any training on unknown names, bad options or missing data.
+    ``log`` gets a line per dataset loaded."""
     catalog = catalog or get_catalog()
     if not methods:
         raise ConfigError("--methods: give at least one method")
@@ -106,7 +108,13 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
             make_plugin_manager([construct(cls, configs[m]["methods"][cls.name]) for cls in classes])
         catalog.backbone(next(iter(configs.values()))["backbone"])
         imb = next(iter(configs.values()))["imbalance_factor"]
+        t0 = time.perf_counter()
+        if log:
+            log(f"loading {spec.key(imb)} ...")
         data = load_checked(spec, data_root, imb, download=download)
+        if log:
+            log(f"loaded {spec.key(imb)}: {len(data.y_train)} training, {len(data.y_val)} validation, "
+                f"{len(data.y_test)} test images ({time.perf_counter() - t0:.1f}s)")
         for m, classes in composed.items():
             changed = config_mod.overrides(configs[m], config_mod.resolve(spec, budget, classes))
             for seed in seeds:
@@ -256,6 +264,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=log_stage2)
             timing["stage2"] = prior + time.perf_counter() - t2
         t3 = time.perf_counter()
+        log(f"{tag} evaluating: {len(cell.data.y_val)} validation and {len(cell.data.y_test)} test images")
         run.stage, run.epoch = 0, 0  # evaluation
         val = evaluate(run, cell.data.x_val, cell.data.y_val)
         test = evaluate(run, cell.data.x_test, cell.data.y_test)
@@ -287,6 +296,9 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
                          stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra,
                          started=started, process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
     if distributed.is_main():
+        if test is not None and test.predictions is not None:
+            save_predictions(out / PREDICTIONS_FILE, test, cell.data.y_test)
+            record["files"] = {"predictions": PREDICTIONS_FILE}
         atomic_write_json(result_path, record)
     if status == "completed":
         m = record["metrics"]
@@ -326,6 +338,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "val_metrics": val.metrics() if val else None,
         "per_class_accuracy": test.per_class_accuracy if test else None,
         "train_counts": cell.data.train_counts.tolist(),
+        "class_names": list(cell.data.class_names) or None,
         "group_thresholds": dict(cell.data.group_thresholds),
         "group_sizes": test.group_sizes if test else None,
         "val_size": int(len(cell.data.y_val)),
@@ -336,6 +349,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "stage_wall_time_s": {k: round(v, 3) for k, v in timing.items()},
         "wall_time_s": round(sum(timing.values()), 3),
         "process_time_s": round(process_time, 3),
+        "history": run.history if run is not None else [],
         "epochs_completed": epochs_completed if epochs_completed is not None else len(run.history) if run else 0,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
@@ -371,6 +385,17 @@ def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict
     if existing and existing["status"] in ("completed", "diverged"):
         return None, existing
     return None, None
+
+
+def save_predictions(path: Path, test: Any, labels: Any) -> None:
+    """``predictions.npz`` beside a record: the test split's labels and predicted classes (so that comparisons
+    can pair methods image by image) and the confusion matrix [true, predicted]."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, labels=np.asarray(labels, dtype=np.int32), predictions=test.predictions.astype(np.int32),
+                        confusion=test.confusion.astype(np.int32))
+    tmp.replace(path)
 
 
 def throughput(history: list[dict[str, Any]], eval_images: int, eval_seconds: float | None) -> dict[str, Any]:
@@ -460,11 +485,31 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
 
 def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print,
              catalog: Catalog | None = None) -> list[dict]:
+    """The cells one after another; after each, a line with the grid's progress and an estimate of when it
+    ends (from the time the runs trained here took; skipped runs cost nothing)."""
     records, retrained = [], set()
+    start, trained = time.perf_counter(), []
     for i, cell in enumerate(cells, 1):
         log(f"== run {i}/{len(cells)}: {cell.label} on {cell.dataset_key} ({cell.budget}), seed {cell.seed}")
-        records.append(execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained))
+        t0 = time.perf_counter()
+        record = execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained)
+        records.append(record)
+        if time.perf_counter() - t0 > 0.25:  # trained (a skipped run takes milliseconds)
+            trained.append(time.perf_counter() - t0)
+        log(grid_progress(i, len(cells), time.perf_counter() - start, trained))
     return records
+
+
+def grid_progress(done: int, total: int, elapsed: float, trained: list[float]) -> str:
+    """``== 3/10 runs done, 4m12s so far; about 9m48s left``."""
+    def clock(seconds: float) -> str:
+        seconds = int(round(seconds))
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+    left = total - done
+    eta = f"about {clock(left * sum(trained) / len(trained))} left" if left and trained else (
+        "done" if not left else "no estimate yet")
+    return f"== {done}/{total} runs done, {clock(elapsed)} so far; {eta}"
 
 
 def stderr_log(msg: str) -> None:

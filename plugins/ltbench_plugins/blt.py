@@ -134,6 +134,7 @@ class BLT(Method):
     options = {"p": 0.5, "gamma": 1.0, "alpha": 20.0, "beta": 0.5, "tail_max": 20, "step": 0.7, "max_iters": 15,
                "score_low": 0.15, "score_high": 0.25, "backbone_lr_ratio": 0.1, "epochs": 0, "hallucinate": True}
     metadata = MethodMetadata(
+        family="seed paper",
         title="BLT: gradient-ascent tail-class hard examples, gamma-balancer, squashing-cosine classifier",
         paper=PAPER, venue="ACCV", year=2020, code_url="https://github.com/JKozerawski/BLT",
         summary="Stage 2 fine-tunes the stage-1 network with a squashing-cosine head and the gamma-balancer, "

@@ -326,6 +326,7 @@ class _BreadcrumbBase(Method):
 class Breadcrumb(_BreadcrumbBase):
     name = "breadcrumb"
     metadata = MethodMetadata(
+        family="seed paper",
         title="Breadcrumb (strong): EMANATE sets of every epoch train the class-balanced classifier",
         paper=PAPER, venue="ECCV", year=2022, code_url=CODE,
         summary="EMANATE feature back-tracking with class alignment; the classifier trains on the EMANATE set of "
@@ -408,6 +409,7 @@ class Breadcrumb(_BreadcrumbBase):
 class BreadcrumbWeak(_BreadcrumbBase):
     name = "breadcrumb-weak"
     metadata = MethodMetadata(
+        family="seed paper",
         title="Breadcrumb (weak): the final epoch's EMANATE set retrains the classifier",
         paper=PAPER, venue="ECCV", year=2022, code_url=CODE,
         summary="Stage 2 re-initialises the classifier and retrains it on the frozen backbone over the EMANATE set "

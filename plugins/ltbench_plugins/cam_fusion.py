@@ -163,6 +163,7 @@ class CAMFusion(Method):
     options = {"h_r": 0.9, "n_f": 3, "n_t": 16, "tau_s": 0.8, "tau_g": 0.2, "lr": 0.001, "iterations": 0,
                "confusing_from_head_only": False}
     metadata = MethodMetadata(
+        family="seed paper",
         title="CAM-based feature space augmentation (fusing tail class-specific with confusing classes' "
         "class-generic features)",
         paper=PAPER, venue="ECCV", year=2020,

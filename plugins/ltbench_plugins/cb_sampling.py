@@ -12,6 +12,7 @@ from ltbench.samplers import class_balanced
 class ClassBalancedSampling(Method):
     name = "cb-sampling"
     metadata = MethodMetadata(
+        family="re-sampling",
         title="Class-balanced re-sampling",
         paper="Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition "
         "(class-balanced sampling, Sec. 3); Cao et al. 2019 ('Resample' baseline)",

@@ -11,6 +11,7 @@ class CrossEntropy(Method):
     name = "ce"
     plain_stage1 = True
     metadata = MethodMetadata(
+        family="baseline",
         title="Cross-entropy, instance-balanced sampling",
         paper="Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss (baseline 'ERM')",
         venue="NeurIPS",

@@ -116,6 +116,7 @@ class _ClassBalancedRetraining(_Decoupled):
 class CRT(_ClassBalancedRetraining):
     name = "crt"
     metadata = MethodMetadata(
+        family="decoupling",
         title="Classifier re-training (cRT)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
         summary="Stage 2: re-initialise the linear classifier and retrain it with class-balanced sampling on the "
         "frozen stage-1 backbone.",
@@ -133,6 +134,7 @@ class CRT(_ClassBalancedRetraining):
 class LWS(_ClassBalancedRetraining):
     name = "lws"
     metadata = MethodMetadata(
+        family="decoupling",
         title="Learnable weight scaling (LWS)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
         summary="Stage 2: learn one scale per class on the stage-1 classifier (weights frozen), class-balanced.",
         reference_results={"cifar100-lt-if100": {"overall": 40.16, "source": BOT},
@@ -148,6 +150,7 @@ class LWS(_ClassBalancedRetraining):
 class TauNorm(_Decoupled):
     name = "tau-norm"
     metadata = MethodMetadata(
+        family="decoupling",
         title="tau-normalised classifier", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
         summary="Divide each classifier weight row by its norm^tau and drop the bias; tau in 0, 0.1, ..., 2 chosen "
         "on the validation split.",
@@ -189,6 +192,7 @@ class TauNorm(_Decoupled):
 class NCM(_Decoupled):
     name = "ncm"
     metadata = MethodMetadata(
+        family="decoupling",
         title="Nearest class mean (cosine)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
         summary="Stage 2: classify by cosine similarity to the mean training feature of each class.",
         interpretations=("Class means of un-augmented training features in eval mode.",),

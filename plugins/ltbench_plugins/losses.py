@@ -105,6 +105,7 @@ class ClassBalancedLoss(Method):
     name = "cb-loss"
     options = {"beta": 0.9999}
     metadata = MethodMetadata(
+        family="loss",
         title="Class-balanced loss (softmax cross-entropy)", paper=_CB_PAPER, venue="CVPR", year=2019,
         code_url="https://github.com/richardaecn/class-balanced-loss",
         summary="Cross-entropy weighted per class by the inverse effective number of samples, "
@@ -129,6 +130,7 @@ class ClassBalancedFocal(Method):
     name = "cb-focal"
     options = {"beta": 0.9999, "gamma": 1.0}
     metadata = MethodMetadata(
+        family="loss",
         title="Class-balanced focal loss (softmax)", paper=_CB_PAPER, venue="CVPR", year=2019,
         code_url="https://github.com/richardaecn/class-balanced-loss",
         summary="Focal loss weighted by class-balanced weights.",
@@ -153,6 +155,7 @@ class Focal(Method):
     name = "focal"
     options = {"gamma": 1.0}
     metadata = MethodMetadata(
+        family="loss",
         title="Focal loss", paper="Lin et al., Focal Loss for Dense Object Detection", venue="ICCV", year=2017,
         code_url=_LDAM_CODE, summary="(1-p_y)^gamma * CE; gamma 1.0 as the LDAM paper's baseline.",
         reference_results={"cifar100-lt-if100": {"overall": 38.41, "source": "LDAM-DRW paper, Table 2 (ResNet-32)"},
@@ -172,6 +175,7 @@ class LDAM(Method):
     name = "ldam"
     options = {"max_margin": 0.5, "scale": 30.0}
     metadata = MethodMetadata(
+        family="loss",
         title="LDAM (label-distribution-aware margin), no re-weighting", paper=_LDAM_PAPER, venue="NeurIPS",
         year=2019, code_url=_LDAM_CODE,
         summary="Cosine classifier; the true-class cosine is reduced by m_y ~ n_y^(-1/4) (largest 0.5) and "
@@ -202,6 +206,7 @@ class LDAMDRW(LDAM):
     name = "ldam-drw"
     options = {"max_margin": 0.5, "scale": 30.0, "beta": 0.9999, "drw_start": 0.8}
     metadata = MethodMetadata(
+        family="loss",
         title="LDAM with deferred re-weighting (DRW)", paper=_LDAM_PAPER, venue="NeurIPS", year=2019,
         code_url=_LDAM_CODE,
         summary="LDAM loss; from epoch 160 of 200 (scaled with the budget: drw_start x epochs) the loss is weighted "
@@ -237,6 +242,7 @@ class LDAMDRW(LDAM):
 class BalancedSoftmax(Method):
     name = "balanced-softmax"
     metadata = MethodMetadata(
+        family="loss",
         title="Balanced Softmax", paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition",
         venue="NeurIPS", year=2020, code_url="https://github.com/jiawei-ren/BalancedMetaSoftmax-Classification",
         summary="Cross-entropy on logits + log(n_c): the softmax is re-balanced by the training prior.",
@@ -256,6 +262,7 @@ class LogitAdjustLoss(Method):
     name = "logit-adjust"
     options = {"tau": 1.0}
     metadata = MethodMetadata(
+        family="loss",
         title="Logit-adjusted loss", paper="Menon et al., Long-Tail Learning via Logit Adjustment", venue="ICLR",
         year=2021, code_url="https://github.com/google-research/google-research/tree/master/logit_adjustment",
         summary="Cross-entropy on logits + tau * log(prior), tau 1.",

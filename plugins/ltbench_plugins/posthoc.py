@@ -17,6 +17,7 @@ class LogitAdjustPosthoc(Method):
     name = "logit-adjust-posthoc"
     plain_stage1 = True
     metadata = MethodMetadata(
+        family="post-hoc",
         title="Post-hoc logit adjustment", paper="Menon et al., Long-Tail Learning via Logit Adjustment",
         venue="ICLR", year=2021, code_url="https://github.com/google-research/google-research/tree/master/logit_adjustment",
         summary="Evaluate a plain cross-entropy model with logits - tau * log(prior); tau chosen on validation.",

@@ -173,6 +173,7 @@ class SAFA(Method):
     options = {"position": "layer2", "head_ratio": 0.2, "start": 0.8, "detach_input": True, "lambda_cycle": 0.1,
                "lambda_contrastive": 0.1, "lambda_mode_seeking": 0.01}
     metadata = MethodMetadata(
+        family="seed paper",
         title="SAFA: sample-adaptive feature augmentation (ltbench reconstruction from the supplementary)",
         paper=PAPER, venue="ECCV", year=2022, code_url="",
         summary="A training-only module after a backbone stage translates tail-class feature maps along "

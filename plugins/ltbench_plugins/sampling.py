@@ -48,6 +48,7 @@ class ProgressiveSampler(Sampler):
 class SqrtSampling(Method):
     name = "sqrt-sampling"
     metadata = MethodMetadata(
+        family="re-sampling",
         title="Square-root sampling", paper=_KANG, venue="ICLR", year=2020, code_url=_KANG_CODE,
         summary="Class j drawn with probability proportional to sqrt(n_j); plain cross-entropy.",
     )
@@ -63,6 +64,7 @@ class SqrtSampling(Method):
 class ProgressiveSampling(Method):
     name = "progressive-sampling"
     metadata = MethodMetadata(
+        family="re-sampling",
         title="Progressively-balanced sampling", paper=_KANG, venue="ICLR", year=2020, code_url=_KANG_CODE,
         summary="Class shares interpolate linearly from instance-balanced (first epoch) to class-balanced "
         "(t/T -> 1) with the epoch t of T.",

@@ -1,0 +1,141 @@
+"""Plots of run records (matplotlib; PNG and SVG): ``ltbench plot RUNS --out DIR``, and the web leaderboard.
+
+Per dataset and budget:
+
+- ``<key>-per-class``: test accuracy of the classes against their training-image count (log x; a running
+  mean over a tenth of the classes, since single classes are noisy), one line per method (the mean over
+  seeds) with a band of ± one standard deviation;
+- ``<key>-groups``: many/medium/few-shot and overall accuracy per method, bars with ± std error bars;
+- ``<key>-learning``: training loss and validation accuracy per epoch, per method (from the records' history;
+  records older than schema 3 have none and are left out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GROUPS = ("many", "medium", "few", "overall")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _by_place(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
+    places: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for rec in records:
+        if rec["status"] == "completed":
+            places.setdefault((rec["dataset"], rec["budget"]), {}).setdefault(
+                rec.get("variant", rec["method"]), []).append(rec)
+    return places
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    _pyplot().close(fig)
+    return paths
+
+
+def _order(methods: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Methods by mean overall accuracy, best first (the leaderboard's order)."""
+    return sorted(methods, key=lambda m: -np.mean([r["metrics"]["overall"] for r in methods[m]]))
+
+
+def per_class(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: Path, name: str) -> list[Path]:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    cmap = plt.get_cmap("tab20")
+    for i, method in enumerate(_order(records_by_method)):
+        recs = records_by_method[method]
+        counts = np.asarray(recs[0]["train_counts"])
+        order = np.argsort(-counts, kind="stable")
+        acc = np.array([[np.nan if v is None else v for v in r["per_class_accuracy"]] for r in recs])[:, order]
+        window = max(1, len(counts) // 10)
+        acc = np.stack([_rolling(a, window) for a in acc])  # per-class numbers are noisy: a running mean
+        mean, std = np.nanmean(acc, 0), np.nanstd(acc, 0)
+        color = cmap(i % 20)
+        ax.plot(counts[order], mean, lw=1.2, color=color, label=f"{method} ({len(recs)} seeds)")
+        if len(recs) > 1:
+            ax.fill_between(counts[order], mean - std, mean + std, color=color, alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("training images of the class (log scale; head classes left)")
+    ax.set_ylabel(f"test accuracy (%), running mean over {max(1, len(counts) // 10)} classes")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper right", frameon=False)
+    return _save(fig, out, name)
+
+
+def _rolling(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred running mean (NaN-aware), the same length as ``values``."""
+    half = window // 2
+    return np.array([np.nanmean(values[max(0, i - half) : i + half + 1]) for i in range(len(values))])
+
+
+def groups(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: Path, name: str) -> list[Path]:
+    plt = _pyplot()
+    methods = _order(records_by_method)
+    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(methods) + 2), 4.8))
+    width = 0.8 / len(GROUPS)
+    x = np.arange(len(methods))
+    for j, g in enumerate(GROUPS):
+        values = [[r["metrics"][g] for r in records_by_method[m] if r["metrics"][g] is not None] for m in methods]
+        mean = [np.mean(v) if v else np.nan for v in values]
+        std = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(x + (j - 1.5) * width, mean, width, yerr=std, capsize=2, label=g, error_kw={"lw": 0.8})
+    ax.set_xticks(x, methods, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=4, frameon=False)
+    return _save(fig, out, name)
+
+
+def learning(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: Path, name: str) -> list[Path]:
+    with_history = {m: rs for m, rs in records_by_method.items() if any(r.get("history") for r in rs)}
+    if not with_history:
+        return []
+    plt = _pyplot()
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    cmap = plt.get_cmap("tab20")
+    for i, method in enumerate(_order(with_history)):
+        rec = next(r for r in sorted(with_history[method], key=lambda r: r["seed"]) if r.get("history"))
+        history = rec["history"]
+        steps = np.arange(1, len(history) + 1)
+        loss_ax.plot(steps, [e.get("loss_task", np.nan) for e in history], color=cmap(i % 20), lw=1.2, label=method)
+        val = [(k, e["val_overall"]) for k, e in zip(steps, history) if e.get("val_overall") is not None]
+        if val:
+            val_ax.plot(*zip(*val), color=cmap(i % 20), lw=1.2, marker="o", ms=3, label=method)
+    loss_ax.set_xlabel("epoch (stage 1, then stage 2)")
+    loss_ax.set_ylabel("training loss (task term)")
+    val_ax.set_xlabel("epoch (stage 1, then stage 2)")
+    val_ax.set_ylabel("validation accuracy (%)")
+    for ax in (loss_ax, val_ax):
+        ax.grid(alpha=0.3)
+    val_ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{title} (seed with the lowest number)")
+    return _save(fig, out, name)
+
+
+def plot_records(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Every plot of ``records`` into ``out``; returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for (dataset, budget), by_method in sorted(_by_place(records).items()):
+        key, title = f"{dataset}-{budget}", f"{dataset}, budget {budget}"
+        written += per_class(by_method, title, out, f"{key}-per-class")
+        written += groups(by_method, title, out, f"{key}-groups")
+        written += learning(by_method, title, out, f"{key}-learning")
+    return written

@@ -68,6 +68,7 @@ class Catalog:
         self.methods: dict[str, MethodEntry] = {}
         self.datasets: dict[str, DatasetSpec] = {}
         self.backbones: dict[str, BackboneSpec] = {}
+        self.reporters: dict[str, type] = {}
         self.plugins: list[PluginInfo] = []
         self.broken: list[BrokenPlugin] = []
         self.owners: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) -> the plugin that registered it
@@ -102,6 +103,7 @@ class Catalog:
             pm.hook.ltbench_register_methods(register=adder(self.methods, "method", _check_method_class))
             pm.hook.ltbench_register_datasets(register=adder(self.datasets, "dataset", _check_type(DatasetSpec)))
             pm.hook.ltbench_register_backbones(register=adder(self.backbones, "backbone", _check_type(BackboneSpec)))
+            pm.hook.ltbench_register_reporters(register=adder(self.reporters, "reporter", _check_reporter_class))
         except Exception as exc:
             self._roll_back(added)
             self.broken.append(BrokenPlugin(info.name, info.distribution, f"{type(exc).__name__}: {exc}", info.version))
@@ -126,7 +128,7 @@ class Catalog:
             self.plugins.remove(owner)
             self._roll_back([(t, k, n) for (k, n), o in list(self.owners.items()) if o is owner
                              for t in [{"method": self.methods, "dataset": self.datasets,
-                                        "backbone": self.backbones}[k]]])
+                                        "backbone": self.backbones, "reporter": self.reporters}[k]]])
             owner.methods.clear()
             self.broken.append(BrokenPlugin(owner.name, owner.distribution, _contested(kind, name, claimants),
                                             owner.version))
@@ -162,6 +164,12 @@ class Catalog:
             raise UnknownNameError("method", name, self.methods)
         return self.methods[name]
 
+    def reporter(self, name: str) -> type:
+        self._check_contested("reporter", name)
+        if name not in self.reporters:
+            raise UnknownNameError("reporter", name, self.reporters)
+        return self.reporters[name]
+
     def dataset(self, name: str) -> DatasetSpec:
         self._check_contested("dataset", name)
         if name not in self.datasets:
@@ -191,6 +199,15 @@ def _who(info: PluginInfo) -> str:
 def _contested(kind: str, name: str, claimants: list[str]) -> str:
     return (f"{kind} name {name!r} is registered by more than one plugin: {' and '.join(claimants)}; "
             f"neither is loaded, uninstall or rename one")
+
+
+def _check_reporter_class(cls: Any) -> None:
+    from ltbench.reporting import Reporter
+
+    if not (isinstance(cls, type) and issubclass(cls, Reporter)):
+        raise TypeError(f"register() expects a ltbench.reporting.Reporter subclass, got {cls!r}")
+    if not getattr(cls, "name", ""):
+        raise TypeError(f"reporter class {cls.__name__} has no name")
 
 
 def _check_type(kind: type):

@@ -14,7 +14,7 @@ DEFAULT_DATASET = "fashion-mnist-lt"
 
 
 RUN_FLAGS = ("methods", "datasets", "seeds", "budget", "epochs", "imbalance_factor", "data_root", "download",
-             "output", "device", "rerun", "quiet", "jobs", "threads", "shard", "nproc", "launcher", "wait")
+             "output", "device", "rerun", "quiet", "jobs", "threads", "shard", "nproc", "launcher", "wait", "report")
 SLURM_FLAGS = {"partition": "slurm_partition", "account": "slurm_account", "gpus_per_job": "slurm_gpus_per_job",
                "cpus_per_task": "slurm_cpus_per_task", "mem_gb": "slurm_mem_gb", "time": "slurm_time",
                "array_parallelism": "slurm_array_parallelism"}
@@ -86,11 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.shard:
         planned = len(cells)
         mine = launch.shard(cells, args.shard, output)
-        launch.write_manifest(cells, output, how=f"shards, {how}")  # the whole grid: status names other shards' runs
-        cells = mine
+        grid_id = launch.write_manifest(cells, output, how=f"shards, {how}").stem  # the whole grid: status names
+        cells = mine  # the other shards' runs
         print(f"shard {args.shard}: {len(cells)} of the grid's {planned} runs", file=sys.stderr)
     else:
-        launch.write_manifest(cells, output, how=how)
+        grid_id = launch.write_manifest(cells, output, how=how).stem
     log = (lambda msg: None) if args.quiet else stderr_log
     if args.launcher:
         return _submit(args, cells, output, log)
@@ -98,17 +98,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_distributed(args, cells, output, device, log)
     if args.jobs > 1:
         records = launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
-                                      log=log, quiet=args.quiet)
+                                      log=log, quiet=args.quiet, report=args.report)
     else:
         import torch
 
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)
         try:
-            records = run_grid(cells, output, device, rerun=args.rerun, log=log)
+            records = run_grid(cells, output, device, rerun=args.rerun, log=log, reporting=_reporting(args, output),
+                               grid_id=grid_id)
         finally:
             torch.set_num_threads(threads)
     return _report(records, args.output)
+
+
+def _reporting(args: argparse.Namespace, output: Path):
+    """The reporters ``--report`` selects (None for none); unknown names fail here, before anything runs."""
+    if not args.report:
+        return None
+    from ltbench.reporting import Reporting
+
+    return Reporting(args.report, output)
 
 
 def _torchrun(args: argparse.Namespace) -> int:
@@ -158,7 +168,8 @@ def _run_distributed(args: argparse.Namespace, cells: list, output: Path, device
     device = distributed.init_from_env(device)
     main_rank = distributed.is_main()
     try:
-        records = run_grid(cells, output, device, rerun=args.rerun, log=log if main_rank else (lambda m: None))
+        records = run_grid(cells, output, device, rerun=args.rerun, log=log if main_rank else (lambda m: None),
+                           reporting=_reporting(args, output) if main_rank else None)
     finally:
         torch.distributed.destroy_process_group()
     return _report(records, args.output) if main_rank else _exit_status(records)
@@ -282,7 +293,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     cat = get_catalog()
     _warn_broken()
-    if args.what == "methods":
+    if args.what == "reporters":
+        rows = [{"name": n, "description": cls.description, "plugin": f"{cat.owners['reporter', n].distribution}"}
+                for n, cls in sorted(cat.reporters.items())]
+    elif args.what == "methods":
         rows = []
         for name, entry in sorted(cat.methods.items()):
             meta = entry.cls.metadata
@@ -391,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto, cpu or cuda")
     run.add_argument("--rerun", action="store_true", help="retrain runs that already completed")
     run.add_argument("--quiet", action="store_true")
+    run.add_argument("--report", help="reporters, comma-separated: jsonl, tensorboard, mlflow, wandb "
+                     "(`ltbench ls reporters`)")
     scale = run.add_argument_group("running at scale (README: Running at scale)")
     scale.add_argument("--jobs", type=int, help="runs in N worker processes on this machine (default 1)")
     scale.add_argument("--threads", type=int, help="torch threads per run (default: the cores, divided by --jobs)")
@@ -435,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     ls = sub.add_parser("ls", help="list methods, datasets or backbones")
-    ls.add_argument("what", choices=["methods", "datasets", "backbones"])
+    ls.add_argument("what", choices=["methods", "datasets", "backbones", "reporters"])
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_ls)
 

@@ -191,6 +191,8 @@ class Run:
     #: under torchrun, each rank trains on its rows of the global batch; False: every rank on all of it
     #: (a stage whose batches have a structure, see ``SecondStage.data_parallel``)
     shard_batches: bool = True
+    #: called with each epoch's history entry (the reporters' epoch-end event); set by the runner
+    on_epoch_entry: Callable[[dict[str, Any]], None] | None = None
     _eval_stores: dict[int, tuple[np.ndarray, ImageStore]] = field(default_factory=dict)
 
     def image_store(self, images: np.ndarray) -> ImageStore:
@@ -529,6 +531,8 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         if run._validation_cache and run._validation_cache[0] == (stage, epoch):
             entry["val_overall"] = run._validation_cache[1].overall
         run.history.append(entry)
+        if run.on_epoch_entry is not None:
+            run.on_epoch_entry(entry)
         run.log(f"[{run.method_name} seed {run.seed}] stage {stage} epoch {epoch + 1}/{epochs} "
                 f"loss {entry.get('loss_task', float('nan')):.4f} ({entry['seconds']:.1f}s)")
         if distributed.is_main():

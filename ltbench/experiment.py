@@ -52,6 +52,7 @@ KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "nproc": (int, None),
     "launcher": (str, None),
     "wait": (bool, False),
+    "report": ((list, str), []),
     "set": (dict, {}),
     "variants": (dict, {}),
     "slurm": (dict, {}),
@@ -118,7 +119,7 @@ def merge(experiment: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
             options["set"] = {**options["set"], **(value or {})}
         elif value is not None and value is not False:
             options[key] = value
-    for key in ("methods", "datasets"):
+    for key in ("methods", "datasets", "report"):
         if options[key] is not None:
             options[key] = _names(options[key])
     seeds = options["seeds"]

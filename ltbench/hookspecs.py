@@ -87,6 +87,15 @@ def ltbench_register_methods(register: Callable[[type[Method]], None]) -> None:
 
 
 @hookspec
+def ltbench_register_reporters(register: Callable[[type], None]) -> None:
+    """Add reporters: :class:`ltbench.reporting.Reporter` subclasses that observe runs (the reporting hooks
+    below) for an experiment tracker or a log. ``ltbench run --report NAME,...`` selects them.
+
+    :param register: call it with each reporter class.
+    """
+
+
+@hookspec
 def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     """Add datasets (with their long-tailed split and named budgets).
 
@@ -253,3 +262,42 @@ def ltbench_record(run: Run) -> dict[str, Any] | None:
     A value JSON cannot hold (or anything but a dict or ``None``) fails the
     run with the method named, as does an exception from any hook.
     """
+
+
+# --------------------------------------------------------------------------
+# Reporting: implemented by Reporter instances (``--report``), which observe
+# and never change a run. All broadcast. One reporter instance serves the
+# whole grid (process-wide). ``run`` is the same dict for every event of a
+# run: its identity (run_dir, variant, method, seed, dataset, budget,
+# config_id), resolved config, the split's summary, the grid id, and
+# ``resumed`` (epochs already done when it started). A reporter that raises
+# is disabled for the rest of the grid with one warning naming it; the run
+# and its record are not affected. Under torchrun only rank 0 reports.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def ltbench_report_grid_start(grid: dict[str, Any]) -> None:
+    """Before the first run: ``grid`` holds ``grid_id``, ``output`` and ``runs`` (one dict per planned run:
+    run_dir, variant, seed, dataset, budget, config_id)."""
+
+
+@hookspec
+def ltbench_report_run_start(run: dict[str, Any]) -> None:
+    """A run starts training (or resumes); not called for a run skipped as already complete."""
+
+
+@hookspec
+def ltbench_report_epoch_end(run: dict[str, Any], entry: dict[str, Any]) -> None:
+    """An epoch ended: ``entry`` is its line of ``metrics.jsonl`` (stage, epoch, lr, seconds, images,
+    images_per_s, ``loss_<term>`` means, and ``val_overall`` when validation was computed)."""
+
+
+@hookspec
+def ltbench_report_run_end(run: dict[str, Any], record: dict[str, Any], plots: list[str]) -> None:
+    """The run's record was written (any status); ``plots`` are image files about this run (PNG)."""
+
+
+@hookspec
+def ltbench_report_grid_end(grid: dict[str, Any], records: list[dict[str, Any]], summary: str) -> None:
+    """After the last run: every record of the grid and the summary table ``ltbench run`` prints."""

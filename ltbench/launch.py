@@ -101,8 +101,12 @@ def write_manifest(cells: list[Cell], output: Path, how: str) -> Path:
     return path
 
 
+_REPORTING: dict[tuple[str, ...], Any] = {}  # one Reporting per worker process and selection
+
+
 def run_cell(request: dict[str, Any], output: str, device: str, threads: int | None = None, quiet: bool = False,
-             catalog_factory: Callable[[], Catalog] | None = None) -> str:
+             catalog_factory: Callable[[], Catalog] | None = None, report: list[str] | None = None,
+             grid_id: str | None = None) -> str:
     """One cell in this process, from its request: the body of a worker process and of a cluster job.
     Returns the record's status."""
     if threads:
@@ -114,7 +118,13 @@ def run_cell(request: dict[str, Any], output: str, device: str, threads: int | N
     cell = replan(request, catalog)
     log = (lambda msg: None) if quiet else stderr_log
     where = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
-    return execute(cell, Path(output), where, rerun=False, log=log, catalog=catalog)["status"]
+    reporting = None
+    if report:
+        from ltbench.reporting import Reporting
+
+        reporting = _REPORTING.setdefault(tuple(report), Reporting(report, Path(output), catalog))
+    return execute(cell, Path(output), where, rerun=False, log=log, catalog=catalog, reporting=reporting,
+                   grid_id=grid_id)["status"]
 
 
 def run_cells(requests: list[dict[str, Any]], output: str, device: str, threads: int | None = None,
@@ -149,17 +159,19 @@ def _worker_device(device: torch.device, slot: int) -> torch.device:
     return device
 
 
-def _worker(conn, device: str, threads: int, quiet: bool, catalog_factory: Callable[[], Catalog] | None) -> None:
+def _worker(conn, device: str, threads: int, quiet: bool, catalog_factory: Callable[[], Catalog] | None,
+            report: list[str] | None = None, grid_id: str | None = None) -> None:
     """A worker process: runs the cells the parent sends (``(request, output)``), answers each with its
     status, and stops at ``None``. It lives for many cells, so torch and the plugins are imported once."""
     while (message := conn.recv()) is not None:
         request, output = message
-        conn.send(run_cell(request, output, device, threads, quiet, catalog_factory))
+        conn.send(run_cell(request, output, device, threads, quiet, catalog_factory, report, grid_id))
 
 
 def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: int, threads: int | None = None,
                  rerun: bool = False, log=stderr_log, quiet: bool = False,
-                 catalog_factory: Callable[[], Catalog] | None = None) -> list[dict[str, Any]]:
+                 catalog_factory: Callable[[], Catalog] | None = None,
+                 report: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the cells in ``jobs`` worker processes; return their records in the grid's order.
 
     A cell waits while another worker trains the shared stage 1 it needs, if other work is ready (that one
@@ -178,12 +190,21 @@ def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: in
     workers: dict[int, list[Any]] = {}  # slot -> [process, connection, cell index or None, start time]
     records: dict[int, dict[str, Any]] = {}
     log(f"== {len(cells)} runs in {min(jobs, len(cells))} worker processes, {threads} threads each")
+    from ltbench.runner import grid_description
+
+    grid = grid_description(cells, output)
+    reporting = None
+    if report:  # grid events here; each worker reports its runs
+        from ltbench.reporting import Reporting
+
+        reporting = Reporting(report, output, catalog)
+        reporting.emit("ltbench_report_grid_start", grid=grid)
 
     def start_worker(slot: int) -> None:
         parent_end, child_end = context.Pipe()
         process = context.Process(target=_worker, name=f"ltbench-worker-{slot}", daemon=True,
                                   args=(child_end, str(_worker_device(device, slot)), threads, quiet,
-                                        catalog_factory))
+                                        catalog_factory, report, grid["grid_id"]))
         process.start()
         child_end.close()
         workers[slot] = [process, parent_end, None, 0.0]
@@ -241,7 +262,13 @@ def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: in
                 except OSError:
                     pass
             process.join(timeout=30)
-    return [records[i] for i in range(len(cells))]
+    result = [records[i] for i in range(len(cells))]
+    if reporting is not None:
+        from ltbench import summary
+
+        reporting.emit("ltbench_report_grid_end", grid=grid, records=result,
+                       summary=summary.render(summary.summarise(result)))
+    return result
 
 
 def submit(cells: list[Cell], output: Path, launcher: str, device: str, options: dict[str, Any],

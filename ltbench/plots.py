@@ -128,6 +128,21 @@ def learning(records_by_method: dict[str, list[dict[str, Any]]], title: str, out
     return _save(fig, out, name)
 
 
+def per_class_figure(record: dict[str, Any]):
+    """Test accuracy of each class against its training count (log x), for one run."""
+    plt = _pyplot()
+    counts = np.asarray(record["train_counts"])
+    acc = np.array([np.nan if v is None else v for v in record["per_class_accuracy"]])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(counts, acc, s=10)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log)")
+    ax.set_ylabel("test accuracy of the class (%)")
+    ax.set_title(f"{record['variant']}, seed {record['seed']}: overall {record['metrics']['overall']:.2f}")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def plot_records(records: list[dict[str, Any]], out: Path) -> list[Path]:
     """Every plot of ``records`` into ``out``; returns the files written."""
     out = Path(out)

@@ -197,7 +197,8 @@ class _Lock:
 
 
 def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False, log=print,
-            catalog: Catalog | None = None, retrained: set[Path] | None = None) -> dict[str, Any]:
+            catalog: Catalog | None = None, retrained: set[Path] | None = None, reporting=None,
+            grid_id: str | None = None) -> dict[str, Any]:
     """Run one cell (or skip/resume it) and return its record.
 
     The cell's directory is locked while this process works on it: a second process asking for the same run
@@ -205,16 +206,16 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
     ``retrained`` (the shared stage-1 models this grid already retrained); the ones it retrains are added there.
     """
     out = cell.out_dir(output)
-    if not distributed.is_main():  # under torchrun, rank 0 holds the locks and writes; the others follow it
+    if not distributed.is_main():  # under torchrun, rank 0 holds the locks, writes and reports; the others follow
         return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
-                               set() if retrained is None else retrained)
+                               set() if retrained is None else retrained, None, grid_id)
     with _Lock(out, f"[{cell.label} seed {cell.seed}] {out}", log):
         return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
-                               set() if retrained is None else retrained)
+                               set() if retrained is None else retrained, reporting, grid_id)
 
 
 def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, rerun: bool, log,
-                    catalog: Catalog, retrained: set[Path]) -> dict[str, Any]:
+                    catalog: Catalog, retrained: set[Path], reporting=None, grid_id: str | None = None) -> dict[str, Any]:
     tag = f"[{cell.label} seed {cell.seed}]"
     result_path = out / RESULT_FILE
     error, existing = distributed.agree(_check_run_dir(cell, out, rerun) if distributed.is_main() else None)
@@ -225,6 +226,13 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         return existing
     if distributed.is_main():
         atomic_write_json(out / "config.json", cell.config)
+    info = None
+    if reporting is not None:
+        from ltbench.reporting import run_info
+
+        history = out / "metrics.jsonl"
+        info = run_info(cell, output, grid_id, len(history.read_text().splitlines()) if history.exists() else 0)
+        reporting.emit("ltbench_report_run_start", run=info)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -237,6 +245,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     status, error, test, val = "completed", None, None, None
     try:
         run = build_run(catalog, cell.dataset, cell.data, cell.config, cell.seed, device, out, log=log)
+        if reporting is not None:
+            run.on_epoch_entry = lambda entry: reporting.emit("ltbench_report_epoch_end", run=info, entry=entry)
         shared = stage1_dir(cell, output, catalog)
         plain = shared is not None
         s1_dir = shared if plain else out
@@ -300,6 +310,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             save_predictions(out / PREDICTIONS_FILE, test, cell.data.y_test)
             record["files"] = {"predictions": PREDICTIONS_FILE}
         atomic_write_json(result_path, record)
+    if reporting is not None:
+        reporting.emit("ltbench_report_run_end", run=info, record=record, plots=_run_plots(out, record))
     if status == "completed":
         m = record["metrics"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -385,6 +397,19 @@ def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict
     if existing and existing["status"] in ("completed", "diverged"):
         return None, existing
     return None, None
+
+
+def _run_plots(out: Path, record: dict[str, Any]) -> list[str]:
+    """``per-class.png`` in the run's directory, for reporters (a completed run only)."""
+    if record["status"] != "completed":
+        return []
+    from ltbench.plots import _pyplot, per_class_figure
+
+    path = out / "per-class.png"
+    fig = per_class_figure(record)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return [str(path)]
 
 
 def save_predictions(path: Path, test: Any, labels: Any) -> None:
@@ -484,20 +509,43 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
 
 
 def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print,
-             catalog: Catalog | None = None) -> list[dict]:
+             catalog: Catalog | None = None, reporting=None, grid_id: str | None = None) -> list[dict]:
     """The cells one after another; after each, a line with the grid's progress and an estimate of when it
-    ends (from the time the runs trained here took; skipped runs cost nothing)."""
+    ends (from the time the runs trained here took; skipped runs cost nothing). ``reporting``
+    (:class:`ltbench.reporting.Reporting`) gets the grid's and the runs' events."""
     records, retrained = [], set()
     start, trained = time.perf_counter(), []
+    began = datetime.now(timezone.utc).replace(microsecond=0)
+    grid = grid_description(cells, output, grid_id)
+    if reporting is not None:
+        reporting.emit("ltbench_report_grid_start", grid=grid)
     for i, cell in enumerate(cells, 1):
         log(f"== run {i}/{len(cells)}: {cell.label} on {cell.dataset_key} ({cell.budget}), seed {cell.seed}")
         t0 = time.perf_counter()
-        record = execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained)
+        record = execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained,
+                         reporting=reporting, grid_id=grid["grid_id"])
         records.append(record)
-        if time.perf_counter() - t0 > 0.25:  # trained (a skipped run takes milliseconds)
+        if record.get("started_at") and datetime.fromisoformat(record["started_at"]) >= began:  # not skipped
             trained.append(time.perf_counter() - t0)
         log(grid_progress(i, len(cells), time.perf_counter() - start, trained))
+    if reporting is not None:
+        from ltbench import summary
+
+        reporting.emit("ltbench_report_grid_end", grid=grid, records=records,
+                       summary=summary.render(summary.summarise(records)) if records else "")
     return records
+
+
+def grid_description(cells: list[Cell], output: Path, grid_id: str | None = None) -> dict[str, Any]:
+    """What reporters get as ``grid``: its id (the plan's, as in ``<output>/_grids/``) and its planned runs."""
+    import hashlib
+
+    runs = [{"run_dir": str(c.out_dir(output)), "variant": c.label, "seed": c.seed, "dataset": c.dataset_key,
+             "budget": c.budget, "config_id": c.config_id} for c in cells]
+    if grid_id is None:
+        grid_id = hashlib.sha256(json.dumps([str(c.out_dir(output).relative_to(output)) for c in cells]).encode()
+                                 ).hexdigest()[:12]
+    return {"grid_id": grid_id, "output": str(output), "runs": runs}
 
 
 def grid_progress(done: int, total: int, elapsed: float, trained: list[float]) -> str:

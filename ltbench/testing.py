@@ -13,15 +13,20 @@ from ltbench.method import Method
 from ltbench.runner import execute, plan_grid
 
 
-def catalog_with(*methods: type[Method], plugin_name: str = "test-plugin") -> Catalog:
-    """A fresh catalog (core + installed entry points) plus ``methods``,
-    registered through ``ltbench_register_methods`` like any plugin."""
+def catalog_with(*methods: type[Method], plugin_name: str = "test-plugin", reporters: tuple = ()) -> Catalog:
+    """A fresh catalog (core + installed entry points) plus ``methods`` and ``reporters``,
+    registered through ``ltbench_register_methods``/``ltbench_register_reporters`` like any plugin."""
     catalog = build_catalog()
 
     class _Plugin:
         @hookimpl
         def ltbench_register_methods(self, register):
             for cls in methods:
+                register(cls)
+
+        @hookimpl
+        def ltbench_register_reporters(self, register):
+            for cls in reporters:
                 register(cls)
 
     catalog.add_plugin(_Plugin(), PluginInfo(plugin_name, __name__, "tests", "0"))

@@ -227,6 +227,12 @@ def _check_method_class(cls: Any) -> None:
         raise TypeError(f"method {cls.name!r} has no MethodMetadata 'metadata'")
     if "+" in cls.name or "," in cls.name:
         raise TypeError(f"method name {cls.name!r} may not contain '+' or ','")
+    # A hook without @hookimpl would be silently ignored (the run would fall back to the core defaults).
+    unmarked = sorted(n for n in dir(cls) if n.startswith("ltbench_") and hasattr(hookspecs, n)
+                      and callable(getattr(cls, n)) and not hasattr(getattr(cls, n), "ltbench_impl"))
+    if unmarked:
+        raise TypeError(f"method {cls.name!r}: {', '.join(unmarked)} lack the @ltbench.hookimpl marker, so "
+                        f"ltbench would never call them; decorate them with @hookimpl")
     # Validate its run hooks against the specification now, not mid-run; its defaults must construct.
     pm = pluggy.PluginManager("ltbench")
     pm.add_hookspecs(hookspecs)

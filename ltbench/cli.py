@@ -254,6 +254,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from ltbench import docs
+
+    out = Path(args.out)
+    if args.write:
+        for path in docs.write(out):
+            print(f"wrote {path}")
+        return 0
+    problems = docs.check(out)
+    for p in problems:
+        print(p)
+    if problems:
+        print("run `ltbench docs --write` and commit the result")
+        return 1
+    print(f"{out}: the reference matches the code")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from ltbench import status
 
@@ -443,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs_dir", nargs="?", default="runs")
     plot.add_argument("--out", default="plots", help="directory for the plots (default plots/)")
     plot.set_defaults(func=cmd_plot)
+
+    dc = sub.add_parser("docs", help="check (or --write) the generated plugin reference in docs/")
+    dc.add_argument("--write", action="store_true", help="rewrite docs/hooks.md and docs/objects.md")
+    dc.add_argument("--out", default="docs")
+    dc.set_defaults(func=cmd_docs)
 
     st = sub.add_parser("status", help="what is done, running, failed or missing in a runs directory")
     st.add_argument("runs_dir", nargs="?", default="runs", help="the --output of ltbench run (default runs/)")

@@ -253,7 +253,7 @@ def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("ltbench")
     pm.add_hookspecs(hookspecs)
     pm.register(CoreDefaults(), name="core")
-    for m in methods:
+    for m in reversed(methods):  # pluggy calls the last registered first: broadcast hooks run a, then b
         pm.register(m, name=m.name)
     pm.check_pending()
     return pm
@@ -420,6 +420,36 @@ def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -
     return ckpt["epoch"] + 1
 
 
+def extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOutput) -> dict[str, torch.Tensor]:
+    """Every method's ``ltbench_extra_losses``, checked: a dict of named scalar tensors or None; ``"task"`` is
+    reserved, and two methods may not use one name (one term would silently replace the other)."""
+    kwargs = {"run": run, "model": model, "batch": batch, "output": output}
+    owner: dict[str, str] = {}
+    terms: dict[str, torch.Tensor] = {}
+    for impl in reversed(run.pm.hook.ltbench_extra_losses.get_hookimpls()):  # the call order: a, then b
+        value = impl.function(*[kwargs[a] for a in impl.argnames])
+        if value is None:
+            continue
+        who = f"method {impl.plugin_name!r}: ltbench_extra_losses"
+        if not isinstance(value, dict):
+            raise PluginContractError(f"{who} returned {type(value).__name__}; the hook specification expects a "
+                                      f"dict of named scalar tensors, e.g. {{'my_term': loss}}, or None")
+        for name, term in value.items():
+            if name == "task":
+                raise PluginContractError(f"{who} returned a term named 'task'; that name is the task loss's, "
+                                          f"choose another (the task loss comes from ltbench_build_loss)")
+            if name in owner:
+                raise PluginContractError(f"{who} and method {owner[name]!r} both return a loss term named "
+                                          f"{name!r}; one would replace the other: rename one of them")
+            if not (isinstance(term, torch.Tensor) and term.dim() == 0):
+                raise PluginContractError(f"{who} returned {name!r} = {type(term).__name__}"
+                                          f"{tuple(term.shape) if isinstance(term, torch.Tensor) else ''}; "
+                                          f"the hook specification expects a scalar tensor")
+            owner[name] = impl.plugin_name
+            terms[name] = term
+    return terms
+
+
 def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch,
                 scale: float = 1.0) -> dict[str, torch.Tensor]:
     """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward.
@@ -434,8 +464,7 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
         else:
             output = model.forward_all(batch.images)
         terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.labels)}
-        for extra in run.pm.hook.ltbench_extra_losses(run=run, model=model, batch=batch, output=output):
-            terms.update(extra or {})
+        terms.update(extra_losses(run, model, batch, output))
         total = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
     (total * scale if scale != 1.0 else total).backward()

@@ -20,7 +20,8 @@ Hooks marked *first result* return a value; the first non-``None`` answer wins
 and the core defaults answer last. When two composed methods both implement
 the same first-result hook the run fails before training with a
 :class:`ltbench.errors.CompositionError`; it never picks one silently. The
-other run hooks are broadcast to every method of the run.
+other run hooks are broadcast to every method of the run, in the order the
+run names them: ``a+b`` calls ``a``'s implementation, then ``b``'s.
 
 A hook implementation may accept fewer arguments than the specification
 lists (pluggy's opt-in arguments); it may not accept others. An exception
@@ -204,7 +205,10 @@ def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOu
     """Return extra loss terms to add to the task loss for this batch.
 
     Broadcast. Each value is a scalar tensor; the engine adds them all to the
-    task loss before the backward pass and logs each by name. ``output`` holds
+    task loss before the backward pass and logs each by name. Names are the
+    method's own: ``"task"`` is reserved, and two composed methods returning
+    one name is a :class:`ltbench.errors.PluginContractError` naming both (as
+    is anything but a dict of scalar tensors, or ``None``). ``output`` holds
     the logits and the pooled features of the forward pass training already
     did; reuse them rather than running the backbone again.
     """

@@ -1,0 +1,91 @@
+"""The hook contract holds without surprises (issue 13, problem 4): each of these was silent before."""
+
+import pytest
+import torch
+
+from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.catalog import build_catalog, PluginInfo
+from ltbench.testing import catalog_with, run_methods
+
+META = MethodMetadata(title="contract test method")
+
+
+def _term(name: str, value=lambda output: output.logits.sum() * 0.0):
+    class Extra(Method):
+        metadata = META
+
+        @hookimpl
+        def ltbench_extra_losses(self, output):
+            return {name: value(output)} if isinstance(name, str) else name(output)
+
+    return Extra
+
+
+def _method(name: str, cls: type) -> type:
+    return type(name.replace("-", "_"), (cls,), {"name": name})
+
+
+def test_two_methods_returning_one_loss_name_is_an_error_naming_both(tmp_path):
+    a, b = _method("term-a", _term("reg")), _method("term-b", _term("reg"))
+    (rec,) = run_methods(catalog_with(a, b), ["term-a+term-b"], tmp_path)
+    assert rec["status"] == "failed"
+    assert "'term-b'" in rec["error"] and "'term-a'" in rec["error"] and "'reg'" in rec["error"]
+
+
+def test_a_loss_term_named_task_is_refused(tmp_path):
+    (rec,) = run_methods(catalog_with(_method("steals-task", _term("task"))), ["steals-task"], tmp_path)
+    assert rec["status"] == "failed" and "a term named 'task'" in rec["error"]
+
+
+@pytest.mark.parametrize("returned, expected", [
+    (lambda output: output.logits.sum() * 0.0, "returned Tensor; the hook specification expects a dict"),
+    (lambda output: output.logits.sum() + 1.0, "returned Tensor; the hook specification expects a dict"),
+    (lambda output: {"vec": output.logits.mean(0)}, "'vec' = Tensor(10,); the hook specification expects a scalar"),
+])
+def test_a_wrong_type_from_extra_losses_is_a_contract_error_naming_method_and_hook(returned, expected, tmp_path):
+    (rec,) = run_methods(catalog_with(_method("bad-extra", _term(returned))), ["bad-extra"], tmp_path)
+    assert rec["status"] == "failed"
+    assert "PluginContractError" in rec["error"] and "method 'bad-extra': ltbench_extra_losses" in rec["error"]
+    assert expected in rec["error"]
+
+
+def test_a_hook_without_the_marker_is_refused_at_registration():
+    class Forgot(Method):
+        name = "forgot-marker"
+        metadata = META
+
+        def ltbench_build_loss(self):  # no @hookimpl: would silently train plain CE
+            return lambda logits, targets: logits.sum()
+
+    catalog = build_catalog()
+
+    class Plugin:
+        @hookimpl
+        def ltbench_register_methods(self, register):
+            register(Forgot)
+
+    catalog.add_plugin(Plugin(), PluginInfo("forgetful", __name__, "forgetful-dist", "0"))
+    (broken,) = catalog.broken
+    assert "ltbench_build_loss lack the @ltbench.hookimpl marker" in broken.error
+    assert "forgot-marker" not in catalog.methods
+
+
+def test_broadcast_hooks_run_in_the_order_the_run_names_the_methods(tmp_path):
+    calls: list[str] = []
+
+    def recorder(name):
+        class Records(Method):
+            metadata = META
+
+            @hookimpl
+            def ltbench_epoch_end(self, stage, epoch):
+                calls.append(name)
+
+        return _method(name, Records)
+
+    first, second = recorder("first"), recorder("second")
+    run_methods(catalog_with(first, second), ["first+second"], tmp_path, epochs=1)
+    assert calls == ["first", "second"]
+    calls.clear()
+    run_methods(catalog_with(first, second), ["second+first"], tmp_path / "other", epochs=1)
+    assert calls == ["second", "first"]

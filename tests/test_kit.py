@@ -1,0 +1,71 @@
+"""The method authors' kit (issue 13): check_method, the conformance check, passes for every built-in
+method and for the example plugin, and fails when a method breaks what it checks."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.catalog import get_catalog
+from ltbench.testing import check_method
+
+REPO = Path(__file__).resolve().parents[1]
+#: settings a method needs on synthetic-lt's tiny CNN
+NEEDS = {"safa": {"backbone": "resnet8"}}
+
+
+@pytest.mark.parametrize("name", sorted(get_catalog().methods))
+def test_every_built_in_method_passes_the_conformance_check(name, tmp_path):
+    record = check_method(get_catalog().method(name).cls, tmp_path, settings=NEEDS.get(name))
+    assert record["status"] == "completed"
+
+
+def test_the_example_plugin_passes_the_conformance_check(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "plugins" / "ltbench-example-plugin"))
+    from ltbench_example import LabelSmoothing
+
+    assert check_method(LabelSmoothing, tmp_path)["status"] == "completed"
+
+
+class _Meddler(Method):
+    name = "meddler"
+    metadata = MethodMetadata(title="changes batch-norm statistics in augment_batch")
+
+    @hookimpl
+    def ltbench_augment_batch(self, model, batch):
+        model.train()
+        model(batch.images)  # a forward pass in train mode moves the running statistics
+
+
+class _Forgetful(Method):
+    name = "forgetful"
+    metadata = MethodMetadata(title="counts epochs but forgets them on resume")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.seen = 0
+
+    @hookimpl
+    def ltbench_epoch_end(self):
+        self.seen += 1
+
+    @hookimpl
+    def ltbench_extra_losses(self, output):
+        return {"scaled": output.logits.float().pow(2).mean() * 0.01 * self.seen}
+
+
+@pytest.mark.parametrize("cls, message", [
+    (_Meddler, "ltbench_augment_batch changed the model: buffer:"),
+    (_Forgetful, "a run resumed after an interrupted epoch differs"),
+])
+def test_the_conformance_check_catches_a_broken_method(cls, message, tmp_path):
+    with pytest.raises(AssertionError, match=message):
+        check_method(cls, tmp_path)
+
+
+def test_the_fixtures_give_a_real_run_batch_and_model(tiny_run, tiny_batch, tiny_model):
+    assert tiny_batch.images.shape[0] == len(tiny_batch.labels) == 16
+    assert tiny_model is tiny_run.model
+    assert tiny_model(tiny_batch.images).shape == (16, tiny_run.num_classes)

@@ -317,10 +317,21 @@ def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
     out = []
     bs = run.config["eval_batch_size"]
     beat = Heartbeat(run, "predicting, images", len(images))
+    combine = bool(run.pm.hook.ltbench_eval_logits.get_hookimpls())
     for start in range(0, len(images), bs):
         beat(start)
         with _autocast(run.device):
-            logits = model(store.normalise_uint8(store.x[start : start + bs])).float()
+            x = store.normalise_uint8(store.x[start : start + bs])
+            if combine:  # a method defines the evaluation logits from all heads and features
+                output = model.forward_all(x)
+                logits = run.pm.hook.ltbench_eval_logits(run=run, model=model, output=output)
+                logits = output.logits if logits is None else logits
+                shape = (len(x), run.num_classes)
+                _expect(run, "ltbench_eval_logits", logits,
+                        lambda v: isinstance(v, torch.Tensor) and tuple(v.shape) == shape, f"a tensor of shape {shape}")
+                logits = logits.float()
+            else:
+                logits = model(x).float()
         adjusted = run.pm.hook.ltbench_adjust_logits(run=run, logits=logits)
         if adjusted is not None:
             _expect(run, "ltbench_adjust_logits", adjusted,

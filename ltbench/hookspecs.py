@@ -250,6 +250,19 @@ def ltbench_second_stage(run: Run) -> SecondStage | None:
 
 
 @hookspec(firstresult=True)
+def ltbench_eval_logits(run: Run, model: LTModel, output: ModelOutput) -> torch.Tensor | None:
+    """Return the evaluation logits from all of the model's heads and features (validation and test).
+
+    First result. ``output`` is ``model.forward_all`` of the evaluation batch in eval mode (the classifier's
+    logits, the pooled features and the feature map); a method that trains more heads (in ``model.heads``:
+    experts, a second classifier) combines them here, e.g. ``(output.logits + model.heads["b"](
+    output.features)) / 2``. Must return a tensor of shape ``(batch, num_classes)``. Without an answer the
+    logits are ``output.logits``. ``ltbench_adjust_logits`` then applies to what this returns. Not called
+    during training; cached stage-2 features are unaffected (they are ``output.features``).
+    """
+
+
+@hookspec(firstresult=True)
 def ltbench_adjust_logits(run: Run, logits: torch.Tensor) -> torch.Tensor | None:
     """Return post-hoc adjusted logits for evaluation (validation and test).
 

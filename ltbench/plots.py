@@ -124,7 +124,7 @@ def learning(records_by_method: dict[str, list[dict[str, Any]]], title: str, out
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
     val_ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{title} (seed with the lowest number)")
+    fig.suptitle(f"{title} (per method, its lowest seed that recorded a history)")
     return _save(fig, out, name)
 
 

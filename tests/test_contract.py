@@ -89,3 +89,54 @@ def test_broadcast_hooks_run_in_the_order_the_run_names_the_methods(tmp_path):
     calls.clear()
     run_methods(catalog_with(first, second), ["second+first"], tmp_path / "other", epochs=1)
     assert calls == ["second", "first"]
+
+
+class SecondHead(Method):
+    """A second classifier on the pooled features, trained beside the first and averaged in at evaluation."""
+
+    name = "second-head"
+    metadata = META
+
+    @hookimpl
+    def ltbench_configure_model(self, run, model):
+        model.heads["second"] = torch.nn.Linear(model.num_features, run.num_classes)
+
+    @hookimpl
+    def ltbench_extra_losses(self, model, batch, output):
+        logits = model.heads["second"](output.features)
+        return {"second_head": torch.nn.functional.cross_entropy(logits, batch.labels)}
+
+    @hookimpl
+    def ltbench_eval_logits(self, model, output):
+        return (output.logits + model.heads["second"](output.features)) / 2
+
+
+def test_a_second_head_takes_part_in_evaluation(tmp_path):
+    from ltbench.engine import build_run, predict_logits
+    from ltbench.runner import plan_grid
+
+    catalog = catalog_with(SecondHead)
+    (cell,) = plan_grid(["second-head"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
+                    log=lambda m: None)
+    x = run.image_store(cell.data.x_val).get(torch.arange(len(cell.data.y_val)), augment=False)
+    run.model.eval()
+    with torch.no_grad():
+        out = run.model.forward_all(x)
+        expected = (out.logits + run.model.heads["second"](out.features)) / 2
+    got = predict_logits(run, cell.data.x_val)
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, out.logits, atol=1e-3)
+    (rec,) = run_methods(catalog, ["second-head+crt"], tmp_path / "runs")  # stage-2 feature caching still works
+    assert rec["status"] == "completed"
+
+
+def test_evaluation_logits_of_the_wrong_shape_are_a_contract_error(tmp_path):
+    class WrongShape(SecondHead):
+        name = "wrong-shape"
+
+        @hookimpl
+        def ltbench_eval_logits(self, output):
+            return output.logits[:, :3]
+
+    (rec,) = run_methods(catalog_with(WrongShape), ["wrong-shape"], tmp_path)
+    assert rec["status"] == "failed" and "method 'wrong-shape': ltbench_eval_logits returned Tensor" in rec["error"]

@@ -272,6 +272,14 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from ltbench import scaffold
+
+    root = scaffold.create(args.name, Path(args.dir))
+    print(f"wrote {root}: pip install -e {root} && python -m pytest -q {root / 'tests'}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from ltbench import status
 
@@ -466,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--write", action="store_true", help="rewrite docs/hooks.md and docs/objects.md")
     dc.add_argument("--out", default="docs")
     dc.set_defaults(func=cmd_docs)
+
+    np_ = sub.add_parser("new-plugin", help="write a new method plugin package that installs and passes its test")
+    np_.add_argument("name", help="the method's name, e.g. my-method")
+    np_.add_argument("--dir", default=".", help="where to create ltbench-<name>/ (default .)")
+    np_.set_defaults(func=cmd_new_plugin)
 
     st = sub.add_parser("status", help="what is done, running, failed or missing in a runs directory")
     st.add_argument("runs_dir", nargs="?", default="runs", help="the --output of ltbench run (default runs/)")

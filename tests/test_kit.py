@@ -69,3 +69,24 @@ def test_the_fixtures_give_a_real_run_batch_and_model(tiny_run, tiny_batch, tiny
     assert tiny_batch.images.shape[0] == len(tiny_batch.labels) == 16
     assert tiny_model is tiny_run.model
     assert tiny_model(tiny_batch.images).shape == (16, tiny_run.num_classes)
+
+
+def test_new_plugin_writes_a_package_that_installs_and_passes_its_own_tests(tmp_path, capsys):
+    import os
+    import subprocess
+
+    from ltbench.cli import main
+
+    assert main(["new-plugin", "entropy-bonus", "--dir", str(tmp_path)]) == 0
+    root = tmp_path / "ltbench-entropy-bonus"
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(root)], check=True, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "4 passed" in own.stdout
+    assert main(["new-plugin", "entropy-bonus", "--dir", str(tmp_path)]) == 2  # never overwrites
+    assert main(["new-plugin", "Bad_Name", "--dir", str(tmp_path)]) == 2
+    assert "a method name is lower-case letters" in capsys.readouterr().err

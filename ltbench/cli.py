@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_distributed(args, cells, output, device, log)
     if args.jobs > 1:
         records = launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
-                                      log=log, quiet=args.quiet, report=args.report)
+                                      log=log, quiet=args.quiet, report=args.report, grid=grid_id)
     else:
         import torch
 
@@ -262,14 +262,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
         for path in docs.write(out):
             print(f"wrote {path}")
         return 0
-    problems = docs.check(out)
-    for p in problems:
-        print(p)
-    if problems:
-        print("run `ltbench docs --write` and commit the result")
-        return 1
-    print(f"{out}: the reference matches the code")
-    return 0
+    return _report_check(docs.check(out), "run `ltbench docs --write` and commit the result",
+                         f"{out}: the reference matches the code")
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
@@ -399,13 +393,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if not written:
             print(f"no completed records under {args.runs_dir or out / leaderboard.RECORDS}")
         return 0
-    problems = leaderboard.check(out)
+    return _report_check(leaderboard.check(out),
+                         "run `ltbench leaderboard build` (or ci/build_leaderboards.sh) and commit the result",
+                         f"{out}: markdown matches its records")
+
+
+def _report_check(problems: list[str], remedy: str, fine: str) -> int:
+    """A generated-files check: each problem and the remedy (exit 1), or that all is well (exit 0)."""
     for p in problems:
         print(p)
     if problems:
-        print("run `ltbench leaderboard build` (or ci/build_leaderboards.sh) and commit the result")
+        print(remedy)
         return 1
-    print(f"{out}: markdown matches its records")
+    print(fine)
     return 0
 
 

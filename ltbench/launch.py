@@ -20,7 +20,6 @@ the runs that were never started.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -35,7 +34,8 @@ import torch
 from ltbench.catalog import Catalog, get_catalog
 from ltbench.errors import ConfigError
 from ltbench.records import RESULT_FILE, atomic_write_json, load_result
-from ltbench.runner import Cell, _Lock, execute, make_record, replan, resolve_device, stage1_dir, stderr_log
+from ltbench.runner import (Cell, _Lock, execute, grid_description, grid_id, make_record, replan, resolve_device,
+                            stage1_dir, stderr_log)
 
 GRIDS_DIR = "_grids"
 SUBMITIT_DIR = "_submitit"
@@ -94,9 +94,9 @@ def write_manifest(cells: list[Cell], output: Path, how: str) -> Path:
     """``<output>/_grids/<id>.json``: the runs a grid planned, for ``ltbench status`` to find the missing ones."""
     runs = [{"run_dir": str(cell.out_dir(output).relative_to(output)), "variant": cell.label, "seed": cell.seed,
              "dataset": cell.dataset_key, "budget": cell.budget} for cell in cells]
-    grid_id = hashlib.sha256(json.dumps([r["run_dir"] for r in runs]).encode()).hexdigest()[:12]
-    path = output / GRIDS_DIR / f"{grid_id}.json"
-    atomic_write_json(path, {"grid_id": grid_id, "how": how, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    grid = grid_id(cells, output)
+    path = output / GRIDS_DIR / f"{grid}.json"
+    atomic_write_json(path, {"grid_id": grid, "how": how, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "runs": runs})
     return path
 
@@ -170,8 +170,8 @@ def _worker(conn, device: str, threads: int, quiet: bool, catalog_factory: Calla
 
 def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: int, threads: int | None = None,
                  rerun: bool = False, log=stderr_log, quiet: bool = False,
-                 catalog_factory: Callable[[], Catalog] | None = None,
-                 report: list[str] | None = None) -> list[dict[str, Any]]:
+                 catalog_factory: Callable[[], Catalog] | None = None, report: list[str] | None = None,
+                 grid: str | None = None) -> list[dict[str, Any]]:
     """Run the cells in ``jobs`` worker processes; return their records in the grid's order.
 
     A cell waits while another worker trains the shared stage 1 it needs, if other work is ready (that one
@@ -190,9 +190,7 @@ def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: in
     workers: dict[int, list[Any]] = {}  # slot -> [process, connection, cell index or None, start time]
     records: dict[int, dict[str, Any]] = {}
     log(f"== {len(cells)} runs in {min(jobs, len(cells))} worker processes, {threads} threads each")
-    from ltbench.runner import grid_description
-
-    grid = grid_description(cells, output)
+    grid = grid_description(cells, output, grid)  # a shard's workers report under the whole grid's id
     reporting = None
     if report:  # grid events here; each worker reports its runs
         from ltbench.reporting import Reporting

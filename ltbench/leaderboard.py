@@ -65,6 +65,7 @@ def load_records(records_dir: Path) -> list[dict[str, Any]]:
             raise LtbenchError(f"{path} predates run identity (schema {rec.get('schema_version')}): its "
                                f"configuration is not known in full; re-run it, or remove it")
         if rec["status"] == "completed":
+            rec["_path"] = str(path)  # where it lies: the web leaderboard links to it
             records.append(rec)
     return records
 
@@ -168,16 +169,17 @@ def build(runs_dir: Path | None, out_dir: Path) -> list[Path]:
         _, stale = collect(runs_dir, out_dir)
         for path in stale:
             print(f"skipped {path}: it predates run identity (ltbench < 0.2); re-run it to include it", file=sys.stderr)
-    pages = render(load_records(out_dir / RECORDS))
+    records = load_records(out_dir / RECORDS)
+    pages = render(records)
     written = []
     for name, text in pages.items():
         path = out_dir / name
         path.write_text(text)
         written.append(path)
     if pages:  # the web leaderboard, with the plots (README: Leaderboards)
-        from ltbench import site, summary
+        from ltbench import site
 
-        written.append(site.build(summary.load_records(out_dir / RECORDS), out_dir / site.SITE)[0])
+        written.append(site.build(records, out_dir / site.SITE)[0])
     return written
 
 

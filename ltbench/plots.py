@@ -29,7 +29,8 @@ def _pyplot():
     return plt
 
 
-def _by_place(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
+def by_place(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
+    """Completed records grouped by (dataset, budget), then by method or variant."""
     places: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for rec in records:
         if rec["status"] == "completed":
@@ -148,7 +149,7 @@ def plot_records(records: list[dict[str, Any]], out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for (dataset, budget), by_method in sorted(_by_place(records).items()):
+    for (dataset, budget), by_method in sorted(by_place(records).items()):
         key, title = f"{dataset}-{budget}", f"{dataset}, budget {budget}"
         written += per_class(by_method, title, out, f"{key}-per-class")
         written += groups(by_method, title, out, f"{key}-groups")

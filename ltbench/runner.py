@@ -536,16 +536,19 @@ def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool 
     return records
 
 
-def grid_description(cells: list[Cell], output: Path, grid_id: str | None = None) -> dict[str, Any]:
-    """What reporters get as ``grid``: its id (the plan's, as in ``<output>/_grids/``) and its planned runs."""
+def grid_id(cells: list[Cell], output: Path) -> str:
+    """A grid's id: a hash of its run directories (the name of its plan in ``<output>/_grids/``)."""
     import hashlib
 
+    dirs = [str(c.out_dir(output).relative_to(output)) for c in cells]
+    return hashlib.sha256(json.dumps(dirs).encode()).hexdigest()[:12]
+
+
+def grid_description(cells: list[Cell], output: Path, grid: str | None = None) -> dict[str, Any]:
+    """What reporters get as ``grid``: its id (``grid``, else :func:`grid_id`) and its planned runs."""
     runs = [{"run_dir": str(c.out_dir(output)), "variant": c.label, "seed": c.seed, "dataset": c.dataset_key,
              "budget": c.budget, "config_id": c.config_id} for c in cells]
-    if grid_id is None:
-        grid_id = hashlib.sha256(json.dumps([str(c.out_dir(output).relative_to(output)) for c in cells]).encode()
-                                 ).hexdigest()[:12]
-    return {"grid_id": grid_id, "output": str(output), "runs": runs}
+    return {"grid_id": grid or grid_id(cells, output), "output": str(output), "runs": runs}
 
 
 def grid_progress(done: int, total: int, elapsed: float, trained: list[float]) -> str:

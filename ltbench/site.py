@@ -87,12 +87,8 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     (site / "configs").mkdir(parents=True, exist_ok=True)
     written = plots.plot_records(records, site / "plots")
     families = _families()
-    done = [r for r in records if r["status"] == "completed"]
-    places: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
-    for rec in done:
-        places.setdefault((rec["dataset"], rec["budget"]), {}).setdefault(rec["variant"], []).append(rec)
     sections, all_families = [], set()
-    for (dataset, budget), by_method in sorted(places.items()):
+    for (dataset, budget), by_method in sorted(plots.by_place(records).items()):
         rows = []
         for method, recs in by_method.items():
             recs = sorted(recs, key=lambda r: r["seed"])

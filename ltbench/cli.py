@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         grid_id = launch.write_manifest(cells, output, how=how).stem
     log = (lambda msg: None) if args.quiet else stderr_log
     if args.launcher:
-        return _submit(args, cells, output, log)
+        return _submit(args, cells, output, log, grid_id)
     if distributed.launched_by_torchrun():
         return _run_distributed(args, cells, output, device, log)
     if args.jobs > 1:
@@ -193,7 +193,7 @@ def _report(records: list[dict[str, Any]], output: str) -> int:
     return _exit_status(records)  # 0 only when every asked-for run completed
 
 
-def _submit(args: argparse.Namespace, cells: list, output: Path, log) -> int:
+def _submit(args: argparse.Namespace, cells: list, output: Path, log, grid_id: str) -> int:
     from ltbench import launch
     from ltbench.records import RESULT_FILE, load_result
 
@@ -205,7 +205,7 @@ def _submit(args: argparse.Namespace, cells: list, output: Path, log) -> int:
     if args.launcher == "local":  # the local executor knows no SLURM keys
         options = {k: v for k, v in options.items() if not k.startswith("slurm_")}
     jobs = launch.submit(cells, output, args.launcher, args.device, options, rerun=args.rerun, log=log,
-                         quiet=args.quiet)
+                         quiet=args.quiet, report=args.report, grid=grid_id)
     ids = ", ".join(job.job_id for job in jobs)
     print(f"submitted {len(cells)} runs as {len(jobs)} {args.launcher} jobs: {ids}")
     print(f"logs: {output / launch.SUBMITIT_DIR}/<job id>_<task>_log.out/err; follow with: ltbench status {output}")

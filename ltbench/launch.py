@@ -128,9 +128,10 @@ def run_cell(request: dict[str, Any], output: str, device: str, threads: int | N
 
 
 def run_cells(requests: list[dict[str, Any]], output: str, device: str, threads: int | None = None,
-              quiet: bool = False, catalog_factory: Callable[[], Catalog] | None = None) -> list[str]:
+              quiet: bool = False, catalog_factory: Callable[[], Catalog] | None = None,
+              report: list[str] | None = None, grid_id: str | None = None) -> list[str]:
     """Several cells one after another in this process (a cluster job runs one stage-1 group)."""
-    return [run_cell(r, output, device, threads, quiet, catalog_factory) for r in requests]
+    return [run_cell(r, output, device, threads, quiet, catalog_factory, report, grid_id) for r in requests]
 
 
 def record_worker_death(cell: Cell, output: Path, device: torch.device, catalog: Catalog, exitcode: int | None,
@@ -271,7 +272,8 @@ def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: in
 
 def submit(cells: list[Cell], output: Path, launcher: str, device: str, options: dict[str, Any],
            rerun: bool = False, log=stderr_log, quiet: bool = False,
-           catalog_factory: Callable[[], Catalog] | None = None) -> list[Any]:
+           catalog_factory: Callable[[], Catalog] | None = None, report: list[str] | None = None,
+           grid: str | None = None) -> list[Any]:
     """Submit the grid through submitit as one job array (one task per stage-1 group); return the jobs.
 
     ``options`` are submitit parameters (``slurm_partition``, ``gpus_per_node``, ``timeout_min``, ...);
@@ -299,5 +301,6 @@ def submit(cells: list[Cell], output: Path, launcher: str, device: str, options:
     threads = options.get("cpus_per_task")  # else torch's default, which follows the job's CPU allocation
     jobs = executor.map_array(run_cells, [[c.request for c in g] for g in groups], [str(output)] * len(groups),
                               [device] * len(groups), [threads] * len(groups), [quiet] * len(groups),
-                              [catalog_factory] * len(groups))
+                              [catalog_factory] * len(groups), [report] * len(groups),
+                              [grid or grid_id(cells, output)] * len(groups))  # each job reports its runs
     return jobs

@@ -193,3 +193,12 @@ def test_worker_processes_report_into_the_grids_one_stream(tmp_path):
     kinds = [json.loads(line)["event"] for line in stream.read_text().splitlines()]
     assert kinds[0] == "grid_start" and kinds[-1] == "grid_end"
     assert kinds.count("run_start") == kinds.count("run_end") == 2 and kinds.count("epoch_end") == 6
+
+
+def test_cluster_jobs_report_their_runs_into_the_grids_stream(tmp_path):
+    pytest.importorskip("submitit")
+    assert main(["run", "--methods", "ce,focal", "--datasets", "synthetic-lt", "--budget", "smoke", "--quiet",
+                 "--output", str(tmp_path), "--report", "jsonl", "--launcher", "local"]) == 0
+    (stream,) = (tmp_path / "_reports").glob("*.jsonl")
+    kinds = [json.loads(line)["event"] for line in stream.read_text().splitlines()]
+    assert kinds.count("run_start") == kinds.count("run_end") == 2 and kinds.count("epoch_end") == 6

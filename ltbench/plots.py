@@ -42,7 +42,8 @@ def by_place(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, l
 def _save(fig, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], dpi=110, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    with _pyplot().rc_context({"svg.hashsalt": name}):  # stable clip-path ids: a rebuild changes no byte
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
     _pyplot().close(fig)
     return paths
 

@@ -270,8 +270,8 @@ ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage
 
 
 class DiesAtEpoch2(Method):
-    """Its worker process is killed (SIGKILL) in stage-1 epoch 2, once: the first time, it leaves a marker in
-    $LTBENCH_TEST_DIE_MARKER; a later attempt finds the marker and lives."""
+    """Its worker process is killed (SIGKILL) in stage-1 epoch 2, once: the first run to get there creates a marker
+    in $LTBENCH_TEST_DIE_MARKER (atomically, as two workers may get there at once); every other attempt lives."""
 
     name = "dies-at-epoch-2"
     metadata = META
@@ -282,10 +282,14 @@ class DiesAtEpoch2(Method):
         import signal
         from pathlib import Path
 
-        marker = Path(os.environ["LTBENCH_TEST_DIE_MARKER"])
-        if stage == 1 and epoch == 1 and not marker.exists():
-            marker.write_text("died once")
-            os.kill(os.getpid(), signal.SIGKILL)
+        if stage != 1 or epoch != 1:
+            return
+        try:  # O_EXCL: exactly one of the workers that get here at once creates the marker, and only it dies
+            fd = os.open(Path(os.environ["LTBENCH_TEST_DIE_MARKER"]), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 ALL.append(DiesAtEpoch2)

@@ -123,6 +123,15 @@ def object_reference() -> str:
               "width of the pooled feature), `forward_features(x)` (the last feature map, `(B, C, H, W)`) and "
               "`forward_pool(fmap)` (pooled features, `(B, num_features)`). The CIFAR ResNets also expose "
               "their stages as `layer1`, `layer2`, `layer3` (SAFA inserts itself after one).", ""]
+    from ltbench import targets
+
+    lines += ["## Mixed targets (`ltbench.targets`)", "", textwrap.dedent(inspect.getdoc(targets) or "").strip(), "",
+              "Functions:", ""]
+    for name, fn in inspect.getmembers(targets, inspect.isfunction):
+        if fn.__module__ == targets.__name__ and not name.startswith("_"):
+            doc = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
+            lines.append(f"- `{name}{inspect.signature(fn)}`: {doc}")
+    lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -167,8 +167,12 @@ def ltbench_build_sampler(run: Run, stage: int, labels: np.ndarray) -> torch.uti
 def ltbench_build_loss(run: Run, stage: int) -> LossFn | None:
     """Return the task loss ``loss(logits, targets) -> scalar`` for one stage.
 
-    First result. The loss may read ``run.epoch`` to change over time
-    (deferred re-weighting). The core default is plain cross-entropy.
+    First result. ``targets`` are hard labels ``(B,)`` or, when a method
+    mixed them (mixup, cutmix, remix), soft targets ``(B, C)``: a loss must
+    handle both (:mod:`ltbench.targets` has the helpers, and every loss of
+    the zoo does). The loss may read ``run.epoch`` to change over time
+    (deferred re-weighting). The core default is plain cross-entropy
+    (``F.cross_entropy``, which takes both forms).
     """
 
 
@@ -187,7 +191,10 @@ def ltbench_augment_batch(run: Run, model: LTModel, batch: Batch) -> None:
     """Change a training batch in place before the forward pass.
 
     Broadcast, in plugin order. ``batch.images`` are normalised, augmented
-    tensors on the training device. A method may replace or extend
+    tensors on the training device. A method that mixes images sets
+    ``batch.targets`` to soft targets (``ltbench.targets.mix_pairs``) and
+    leaves ``batch.labels`` as the rows' own labels; the task loss then
+    trains toward the targets. A method may replace or extend
     ``batch.images`` and ``batch.labels`` (keep them the same length, unless
     a module the method inserted into the model appends samples in its
     forward pass: then extend ``batch.labels`` by their labels, as SAFA
@@ -210,7 +217,9 @@ def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOu
     one name is a :class:`ltbench.errors.PluginContractError` naming both (as
     is anything but a dict of scalar tensors, or ``None``). ``output`` holds
     the logits and the pooled features of the forward pass training already
-    did; reuse them rather than running the backbone again.
+    did; reuse them rather than running the backbone again. A term that
+    trains toward the batch's classes takes ``batch.loss_targets(C)``: the
+    hard labels, or the mixed targets when a composed method mixed them.
     """
 
 

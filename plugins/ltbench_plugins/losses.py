@@ -4,6 +4,13 @@
 All of them train one stage with instance-balanced sampling and change only
 the task loss (LDAM also the classifier: a cosine head). The arithmetic is
 in plain functions so that tests can pin it on hand-made numbers.
+
+Every loss takes hard labels ``(B,)`` or soft targets ``(B, C)`` (mixup and
+its kin, see :mod:`ltbench.targets`). Hard labels take the official code's
+arithmetic; soft targets its extension to a distribution over classes: each
+class ``c`` of a row contributes ``q_c`` times the loss the row would have
+with label ``c`` (so a mixed pair gives ``lam * loss(a) + (1 - lam) *
+loss(b)``), and class weights normalise by ``sum q_c w_c``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from torch import nn
 
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.errors import ConfigError
+from ltbench.targets import is_soft, soft_cross_entropy, weighted_mean
 
 # --------------------------------------------------------------------------
 # Arithmetic
@@ -34,8 +42,13 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
                weight: torch.Tensor | None = None) -> torch.Tensor:
     """sum_i w_{y_i} (1 - p_i)^gamma * CE_i / sum_i w_{y_i}, p_i the softmax probability of the true class.
 
-    With ``weight=None`` it is the plain mean; at gamma 0 it is (weighted) cross-entropy.
+    With ``weight=None`` it is the plain mean; at gamma 0 it is (weighted) cross-entropy. Soft targets q:
+    ``-sum_c q_c (1 - p_c)^gamma log p_c`` per row.
     """
+    if is_soft(targets):
+        log_p_all = F.log_softmax(logits, dim=1)
+        q = targets.to(logits.dtype)
+        return weighted_mean(-q * (1.0 - log_p_all.exp()) ** gamma * log_p_all, q, weight)
     log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
     per_sample = -((1.0 - log_p.exp()) ** gamma) * log_p
     if weight is None:
@@ -52,16 +65,44 @@ def ldam_margins(counts: np.ndarray, max_margin: float = 0.5) -> torch.Tensor:
 
 def ldam_loss(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float,
               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """CE(s * (cos - m_y at the true class), y), weighted as F.cross_entropy weights."""
+    """CE(s * (cos - m_y at the true class), y), weighted as F.cross_entropy weights.
+
+    Soft targets q: ``sum_c q_c * CE(s * (cos - m_c at class c), c)`` per row (:func:`ldam_loss_soft`)."""
+    if is_soft(targets):
+        return ldam_loss_soft(cosine, targets, margins, scale, weight)
     margin = margins.to(cosine.device)[targets]
     adjusted = cosine - F.one_hot(targets, cosine.shape[1]).to(cosine.dtype) * margin[:, None]
     return F.cross_entropy(scale * adjusted, targets, weight=None if weight is None else weight.to(cosine.device))
 
 
+def ldam_loss_soft(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """LDAM on soft targets, for every class at once: with z = s * cos, the loss of label c is
+    ``-(z_c - s m_c) + log(sum_{j != c} e^{z_j} + e^{z_c - s m_c})``, computed in float64 (the sum
+    without e^{z_c} is a difference that float32 loses when class c dominates)."""
+    z = (scale * cosine).double()
+    sm = (scale * margins.to(cosine.device)).double()
+    top = z.max(dim=1, keepdim=True).values
+    e = (z - top).exp()
+    without_margin = e.sum(dim=1, keepdim=True)
+    rest = without_margin - e * (1.0 - (-sm).exp())  # sum_{j != c} e^{z_j} + e^{z_c - s m_c}, shifted by top
+    loss_per_label = -(z - sm - top) + rest.log()
+    q = targets.double()
+    return weighted_mean(q * loss_per_label, q, weight).to(cosine.dtype)
+
+
 def logit_adjusted_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior: torch.Tensor,
                         tau: float = 1.0) -> torch.Tensor:
-    """Menon et al. 2021 / Ren et al. 2020: CE(logits + tau * log pi, y)."""
-    return F.cross_entropy(logits + tau * log_prior.to(logits.device), targets)
+    """Menon et al. 2021 / Ren et al. 2020: CE(logits + tau * log pi, y) (soft targets: soft CE)."""
+    adjusted = logits + tau * log_prior.to(logits.device)
+    return soft_cross_entropy(adjusted, targets) if is_soft(targets) else F.cross_entropy(adjusted, targets)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``F.cross_entropy(logits, y, weight=w)``; soft targets: :func:`ltbench.targets.soft_cross_entropy`."""
+    if is_soft(targets):
+        return soft_cross_entropy(logits, targets, weight)
+    return F.cross_entropy(logits, targets, weight=weight)
 
 
 def log_prior(counts: np.ndarray) -> torch.Tensor:
@@ -123,7 +164,7 @@ class ClassBalancedLoss(Method):
     @hookimpl
     def ltbench_build_loss(self, run):
         weight = class_balanced_weights(run.train_counts, self.opts["beta"]).to(run.device)
-        return lambda logits, targets: F.cross_entropy(logits, targets, weight=weight)
+        return lambda logits, targets: weighted_cross_entropy(logits, targets, weight)
 
 
 class ClassBalancedFocal(Method):

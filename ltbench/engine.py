@@ -45,6 +45,29 @@ FIRST_RESULT_HOOKS = sorted(
 )
 
 
+#: hooks called on every method of a run, in the order the run names them (not registration, not reporting)
+BROADCAST_RUN_HOOKS = sorted(
+    name for name in dir(hookspecs)
+    if name.startswith("ltbench_") and not name.startswith(("ltbench_register_", "ltbench_report_"))
+    and hasattr(getattr(hookspecs, name), "ltbench_spec") and name not in FIRST_RESULT_HOOKS
+)
+
+
+def order_sensitive_hooks(classes: list[type[Method]]) -> list[str]:
+    """The broadcast run hooks that two or more of ``classes`` implement: where the order of a composition can
+    change what a run computes. ``ltbench_record`` is left out: each method's fields are stored under its own
+    name. First-result hooks cannot matter: two methods answering one is a composition error."""
+    return [hook for hook in BROADCAST_RUN_HOOKS if hook != "ltbench_record"
+            and sum(callable(getattr(cls, hook, None)) for cls in classes) > 1]
+
+
+def canonical_order(classes: list[type[Method]]) -> list[type[Method]]:
+    """The order a composition runs in: sorted by name when the hooks prove the order cannot matter (no
+    broadcast run hook is implemented by two of them), so ``a+b`` and ``b+a`` are one run; otherwise the
+    order written, which the run's name and record keep."""
+    return classes if order_sensitive_hooks(classes) else sorted(classes, key=lambda cls: cls.name)
+
+
 class Diverged(Exception):
     """A non-finite loss: the run stops and is recorded as ``diverged``."""
 
@@ -53,18 +76,36 @@ class Diverged(Exception):
 class Batch:
     """One training batch. ``images`` are normalised tensors on the device;
     in a stage trained on cached features ``images`` is ``None`` and
-    ``features`` holds the pooled embeddings."""
+    ``features`` holds the pooled embeddings.
+
+    ``labels`` are the hard class labels of the rows' own images (what per-class statistics, samplers and
+    feature banks use). ``targets`` is what the task loss trains toward when a method mixed the targets
+    (mixup, cutmix, remix): soft targets ``(B, C)``, one distribution per row (see :mod:`ltbench.targets`);
+    ``None`` means the hard labels. :meth:`loss_targets` gives whichever applies, and is what the task loss
+    receives; extra-loss hooks that train toward the labels should use it too."""
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
     features: torch.Tensor | None = None
     indices: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
     def rows(self, rows: slice) -> "Batch":
         """The batch's rows ``rows`` (a rank's share of a global batch)."""
         take = lambda t: None if t is None else t[rows]  # noqa: E731
         return Batch(labels=self.labels[rows], images=take(self.images), features=take(self.features),
-                     indices=take(self.indices))
+                     indices=take(self.indices), targets=take(self.targets))
+
+    def loss_targets(self, num_classes: int) -> torch.Tensor:
+        """The task loss's targets: the hard labels, or the soft targets a method set. Rows appended after the
+        targets were mixed (a module that generates samples, as SAFA's) get one-hot rows of their labels."""
+        if self.targets is None:
+            return self.labels
+        extra = len(self.labels) - len(self.targets)
+        if extra <= 0:
+            return self.targets
+        appended = nn.functional.one_hot(self.labels[len(self.targets):], num_classes).to(self.targets.dtype)
+        return torch.cat([self.targets, appended])
 
 
 @dataclass
@@ -95,6 +136,11 @@ class SecondStage:
     #: (a method's own feature set, e.g. Breadcrumb's EMANATE set); implies a frozen backbone
     features: torch.Tensor | None = None
     labels: np.ndarray | None = None
+    #: the frozen backbone's batch-norm layers stay in train mode, so their running statistics are re-estimated
+    #: on stage 2's batches (MiSLAS's shifted BN); its weights stay frozen. Trains on images, not cached features
+    update_bn_statistics: bool = False
+    #: learning-rate multipliers for the classifier's parameters, by name prefix (``{"head.": 0.2}``); others x1
+    head_lr_factors: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """The JSON-serialisable part, for the run record."""
@@ -292,11 +338,14 @@ def build_loss(run: Run, stage: int):
     return _expect(run, "ltbench_build_loss", loss, callable, "a callable loss(logits, targets)")
 
 
-def compute_loss(run: Run, loss_fn, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if len(logits) != len(labels):
-        raise PluginContractError(f"the batch has {len(labels)} labels but the model gave {len(logits)} logits; "
+def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if len(logits) != len(targets):
+        raise PluginContractError(f"the batch has {len(targets)} targets but the model gave {len(logits)} logits; "
                                   f"a method's ltbench_augment_batch and the modules it inserted disagree")
-    loss = loss_fn(logits, labels)
+    if targets.dim() == 2 and tuple(targets.shape) != tuple(logits.shape):
+        raise PluginContractError(f"the batch's soft targets have shape {tuple(targets.shape)}; the logits "
+                                  f"{tuple(logits.shape)}: a method set batch.targets with the wrong number of classes")
+    loss = loss_fn(logits, targets)
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
         raise PluginContractError(f"{_owner(run, 'ltbench_build_loss')}: its loss returned "
                                   f"{type(loss).__name__} {getattr(loss, 'shape', '')}; expected a scalar tensor")
@@ -474,7 +523,7 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
             output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
         else:
             output = model.forward_all(batch.images)
-        terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.labels)}
+        terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.loss_targets(run.num_classes))}
         terms.update(extra_losses(run, model, batch, output))
         total = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
@@ -634,7 +683,7 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
                 raise PluginContractError(f"{_owner(run, 'ltbench_second_stage')}: SecondStage.features needs "
                                           f"labels of the same length")
             run.train_features = plan.features.to(run.device)
-        elif plan.cached_features:
+        elif plan.cached_features and not plan.update_bn_statistics:
             t0 = time.perf_counter()
             run.log(f"[{run.method_name} seed {run.seed}] stage 2: extracting the features of "
                     f"{len(run.train_labels)} training images")
@@ -648,7 +697,12 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     config, model = run.config, run.model
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
     lr = config["stage2_lr"] if plan.lr is None else plan.lr
-    groups = [{"params": [p for p in model.classifier.parameters() if p.requires_grad], "lr": lr}]
+    def factor(name: str) -> float:
+        return next((f for prefix, f in plan.head_lr_factors.items() if name.startswith(prefix)), 1.0)
+
+    head = [(n, p) for n, p in model.classifier.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in head if factor(n) == f], "lr": lr * f}
+              for f in sorted({factor(n) for n, _ in head})]
     if plan.train_backbone:
         groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
                        "lr": plan.backbone_lr if plan.backbone_lr is not None else lr})
@@ -676,7 +730,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     else:
         make_batch = image_batch(run, labels)
     _train_epochs(run, 2, epochs, optimizer, set_lr, labels, make_batch, plan.batch_size or config["stage2_batch_size"],
-                  ckpt_path, on_epoch_end, frozen_backbone=not plan.train_backbone)
+                  ckpt_path, on_epoch_end, frozen_backbone=not (plan.train_backbone or plan.update_bn_statistics))
 
 
 def seed_everything(seed: int) -> None:

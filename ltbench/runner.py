@@ -32,8 +32,8 @@ from ltbench import checkpoints, distributed
 from ltbench import config as config_mod
 from ltbench.catalog import Catalog, get_catalog
 from ltbench.datasets import DatasetSpec, LTData, load_checked
-from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, evaluate, make_plugin_manager,
-                            method_states, prepare_stage2, stage1_key, train_stage1, train_stage2)
+from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, canonical_order, evaluate,
+                            make_plugin_manager, method_states, prepare_stage2, stage1_key, train_stage1, train_stage2)
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError
 from ltbench.method import Method
 from ltbench.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
@@ -97,7 +97,14 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
         raise ConfigError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
     if any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
-    composed = {m: [catalog.method(part.strip()).cls for part in m.split("+")] for m in methods}
+    composed: dict[str, list] = {}
+    for written in methods:
+        classes = canonical_order([catalog.method(part.strip()).cls for part in written.split("+")])
+        name = "+".join(cls.name for cls in classes)
+        if log and name != written.replace(" ", ""):
+            log(f"{written} runs as {name}: no run hook is implemented by more than one of them, so the order "
+                f"cannot matter and a composition has one canonical name")
+        composed.setdefault(name, classes)
     specs = [catalog.dataset(d) for d in datasets]
     every = [cls for classes in composed.values() for cls in classes]
     cells = []

@@ -91,6 +91,25 @@ def test_broadcast_hooks_run_in_the_order_the_run_names_the_methods(tmp_path):
     assert calls == ["second", "first"]
 
 
+def test_a_composition_whose_order_cannot_matter_is_one_run_and_one_whose_order_can_keeps_both(tmp_path):
+    from ltbench.runner import plan_grid
+
+    a, b = _method("term-a", _term("reg_a")), _method("term-b", _term("reg_b"))  # both add an extra loss
+    catalog = catalog_with(a, b)
+    # focal answers the loss, term-a adds a term: no run hook is implemented by both, so b+a is a+b
+    cells = plan_grid(["term-a+focal", "focal+term-a"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    assert [c.method for c in cells] == ["focal+term-a"]
+    recs = run_methods(catalog, ["term-a+focal"], tmp_path) + run_methods(catalog, ["focal+term-a"], tmp_path)
+    assert recs[0]["finished_at"] == recs[1]["finished_at"]  # the second was the first's record: trained once
+    assert recs[0]["methods"] == ["focal", "term-a"]
+    # both return extra losses: the order of the sum can change the numbers, so each order is its own run
+    cells = plan_grid(["term-b+term-a", "term-a+term-b"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    assert [c.method for c in cells] == ["term-b+term-a", "term-a+term-b"]
+    assert len({c.config_id for c in cells}) == 2
+    (rec,) = run_methods(catalog, ["term-b+term-a"], tmp_path)
+    assert rec["methods"] == ["term-b", "term-a"]
+
+
 class SecondHead(Method):
     """A second classifier on the pooled features, trained beside the first and averaged in at evaluation."""
 

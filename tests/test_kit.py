@@ -1,6 +1,7 @@
 """The method authors' kit (issue 13): check_method, the conformance check, passes for every built-in
 method and for the example plugin, and fails when a method breaks what it checks."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import torch
 
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.catalog import get_catalog
-from ltbench.testing import check_method
+from ltbench.testing import catalog_with, check_method, run_methods
+from ltbench_plugins import losses
 
 REPO = Path(__file__).resolve().parents[1]
 #: settings a method needs on synthetic-lt's tiny CNN
@@ -22,11 +24,41 @@ def test_every_built_in_method_passes_the_conformance_check(name, tmp_path):
     assert record["status"] == "completed"
 
 
-def test_the_example_plugin_passes_the_conformance_check(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["LabelSmoothing", "ExampleMixup", "ExampleSecondHead"])
+def test_the_example_plugin_passes_the_conformance_check(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "plugins" / "ltbench-example-plugin"))
-    from ltbench_example import LabelSmoothing
+    import ltbench_example
 
-    assert check_method(LabelSmoothing, tmp_path)["status"] == "completed"
+    assert check_method(getattr(ltbench_example, name), tmp_path)["status"] == "completed"
+
+
+@pytest.mark.parametrize("module", ["mixup_ce.py", "second_head.py"])
+def test_the_two_examples_are_short_and_use_only_public_names(module):
+    """Issue 13's yardstick: mixup + CE and a second-head ensemble in under 60 lines, no run.pm, no _private."""
+    text = (REPO / "plugins" / "ltbench-example-plugin" / "ltbench_example" / module).read_text()
+    assert len(text.splitlines()) < 60
+    assert ".pm" not in text and not re.search(r"\.\_[a-z]", text)
+    for imported in re.findall(r"from (ltbench[\w.]*) import", text):
+        assert not any(part.startswith("_") for part in imported.split("."))
+
+
+def test_the_examples_do_what_they_say(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "plugins" / "ltbench-example-plugin"))
+    from ltbench_example import ExampleMixup, ExampleSecondHead
+
+    from ltbench.catalog import build_catalog
+
+    catalog = build_catalog()  # where the example plugin's metadata is on the path its entry point gives them
+    if "example-mixup" not in catalog.methods:
+        catalog = catalog_with(ExampleMixup, ExampleSecondHead)
+    seen = []
+    soft = losses.ldam_loss_soft
+    monkeypatch.setattr(losses, "ldam_loss_soft", lambda *a, **k: seen.append(1) or soft(*a, **k))
+    (mixed,) = run_methods(catalog, ["example-mixup+ldam-drw"], tmp_path)
+    assert mixed["status"] == "completed" and seen  # LDAM-DRW trained toward the mixed targets
+    (ensemble,) = run_methods(catalog, ["example-second-head"], tmp_path)
+    assert ensemble["status"] == "completed"
+    assert all("loss_balanced_head" in e for e in ensemble["history"])
 
 
 class _Meddler(Method):

@@ -27,6 +27,12 @@ class LabelSmoothing(Method):
         return lambda logits, targets: F.cross_entropy(logits, targets, label_smoothing=epsilon)
 
 
+from ltbench_example.mixup_ce import ExampleMixup  # noqa: E402
+from ltbench_example.second_head import ExampleSecondHead  # noqa: E402
+
+
 @hookimpl
 def ltbench_register_methods(register):
     register(LabelSmoothing)
+    register(ExampleMixup)
+    register(ExampleSecondHead)

@@ -1,0 +1,24 @@
+"""The two short examples: they pass ltbench's conformance check and do what they say."""
+
+import pytest
+import torch
+
+from ltbench.engine import Batch
+
+
+@pytest.mark.parametrize("name", ["example-mixup", "example-second-head"])
+def test_the_examples_pass_the_conformance_check(name, method_check):
+    from ltbench.catalog import build_catalog
+
+    assert method_check(build_catalog().method(name).cls)["status"] == "completed"
+
+
+def test_mixup_mixes_the_targets_as_the_images(tiny_run):
+    from ltbench_example import ExampleMixup
+
+    method = ExampleMixup()
+    method.ltbench_configure_model(tiny_run)
+    images, labels = torch.randn(6, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    batch = Batch(labels=labels.clone(), images=images.clone())
+    method.ltbench_augment_batch(tiny_run, batch)
+    assert torch.allclose(batch.targets.sum(1), torch.ones(6)) and torch.equal(batch.labels, labels)

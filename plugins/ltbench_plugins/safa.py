@@ -178,7 +178,7 @@ class SAFA(Method):
         paper=PAPER, venue="ECCV", year=2022, code_url="",
         summary="A training-only module after a backbone stage translates tail-class feature maps along "
         "sample-adapted directions taken from head-class samples; the generated features keep the tail label and "
-        "continue through the network. Compose with ldam-drw as safa+ldam-drw.",
+        "continue through the network. Compose with ldam-drw as ldam-drw+safa (either spelling).",
         reference_results={
             "cifar100-lt-if200": {"overall": 100 - 61.34, "source": TABLE3},
             "cifar100-lt-if50": {"overall": 100 - 52.31, "source": TABLE3},

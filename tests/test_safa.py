@@ -118,3 +118,83 @@ def test_safa_composes_with_ldam_drw(runs):
     rec = runs[1]["ldam-drw+safa"]  # no run hook is implemented by both: one canonical order, whatever is written
     assert rec["status"] == "completed", rec["error"]
     assert rec["methods"] == ["ldam-drw", "safa"] and rec["extra"]["safa"]["generated"] > 0
+
+
+# ---- the defining properties issue 15 pins -------------------------------------------------------------------
+
+
+@pytest.fixture
+def safa_run(tmp_path):
+    from ltbench.engine import build_run, image_batch
+    from ltbench.runner import plan_grid
+
+    catalog = catalog_with()
+    (cell,) = plan_grid(["safa"], ["synthetic-lt"], [0], "smoke", catalog=catalog,
+                        settings={"backbone": "resnet8", "safa.start": "0"})
+    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
+                    log=lambda m: None)
+    return run, image_batch(run, run.train_labels)
+
+
+def test_the_plugin_appends_the_tail_samples_labels_from_the_pairing_the_module_uses(safa_run):
+    run, make = safa_run
+    method, model = run.methods[0], run.model
+    batch = make(torch.randperm(len(run.train_labels), generator=torch.Generator().manual_seed(0))[:64])
+    own = batch.labels.clone()
+    method.ltbench_augment_batch(run, model, batch)
+    labels, tails, heads = method.stage_module.plan  # what the module will generate from
+    assert torch.equal(labels, own) and len(tails) > 0
+    assert torch.equal(batch.labels, torch.cat([own, own[tails]]))  # the generated rows' labels, in its order
+    assert not method.is_head[own[tails]].any() and method.is_head[own[heads]].all()
+    model.train()
+    assert model.forward_all(batch.images).logits.shape[0] == len(batch.labels)
+
+
+def test_the_head_set_is_the_most_frequent_classes(safa_run):
+    run, _ = safa_run
+    is_head = run.methods[0].is_head
+    counts = torch.as_tensor(run.train_counts)
+    assert int(is_head.sum()) == round(0.2 * run.num_classes)
+    assert counts[is_head].min() >= counts[~is_head].max()
+
+
+def test_the_task_loss_reaches_the_generator_through_the_generated_rows():
+    model, stage = make_model()
+    model.train()
+    model.backbone.layer3.eval()  # (batch statistics after SAFA would couple every row with every other)
+    labels = torch.tensor([0, 3, 1, 4, 2, 0])
+    out, tails = planned_forward(model, stage, labels, torch.randn(6, 3, 16, 16))
+    targets = torch.cat([labels, labels[tails]])
+    generated = F.cross_entropy(out.logits[6:], targets[6:])
+    grads = torch.autograd.grad(generated, list(stage.safa.G.parameters()), retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in grads)  # the generated rows' task loss trains G
+    real = F.cross_entropy(out.logits[:6], targets[:6])
+    grads = torch.autograd.grad(real, list(stage.safa.G.parameters()), allow_unused=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads)  # the real rows' does not
+
+
+def _head_direction_spread(detach: bool, steps: int = 30) -> tuple[float, float]:
+    """Train E, D and G on the head mode-seeking term alone; the spread of the head directions before and
+    after."""
+    model, stage = make_model()
+    stage.detach_mode_seeking = detach
+    g = torch.Generator().manual_seed(3)
+    labels, images = torch.tensor([0, 1, 2, 3, 4, 2, 0, 1]), torch.randn(8, 3, 16, 16, generator=g)
+    params = [p for part in (stage.safa.E, stage.safa.D, stage.safa.G) for p in part.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    spreads = []
+    for _ in range(steps):
+        planned_forward(model.train(), stage, labels, images)
+        loss = stage.losses["safa_mode_seeking_head"]
+        spreads.append(float(stage.last_head_spread))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return spreads[0], spreads[-1]
+
+
+def test_the_head_mode_seeking_term_rewards_diverse_directions():
+    before, after = _head_direction_spread(detach=True)
+    assert after >= 0.9 * before  # the directions stay apart
+    before, after = _head_direction_spread(detach=False)
+    assert after < 0.5 * before  # the trainable numerator (the earlier form) collapses them

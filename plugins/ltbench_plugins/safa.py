@@ -121,9 +121,10 @@ class SAFAStage(nn.Module):
     """A backbone stage followed by SAFA: in training (when armed with a pairing) it appends the generated
     tail features to the stage's output and keeps the loss terms for the plugin to hand to the engine."""
 
-    def __init__(self, stage: nn.Module, safa: SAFAModule, detach_input: bool):
+    def __init__(self, stage: nn.Module, safa: SAFAModule, detach_input: bool, detach_mode_seeking: bool = True):
         super().__init__()
         self.stage, self.safa, self.detach_input = stage, safa, detach_input
+        self.detach_mode_seeking = detach_mode_seeking
         self.plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (labels, tails, heads)
         self.losses: dict[str, torch.Tensor] = {}
         self.generated = 0
@@ -157,7 +158,12 @@ class SAFAStage(nn.Module):
             roll = torch.roll(torch.arange(len(tails), device=src.device), 1)
             gen_other_dir = s.generate(f_t, delta[roll])  # same tail sample, another head's direction
             gen_other_tail = s.generate(f_t[roll], delta)  # another tail sample, the same direction
-            self.losses["safa_mode_seeking_head"] = l1(delta, delta[roll]) / (l1(gen, gen_other_dir) + EPS)
+            # MSGAN's ratio: the distance between the directions is what the generated samples should follow,
+            # not something to shrink, so it is detached (trainable, minimising the ratio collapses them)
+            spread = l1(delta, delta[roll])
+            self.last_head_spread = spread.detach()  # the directions' spread, for inspection (no device wait)
+            spread = spread.detach() if self.detach_mode_seeking else spread
+            self.losses["safa_mode_seeking_head"] = spread / (l1(gen, gen_other_dir) + EPS)
             self.losses["safa_mode_seeking_tail"] = l1(f_t, f_t[roll]) / (l1(gen, gen_other_tail) + EPS)
         self.generated = len(tails)
         return torch.cat([out, gen])
@@ -170,7 +176,8 @@ TABLE4 = "supplementary Table 4 (LDAM-DRW + SAFA after the 2nd down-sampling, Re
 
 class SAFA(Method):
     name = "safa"
-    options = {"position": "layer2", "head_ratio": 0.2, "start": 0.8, "detach_input": True, "lambda_cycle": 0.1,
+    options = {"position": "layer2", "head_ratio": 0.2, "start": 0.8, "detach_input": True,
+               "detach_mode_seeking": True, "lambda_cycle": 0.1,
                "lambda_contrastive": 0.1, "lambda_mode_seeking": 0.01}
     metadata = MethodMetadata(
         family="seed paper",
@@ -194,6 +201,9 @@ class SAFA(Method):
             "class-mean maps, the loss weights (0.1 cycle, 0.1 contrastive, 0.01 mode seeking, RSG's scale) and the "
             "start epoch (80% of the epochs, RSG's and DRW's) are ltbench's reconstruction, not the paper's.",
             "Generated samples read a detached copy of the stage output (RSG's choice, option detach_input).",
+            "The head mode-seeking term's numerator (the distance between two head directions) is detached, as "
+            "MSGAN's mode-seeking loss, whose form it takes: trainable, minimising the ratio shrank the "
+            "directions 10x over a run. detach_mode_seeking=false restores the earlier, collapsing form.",
             "Default position: the layer2 output (before the second down-sampling stage), the supplementary's "
             "best placement in Table 4.",
         ),
@@ -231,7 +241,7 @@ class SAFA(Method):
             probe = torch.zeros(1, run.data.channels, *run.data.x_train.shape[1:3])
             map_shape = _stage_output_shape(backbone, position, probe)
         module = SAFAModule(map_shape, run.num_classes)
-        self.stage_module = SAFAStage(stage, module, self.opts["detach_input"])
+        self.stage_module = SAFAStage(stage, module, self.opts["detach_input"], self.opts["detach_mode_seeking"])
         setattr(backbone, position, self.stage_module)
         counts = run.train_counts
         n_head = max(1, int(round(self.opts["head_ratio"] * run.num_classes)))

@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 
 from ltbench import checkpoints, distributed
 from ltbench import config as config_mod
+from ltbench import records as records_mod
 from ltbench.catalog import Catalog, get_catalog
 from ltbench.datasets import DatasetSpec, LTData, load_checked
 from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, canonical_order, evaluate,
@@ -384,6 +385,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    record["compute"] = records_mod.compute(record)
     return record
 
 

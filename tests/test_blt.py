@@ -126,3 +126,66 @@ def test_blt_run_reads_validation_only_and_records_its_cost(tmp_path):
     extra = rec["extra"]["blt"]
     assert extra["hallucinated"] > 0 and extra["forward_passes"] <= 15 * extra["batches_with_tail"]
     assert extra["time_ratio_vs_no_hallucination"] > 1
+
+
+# ---- the defining properties issue 15 pins, in a real run ------------------------------------------------------
+
+
+def test_stage_2_classifier_is_eq_2_with_both_factors_and_stage_1_keeps_the_default():
+    method = BLT(alpha=16.0, beta=0.5)
+    assert method.ltbench_build_classifier(in_features=6, num_classes=3, stage=1) is None
+    head = method.ltbench_build_classifier(in_features=6, num_classes=3, stage=2)
+    assert isinstance(head, SquashingCosine)
+    x = torch.randn(5, 6) * torch.tensor([0.1, 1.0, 3.0, 10.0, 0.5])[:, None]
+    norm = x.norm(dim=1, keepdim=True)
+    cos = (x / norm) @ (head.weight / head.weight.norm(dim=1, keepdim=True)).t()
+    assert torch.allclose(head(x), 16.0 * norm / (0.5 + norm) * cos, atol=1e-5)
+
+
+def test_stage_2_samples_with_the_gamma_balancer_and_stage_1_with_the_default():
+    labels = np.repeat([0, 1, 2], [400, 100, 25])
+    run = SimpleNamespace(num_classes=3, generator=torch.Generator().manual_seed(0))
+    method = BLT(gamma=0.5)
+    assert method.ltbench_build_sampler(run=run, stage=1, labels=labels) is None
+    drawn = Counter(labels[list(iter(method.ltbench_build_sampler(run=run, stage=2, labels=labels)))].tolist())
+    total = sum(drawn.values())
+    expected = gamma_balancer_shares(np.array([400, 100, 25]), 0.5)  # n^(1-gamma): 20 : 10 : 5
+    for c in range(3):
+        assert abs(drawn[c] / total - expected[c]) < 0.04
+
+
+def test_confusion_is_refreshed_from_validation_every_epoch_and_hallucination_starts_in_stage_2_epoch_2(tmp_path):
+    from ltbench import Method, MethodMetadata, hookimpl
+
+    seen = []
+
+    class Probe(Method):
+        name = "blt-probe"
+        metadata = MethodMetadata(title="reads blt's state after its epoch_end")
+
+        @hookimpl
+        def ltbench_epoch_end(self, run, stage, epoch):
+            blt = next(m for m in run.methods if m.name == "blt")
+            confusion = None if blt.confusion is None else blt.confusion.copy()
+            matches = confusion is not None and np.array_equal(confusion, run.validation().confusion)
+            seen.append((stage, epoch, blt.stats["hallucinated"], matches, confusion))
+
+    (rec,) = run_methods(catalog_with(Probe), ["blt+blt-probe"], tmp_path, epochs=2,
+                         settings={"stage2_epochs": "3"})
+    assert rec["status"] == "completed", rec["error"]
+    assert [(s, e, h) for s, e, h, _, _ in seen[:2]] == [(1, 0, 0), (1, 1, 0)]  # nothing in stage 1
+    stage2 = [x for x in seen if x[0] == 2]
+    assert [x[2] for x in stage2][0] == 0 and stage2[1][2] > 0  # none in its first epoch, some from its second
+    assert all(x[3] for x in stage2)  # after every stage-2 epoch: this epoch's validation confusion
+    assert any(not np.array_equal(a[4], b[4]) for a, b in zip(stage2, stage2[1:]))  # and it is refreshed
+
+
+@pytest.mark.slow
+def test_hallucination_raises_few_shot_accuracy_against_the_same_fine_tune_without_it(tmp_path):
+    recs = run_methods(catalog_with(), ["blt", "blt-finetune"], tmp_path, seeds=(0, 1), epochs=4,
+                       settings={"stage2_epochs": "4"})
+    few = {m: np.mean([r["metrics"]["few"] for r in recs if r["method"] == m]) for m in ("blt", "blt-finetune")}
+    backbone = {r["method"]: r["compute"]["backbone_epochs"] for r in recs}
+    assert backbone == {"blt": 8, "blt-finetune": 8}  # compute-matched twins
+    assert all(r["extra"]["blt-finetune"]["hallucinated"] == 0 for r in recs if r["method"] == "blt-finetune")
+    assert few["blt"] > few["blt-finetune"], few

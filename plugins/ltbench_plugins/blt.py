@@ -256,6 +256,25 @@ class BLT(Method):
             self.generator.set_state(state["generator"])
 
 
+class BLTFinetune(BLT):
+    """BLT's stage 2 with hallucination off: the compute-matched twin that tells what hallucination adds."""
+
+    name = "blt-finetune"
+    options = {**BLT.options, "hallucinate": False}
+    metadata = MethodMetadata(
+        family="decoupling",
+        title="Class-balanced full fine-tune: BLT's stage 2 without hallucination (compute-matched twin)",
+        paper=PAPER, venue="ACCV", year=2020, code_url="https://github.com/JKozerawski/BLT",
+        summary="The stage-1 network fine-tuned for stage2_epochs with BLT's squashing-cosine head and "
+        "gamma-balancer, exactly as blt, but no hallucinated images: the same backbone epochs as blt, so the "
+        "two rows differ only by hallucination.",
+        interpretations=("A board row of ltbench's, not a method of the paper: the paper's ablation (Table 4) "
+                         "removes one technique at a time; this removes hallucination only.",)
+        + BLT.metadata.interpretations,
+    )
+
+
 @hookimpl
 def ltbench_register_methods(register):
     register(BLT)
+    register(BLTFinetune)

@@ -143,3 +143,18 @@ def test_weak_breadcrumb_retrains_on_the_final_emanate_set(runs):
     rec = recs["breadcrumb-weak"]
     assert rec["second_stage"]["own_feature_set"]
     assert rec["second_stage"]["feature_set_size"] == rec["extra"]["breadcrumb-weak"]["n_b"] * 10
+
+
+def test_back_tracked_blocks_come_from_the_right_epochs_newest_first():
+    counts = np.array([10, 4, 2])  # n_B 6: K = 1, 2, 3
+    bank = SnapshotBank(counts, 6, "class-specific", 10, "none")  # no alignment: rows keep their epoch's values
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    for epoch in range(1, 6):  # every feature of epoch e holds e in all dimensions (plus a row index)
+        feats = torch.full((len(labels), 2), float(epoch))
+        feats[:, 1] += torch.arange(len(labels)) / 100
+        bank.push(feats, labels)
+    feats, got = bank.assemble(torch.Generator().manual_seed(0))
+    epochs_of = {c: feats[got == c][:, 0].tolist() for c in range(3)}
+    assert set(epochs_of[0]) == {5.0}  # K 1: the newest epoch only
+    assert epochs_of[1] == [5.0] * 4 + [4.0] * 2  # K 2: epoch 5, then (a subsample of) epoch 4
+    assert epochs_of[2] == [5.0] * 2 + [4.0] * 2 + [3.0] * 2  # K 3: epochs 5, 4, 3; never 2 or 1

@@ -104,3 +104,37 @@ def test_fused_samples_are_counted_and_focal_composes(runs):
     assert all(int(c) not in us and len(us) == 3 for c, us in extra["confusing"].items())
     composed = recs["cam-fusion+focal"]
     assert composed["methods"] == ["cam-fusion", "focal"] and not composed["stage1"]["shared"]
+
+
+def test_fused_samples_take_the_tail_classs_cam_for_the_specific_part_and_each_confusing_images_own_class_for_the_generic(
+        tmp_path, monkeypatch):
+    from ltbench.engine import build_run, image_batch
+    from ltbench.runner import plan_grid
+    from ltbench_plugins import cam_fusion
+
+    catalog = catalog_with()
+    (cell,) = plan_grid(["cam-fusion"], ["synthetic-lt"], [0], "smoke", catalog=catalog,
+                        settings={"cam-fusion.iterations": "2"})
+    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
+                    log=lambda m: None)
+    method = run.methods[0]
+    method.ltbench_second_stage(run)
+    run.stage = 2
+    sampler = method.ltbench_build_sampler(run, 2, run.train_labels)
+    idx = torch.as_tensor(list(iter(sampler))[: sampler.batch_size])
+    batch = image_batch(run, run.train_labels)(idx)
+    labels = batch.labels.clone()
+    calls = []
+    real = cam_fusion.class_activation_maps
+    monkeypatch.setattr(cam_fusion, "class_activation_maps",
+                        lambda fmap, weight, classes: calls.append(classes.clone()) or real(fmap, weight, classes))
+    method.ltbench_augment_batch(run, run.model, batch)
+    n_t, n_a = method.opts["n_t"], method.n_a
+    tail, confusing = labels[:n_t], labels[n_t: n_t + n_t * n_a]
+    assert len(calls) == 2
+    assert torch.equal(calls[0], tail)  # specific parts: each tail sample's own (ground-truth) class
+    assert torch.equal(calls[1], confusing)  # generic parts: each confusing image's own class
+    assert all(int(confusing[i * n_a + j]) in method.split["confusing"][int(tail[i])]
+               for i in range(n_t) for j in range(n_a))
+    fused_labels = batch.labels[n_t: n_t + n_t * n_a]
+    assert torch.equal(fused_labels, tail.repeat_interleave(n_a))  # a fused sample carries its tail label

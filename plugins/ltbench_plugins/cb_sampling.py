@@ -25,8 +25,8 @@ class ClassBalancedSampling(Method):
                                   "scratch (ResNet-32; 100 - error)"},
             "cifar10-lt-if100": {"overall": 72.45, "source": "BagofTricks-LT trick gallery (ResNet-32)"},
         },
-        interpretations=("Epoch length = number of training images (the Decoupling code's class-aware sampler "
-                         "uses C x max count; we keep epochs comparable in cost across methods).",),
+        interpretations=("Epoch length = number of training images, as the Decoupling code's class-aware "
+                         "sampler (its epoch is N draws), so epochs cost the same across methods.",),
     )
 
     @hookimpl

@@ -123,7 +123,10 @@ class CRT(_ClassBalancedRetraining):
         reference_results={"cifar100-lt-if100": {"overall": 40.26, "source": BOT},
                            "cifar10-lt-if100": {"overall": 74.99, "source": BOT}},
         interpretations=(CACHED_NOTE, "Stage 2 length and lr are the budget's stage2_epochs / stage2_lr with a "
-                         "cosine schedule (Decoupling: 10 epochs, cosine)."),
+                         "cosine schedule (Decoupling: 10 epochs, cosine).",
+                         "The backbone's batch-norm statistics stay as stage 1 left them (frozen, eval mode); the "
+                         "Decoupling code runs the frozen backbone in train mode, so its statistics are "
+                         "re-estimated on the class-balanced stage-2 batches."),
     )
 
     @hookimpl

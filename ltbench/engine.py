@@ -697,6 +697,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     config, model = run.config, run.model
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
     lr = config["stage2_lr"] if plan.lr is None else plan.lr
+
     def factor(name: str) -> float:
         return next((f for prefix, f in plan.head_lr_factors.items() if name.startswith(prefix)), 1.0)
 

@@ -59,6 +59,8 @@ class Budget:
     val_every: int = 2
     channels_last: bool = False
     compile: bool = False
+    #: streaming datasets: DataLoader worker processes that decode images ahead of the training loop
+    workers: int = 0
     description: str = ""
 
 
@@ -83,15 +85,34 @@ class LTData:
         return np.bincount(self.y_train, minlength=self.num_classes)
 
     @property
+    def streaming(self) -> bool:
+        """True when the images stay on disk (:class:`ltbench.imagefiles.ImageFiles`), false for uint8 arrays."""
+        from ltbench.imagefiles import ImageFiles
+
+        return isinstance(self.x_train, ImageFiles)
+
+    @property
     def channels(self) -> int:
-        return self.x_train.shape[-1]
+        return self.x_train.channels if self.streaming else self.x_train.shape[-1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees."""
+        if self.streaming:
+            files = self.x_train
+            return (files.size, files.size) if files.transform == "imagenet" else tuple(files.info["image_hw"])
+        return tuple(self.x_train.shape[1:3])
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A hash of the training and validation splits (which images, which labels)."""
+        """A hash of the training and validation splits (which images, which labels); for images on disk, of
+        their paths."""
         h = hashlib.sha256()
         for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
-            h.update(np.ascontiguousarray(arr).tobytes())
+            if hasattr(arr, "paths"):
+                h.update("\n".join(map(str, arr.paths)).encode())
+            else:
+                h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
 
@@ -138,8 +159,8 @@ class DatasetSpec:
     download: Callable[[Path], None] | None = None
 
     def key(self, imbalance_factor: float) -> str:
-        """The name used for run directories and leaderboards."""
-        return f"{self.name}-if{imbalance_factor:g}"
+        """The name used for run directories and leaderboards (imbalance factor 0: the data's natural profile)."""
+        return f"{self.name}-natural" if imbalance_factor == 0 else f"{self.name}-if{imbalance_factor:g}"
 
 
 def load_checked(spec: DatasetSpec, data_root: str | None, imbalance_factor: float,
@@ -170,7 +191,10 @@ def check_data(spec: DatasetSpec, data: LTData) -> None:
     source = f"dataset {spec.name!r} ({data.info.get('source', 'loaded')})"
     for key in ("x_train", "x_val", "x_test"):
         images = getattr(data, key)
-        if len(images) or key == "x_train":
+        if data.streaming:
+            if len(images) and not images.path(0).is_file():
+                raise DataNotFoundError(f"{source}: {key}'s first image {images.path(0)} does not exist")
+        elif len(images) or key == "x_train":
             check_images(key, images, source, spec.image_shape)
     for x, y in (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test")):
         if len(getattr(data, x)) != len(getattr(data, y)):
@@ -485,6 +509,13 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
          "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1,
                          stage2_batch_size=64, description="seconds")},
         crop_padding=2, image_shape=(28, 28, 1),
+    ))
+    from ltbench.filedatasets import load_image_folder_lt
+
+    register(DatasetSpec(
+        "image-folder-lt", "your own long-tailed images on disk (list files or class folders; streamed, never "
+        "loaded whole); imbalance factor 0 keeps the natural profile", load_image_folder_lt, _cifar_budgets(),
+        default_imbalance_factor=0.0, needs_data_root=True,
     ))
     register(DatasetSpec(
         "synthetic-lt", "generated 16x16 images with class signal, 10 classes (for tests)", load_synthetic_lt,

@@ -79,6 +79,8 @@ def check_core(config: dict[str, Any]) -> None:
     for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs"]:
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]!r}")
+    if config.get("schedule", "step") not in ("step", "cosine"):
+        raise ConfigError(f"schedule must be one of step, cosine, got {config['schedule']!r}")
     if not (config["imbalance_factor"] >= 1 or config["imbalance_factor"] == 0):
         raise ConfigError(f"imbalance_factor must be >= 1 (or 0: the data's natural profile, for datasets that "
                           f"have one), got {config['imbalance_factor']!r}")
@@ -147,7 +149,7 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
 EXECUTION_KEYS = ("channels_last", "compile", "val_every", "workers")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
-LATER_KEYS = {"sync_bn": False}
+LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretrained_path": ""}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,12 @@ class Budget:
     eval_batch_size: int = 500
     #: under torchrun: BatchNorm statistics over the global batch, as in a single process (else per rank)
     sync_bn: bool = False
+    #: "step": warm-up, then x lr_decay at each milestone; "cosine": warm-up, then cosine to 0 over the epochs
+    schedule: str = "step"
+    #: start the backbone from pretrained weights: the library's own (torchvision / timm; downloads when online)
+    pretrained: bool = False
+    #: ... or from this local state-dict file (offline clusters); loaded with weights_only=True
+    pretrained_path: str = ""
     #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
     #: validation accuracy every this many epochs (and at the last) in metrics.jsonl; 0: only when a hook asks
     val_every: int = 2

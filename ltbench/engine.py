@@ -222,10 +222,13 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
 
 
 def lr_at(config: dict[str, Any], epoch: int) -> float:
-    """Linear warm-up, then step decay at the milestone fractions of the epochs."""
+    """Linear warm-up, then step decay at the milestone fractions of the epochs (``schedule`` "step"), or a
+    cosine from the base rate to 0 over the epochs after the warm-up ("cosine", per epoch)."""
     base, warm = config["lr"], config["warmup_epochs"]
     if epoch < warm:
         return base * (epoch + 1) / warm
+    if config.get("schedule", "step") == "cosine":
+        return 0.5 * base * (1 + math.cos(math.pi * (epoch - warm) / max(config["epochs"] - warm, 1)))
     passed = sum(epoch >= round(m * config["epochs"]) for m in config["lr_milestones"])
     return base * config["lr_decay"] ** passed
 
@@ -259,6 +262,8 @@ class Run:
     shard_batches: bool = True
     #: called with each epoch's history entry (the reporters' epoch-end event); set by the runner
     on_epoch_entry: Callable[[dict[str, Any]], None] | None = None
+    #: where the backbone's starting weights came from (source and sha256), when they were pretrained
+    pretrained: dict[str, Any] | None = None
     _eval_stores: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
     def image_store(self, images):
@@ -781,6 +786,10 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
     run.generator.manual_seed(seed)
     run.aug_generator = run.generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     backbone = catalog.backbone(config["backbone"]).build(data.channels)
+    if config.get("pretrained") or config.get("pretrained_path"):
+        from ltbench.backbones import load_pretrained
+
+        run.pretrained = load_pretrained(backbone, config["backbone"], config.get("pretrained_path", ""))
     head = build_classifier(run, 1, backbone.num_features, None)
     run.model = LTModel(backbone, head)
     run.pm.hook.ltbench_configure_model(run=run, model=run.model)

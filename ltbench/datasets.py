@@ -60,6 +60,8 @@ class Budget:
     pretrained: bool = False
     #: ... or from this local state-dict file (offline clusters); loaded with weights_only=True
     pretrained_path: str = ""
+    #: streaming datasets with the imagenet transform: the side of the crops the model sees (0: the dataset's)
+    image_size: int = 0
     #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
     #: validation accuracy every this many epochs (and at the last) in metrics.jsonl; 0: only when a hook asks
     val_every: int = 2
@@ -100,14 +102,6 @@ class LTData:
     @property
     def channels(self) -> int:
         return self.x_train.channels if self.streaming else self.x_train.shape[-1]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) of the images the model sees."""
-        if self.streaming:
-            files = self.x_train
-            return (files.size, files.size) if files.transform == "imagenet" else tuple(files.info["image_hw"])
-        return tuple(self.x_train.shape[1:3])
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -516,8 +510,57 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
                          stage2_batch_size=64, description="seconds")},
         crop_padding=2, image_shape=(28, 28, 1),
     ))
-    from ltbench.filedatasets import load_image_folder_lt
+    from ltbench.filedatasets import load_image_folder_lt, load_inat2018, load_oltr_lists
 
+    def natural_only(load, name: str):
+        def loader(root, imbalance_factor):
+            if imbalance_factor:
+                raise ConfigError(f"{name} has its own long-tailed profile; --imbalance-factor "
+                                  f"{imbalance_factor:g} does not apply (leave it out)")
+            return load(root)
+        return loader
+
+    def large(backbone: str, epochs: int, description: str, **kw) -> Budget:
+        """The Decoupling code's large-dataset recipe: batch 512, SGD lr 0.2 cosine, wd 5e-4, stage 2 (cRT and
+        kin) 10 epochs at 0.2, 224-pixel crops."""
+        recipe = dict(backbone=backbone, epochs=epochs, batch_size=512, lr=0.2, weight_decay=5e-4, schedule="cosine",
+                      stage2_epochs=10, stage2_lr=0.2, stage2_batch_size=512, eval_batch_size=256, workers=8,
+                      description=description)
+        return Budget(**{**recipe, **kw})
+
+    def smoke_large(**kw) -> Budget:
+        return Budget(backbone="resnet10", epochs=1, batch_size=64, lr=0.05, stage2_epochs=1, stage2_batch_size=64,
+                      eval_batch_size=128, image_size=32, description="seconds on a generated root: shows that "
+                      "runs work, 32-pixel crops", **kw)
+
+    register(DatasetSpec(
+        "imagenet-lt", "ImageNet-LT (Liu et al. 2019; OLTR lists, 1000 classes, 115,846 training images; streamed)",
+        natural_only(lambda root: load_oltr_lists("imagenet-lt", root), "imagenet-lt"),
+        {"paper": large("resnet10", 90, "Decoupling / BLT / Breadcrumb / CAM fusion: ResNet-10, 90 epochs, batch "
+                        "512, lr 0.2 cosine, wd 5e-4 (Kang et al. 2020 configs)"),
+         "resnext50": large("resnext50_32x4d", 90, "Decoupling's ResNeXt-50 recipe: 90 epochs, batch 512, lr 0.2 "
+                            "cosine"),
+         "smoke": smoke_large()},
+        default_imbalance_factor=0.0, needs_data_root=True,
+    ))
+    register(DatasetSpec(
+        "places-lt", "Places-LT (Liu et al. 2019; OLTR lists, 365 classes, 62,500 training images; streamed)",
+        natural_only(lambda root: load_oltr_lists("places-lt", root), "places-lt"),
+        {"paper": large("resnet152", 30, "OLTR / Decoupling: ImageNet-pretrained ResNet-152, 30 epochs, batch "
+                        "128, lr 0.01 cosine (pretrained=true downloads torchvision's weights; pretrained_path "
+                        "for a local file)", batch_size=128, lr=0.01, stage2_lr=0.01, stage2_batch_size=128,
+                        pretrained=True),
+         "smoke": smoke_large()},
+        default_imbalance_factor=0.0, needs_data_root=True,
+    ))
+    register(DatasetSpec(
+        "inat2018", "iNaturalist 2018 (8,142 classes, 437,513 training images; val2018 is the test set; streamed)",
+        natural_only(load_inat2018, "inat2018"),
+        {"paper": large("resnet50", 90, "Decoupling: ResNet-50, 90 epochs, batch 512, lr 0.2 cosine, wd 5e-4"),
+         "paper-200": large("resnet50", 200, "Decoupling: ResNet-50, 200 epochs, batch 512, lr 0.2 cosine"),
+         "smoke": smoke_large()},
+        default_imbalance_factor=0.0, needs_data_root=True,
+    ))
     register(DatasetSpec(
         "image-folder-lt", "your own long-tailed images on disk (list files or class folders; streamed, never "
         "loaded whole); imbalance factor 0 keeps the natural profile", load_image_folder_lt, _cifar_budgets(),

@@ -19,6 +19,7 @@ import math
 import random
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -168,6 +169,11 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees."""
+        return tuple(self.x.shape[2:4])
+
     def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) to normalised float: ``(x / 255 - mean) / std``, in place on one new tensor.
 
@@ -197,6 +203,8 @@ def make_store(images, spec: DatasetSpec, data: LTData, device: torch.device, co
 
     channels_last = config.get("channels_last", False)
     if isinstance(images, ImageFiles):
+        if config.get("image_size") and images.transform == "imagenet":
+            images = dataclasses.replace(images, size=int(config["image_size"]))
         return FileImageStore(images, data.mean, data.std, device, images.info.get("crop_padding", spec.crop_padding),
                               images.info.get("flip", spec.flip),
                               workers=config.get("workers", 0), channels_last=channels_last)
@@ -792,6 +800,7 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
         run.pretrained = load_pretrained(backbone, config["backbone"], config.get("pretrained_path", ""))
     head = build_classifier(run, 1, backbone.num_features, None)
     run.model = LTModel(backbone, head)
+    run.train_images = make_store(data.x_train, dataset, data, device, config)  # (configure_model may read it)
     run.pm.hook.ltbench_configure_model(run=run, model=run.model)
     if config.get("sync_bn", False):
         run.model = distributed.convert_sync_batchnorm(run.model)
@@ -802,5 +811,4 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
         run.model.to(memory_format=torch.channels_last)
     if config.get("compile", False):
         run.model.backbone.compile()  # in place: state-dict keys, hooks and methods stay as they are
-    run.train_images = make_store(data.x_train, dataset, data, device, config)
     return run

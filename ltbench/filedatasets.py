@@ -143,3 +143,127 @@ def load_image_folder_lt(data_root: str | None, imbalance_factor: float):
         class_names=list(meta.get("class_names", [])),
         info={"source": str(root), "natural_profile": not imbalance_factor},
     )
+
+
+# --------------------------------------------------------------------------
+# The seed papers' benchmarks: ImageNet-LT, Places-LT (OLTR list files) and iNaturalist 2018 (COCO-style JSON)
+# --------------------------------------------------------------------------
+
+#: list-file datasets: file prefix, classes, and the official line counts of train / val / test
+OLTR_LISTS = {
+    "imagenet-lt": {"prefix": "ImageNet_LT", "classes": 1000, "totals": {"train": 115_846, "val": 20_000,
+                                                                         "test": 50_000},
+                    "where": "the ImageNet_LT_*.txt lists from the OLTR / Decoupling repositories (Liu et al. 2019, "
+                             "https://github.com/zhmiao/OpenLongTailRecognition-OLTR); images from ILSVRC-2012 "
+                             "(https://image-net.org), train/ and val/ as the list paths name them"},
+    "places-lt": {"prefix": "Places_LT", "classes": 365, "totals": {"train": 62_500, "val": 7_300, "test": 36_500},
+                  "where": "the Places_LT_*.txt lists from the OLTR repository; images from Places365-Standard "
+                           "(http://places2.csail.mit.edu/download.html), laid out as the list paths name them"},
+}
+INAT_TOTALS = {"train": 437_513, "test": 24_426, "classes": 8_142}
+INAT_WHERE = ("train2018.json and val2018.json with the train_val2018/ images from the iNaturalist 2018 competition "
+              "(https://github.com/visipedia/inat_comp/tree/master/2018; free on AWS Open Data since 2021)")
+
+
+def _known(found: int, total: int) -> str:
+    return f"{found:,} lines" + ("" if found == total else f" (the official file has {total:,})")
+
+
+def _check_images_exist(root: Path, split: str, paths: list[str], source: str) -> None:
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise DataNotFoundError(f"{source}: {len(missing):,} of the {len(paths):,} {split} images the list names are "
+                                f"missing under {root} (first: {missing[0]}); the root is partial")
+
+
+def load_oltr_lists(name: str, data_root: str | None, size: int = 224):
+    """ImageNet-LT or Places-LT from ``DATA_ROOT/<Prefix>_{train,val,test}.txt`` with the images under DATA_ROOT
+    at the paths the lists give. The splits are the lists as they are (their natural profile)."""
+    from ltbench.datasets import LTData
+
+    spec = OLTR_LISTS[name]
+    if not data_root:
+        raise DataNotFoundError(f"{name} needs --data-root DIR holding {spec['prefix']}_train.txt, _val.txt, "
+                                f"_test.txt and the images they name. Get {spec['where']}.")
+    root = Path(data_root).expanduser()
+    files = {split: root / f"{spec['prefix']}_{split}.txt" for split in SPLITS}
+    absent = [p.name for p in files.values() if not p.is_file()]
+    if absent:
+        found = [f"{p.name}: {_known(len(p.read_text().splitlines()), spec['totals'][s])}"
+                 for s, p in files.items() if p.is_file()]
+        raise DataNotFoundError(f"{name}: {root} lacks {', '.join(absent)}; expected "
+                                f"{', '.join(p.name for p in files.values())} and the images they name. Found: "
+                                f"{'; '.join(found) or 'none of them'}. Get {spec['where']}.")
+    splits = {split: _read_list(path) for split, path in files.items()}
+    for split, (paths, _) in splits.items():
+        _check_images_exist(root, split, paths, f"{name} ({files[split].name}: "
+                                                f"{_known(len(paths), spec['totals'][split])})")
+    common = {"transform": "imagenet", "size": size, "channels": 3, "root": str(root)}
+    counts = {s: len(p) for s, (p, _) in splits.items()}
+    return LTData(
+        name=name, num_classes=spec["classes"],
+        x_train=ImageFiles(splits["train"][0], **common), y_train=splits["train"][1],
+        x_val=ImageFiles(splits["val"][0], **common), y_val=splits["val"][1],
+        x_test=ImageFiles(splits["test"][0], **common), y_test=splits["test"][1],
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        info={"source": str(root), "lines": counts,
+              "official": all(counts[s] == spec["totals"][s] for s in SPLITS)},
+    )
+
+
+def inat_validation_rule(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """iNaturalist 2018 has no separate validation set (its val2018.json is the test set): one training image per
+    class with at least 2 is held out (seeded), so every class keeps a training image and nearly every class
+    has a validation image. Returns (train indices, validation indices)."""
+    rng = np.random.RandomState(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        cut = 1 if len(idx) >= 2 else 0
+        val.append(idx[:cut])
+        train.append(idx[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _read_coco(path: Path) -> tuple[list[str], np.ndarray]:
+    try:
+        meta = json.loads(path.read_text())
+        label = {a["image_id"]: int(a["category_id"]) for a in meta["annotations"]}
+        images = meta["images"]
+        return [im["file_name"] for im in images], np.asarray([label[im["id"]] for im in images], dtype=np.int64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataNotFoundError(f"{path} is not an iNaturalist COCO-style file (images, annotations with "
+                                f"image_id and category_id): {type(exc).__name__}: {exc}") from exc
+
+
+def load_inat2018(data_root: str | None, size: int = 224):
+    """iNaturalist 2018 from ``DATA_ROOT/train2018.json`` and ``val2018.json`` (the test set), images at the
+    ``file_name`` paths under DATA_ROOT; validation held out from train by :func:`inat_validation_rule`."""
+    from ltbench.datasets import LTData
+
+    if not data_root:
+        raise DataNotFoundError(f"inat2018 needs --data-root DIR holding train2018.json, val2018.json and the "
+                                f"images. Get {INAT_WHERE}.")
+    root = Path(data_root).expanduser()
+    absent = [n for n in ("train2018.json", "val2018.json") if not (root / n).is_file()]
+    if absent:
+        raise DataNotFoundError(f"inat2018: {root} lacks {', '.join(absent)}; expected train2018.json "
+                                f"({INAT_TOTALS['train']:,} images) and val2018.json ({INAT_TOTALS['test']:,}, the "
+                                f"test set) with the images they name. Get {INAT_WHERE}.")
+    paths, labels = _read_coco(root / "train2018.json")
+    test_paths, y_test = _read_coco(root / "val2018.json")
+    for split, p in (("train", paths), ("test", test_paths)):
+        _check_images_exist(root, split, p, f"inat2018 ({_known(len(p), INAT_TOTALS[split])} images in {split})")
+    keep, held = inat_validation_rule(labels)
+    common = {"transform": "imagenet", "size": size, "channels": 3, "root": str(root)}
+    num_classes = int(max(labels.max(), y_test.max()) + 1)
+    return LTData(
+        name="inat2018", num_classes=num_classes,
+        x_train=ImageFiles([paths[i] for i in keep], **common), y_train=labels[keep],
+        x_val=ImageFiles([paths[i] for i in held], **common), y_val=labels[held],
+        x_test=ImageFiles(test_paths, **common), y_test=y_test,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        info={"source": str(root), "validation_rule": "one training image per class with >= 2, seed 0",
+              "official": len(paths) == INAT_TOTALS["train"] and len(test_paths) == INAT_TOTALS["test"]},
+    )

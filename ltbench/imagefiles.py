@@ -135,6 +135,13 @@ class FileImageStore:
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees."""
+        if self.files.transform == "imagenet":
+            return (self.files.size, self.files.size)
+        return tuple(self.files.info["image_hw"])
+
     def _loader(self, chunks: list[list]) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(_Decoded(self.files), batch_sampler=_Chunks(chunks),
                                            num_workers=self.workers, collate_fn=_collate,

@@ -238,7 +238,7 @@ class SAFA(Method):
             raise PluginContractError(f"safa.position {position!r}: backbone {run.config['backbone']!r} has no such "
                                       f"stage; SAFA needs a backbone with {', '.join(POSITIONS)}")
         with torch.no_grad():
-            probe = torch.zeros(1, run.data.channels, *run.data.image_size)
+            probe = torch.zeros(1, run.data.channels, *run.train_images.image_hw)
             map_shape = _stage_output_shape(backbone, position, probe)
         module = SAFAModule(map_shape, run.num_classes)
         self.stage_module = SAFAStage(stage, module, self.opts["detach_input"], self.opts["detach_mode_seeking"])

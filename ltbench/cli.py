@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate methods; writes one record per run")
     run.add_argument("--config", metavar="FILE.toml", help="an experiment file; flags given here override it")
-    run.add_argument("--methods", help="comma-separated; compose with '+', e.g. safa+ldam-drw")
+    run.add_argument("--methods", help="comma-separated; compose with '+', e.g. remix+ldam-drw")
     run.add_argument("--datasets", help=f"comma-separated (default {DEFAULT_DATASET})")
     run.add_argument("--seeds", help="comma-separated integers (default 0)")
     run.add_argument("--budget", help="paper, cpu or smoke (default cpu)")

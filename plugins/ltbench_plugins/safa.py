@@ -20,7 +20,7 @@ modelled on RSG (Wang et al., CVPR 2021), which SAFA compares itself to:
 * Delta = E(f_h - mean_{y_h}) with a running mean feature map per class;
   delta_t = D([f_t, Delta]); generated f~_t = G([f_t, delta_t]), same shape as
   f_t, labelled y_t, appended to the batch so that the rest of the network
-  and the task loss (CE, or LDAM-DRW with ``safa+ldam-drw``) see it.
+  and the task loss (CE, or LDAM-DRW with ``ldam-drw+safa``) see it.
 * L_r = |f_t - G([f~_t, D([f~_t, -Delta])])|_1 (translating back recovers
   the source tail feature); L_c trains Q to tell same-class from
   different-class feature pairs and asks that (f_h, Delta) be judged

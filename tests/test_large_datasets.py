@@ -98,3 +98,18 @@ def test_every_method_of_the_zoo_completes_a_smoke_run_through_the_streaming_pat
     failed = {r["method"]: r["error"] for r in records if r["status"] != "completed"}
     assert not failed, failed
     assert {r["dataset"] for r in records} == {"places-lt-natural"}
+
+
+def test_the_papers_numbers_are_found_for_a_natural_profile_dataset_by_backbone_or_name():
+    from ltbench.records import reference_result
+
+    def rec(method, dataset, backbone):
+        meta = get_catalog().method(method).cls.metadata.to_dict()
+        return {"methods": [method], "method_metadata": {method: meta}, "dataset": f"{dataset}-natural",
+                "dataset_name": dataset, "config": {"backbone": backbone}}
+
+    assert reference_result(rec("blt", "imagenet-lt", "resnet10"))["overall"] == 36.6
+    assert reference_result(rec("blt", "places-lt", "resnet152"))["overall"] == 25.9  # keyed by name alone
+    assert reference_result(rec("cam-fusion", "places-lt", "resnet152"))["overall"] == 36.4
+    assert reference_result(rec("blt", "inat2018", "resnet34"))["overall"] == 51.0
+    assert reference_result(rec("blt", "imagenet-lt", "resnext50_32x4d")) == {}

@@ -83,6 +83,8 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     """Write the site for ``records`` (each with its ``_path``) into ``site``; return the files written."""
     site = Path(site)
     (site / "configs").mkdir(parents=True, exist_ok=True)
+    for stale in (site / "configs").glob("*.json"):  # generated: a configuration no record has any more goes
+        stale.unlink()
     written = plots.plot_records(records, site / "plots")
     families = _families()
     sections, all_families = [], set()

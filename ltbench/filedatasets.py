@@ -169,11 +169,21 @@ def _known(found: int, total: int) -> str:
     return f"{found:,} lines" + ("" if found == total else f" (the official file has {total:,})")
 
 
-def _check_images_exist(root: Path, split: str, paths: list[str], source: str) -> None:
+_CHECKED: set[tuple] = set()  # (root, index file, its mtime and size, split): already found complete here
+
+
+def _check_images_exist(root: Path, split: str, paths: list[str], source: str, index: Path) -> None:
+    """Every image an index file names exists under ``root``; checked once per process and index file version
+    (a grid plans each cell, and ``--jobs`` workers re-plan theirs: one stat per image per process, not per run)."""
+    stat = index.stat()
+    key = (str(root), str(index), stat.st_mtime_ns, stat.st_size, split)
+    if key in _CHECKED:
+        return
     missing = [p for p in paths if not (root / p).is_file()]
     if missing:
         raise DataNotFoundError(f"{source}: {len(missing):,} of the {len(paths):,} {split} images the list names are "
                                 f"missing under {root} (first: {missing[0]}); the root is partial")
+    _CHECKED.add(key)
 
 
 def load_oltr_lists(name: str, data_root: str | None, size: int = 224):
@@ -197,7 +207,7 @@ def load_oltr_lists(name: str, data_root: str | None, size: int = 224):
     splits = {split: _read_list(path) for split, path in files.items()}
     for split, (paths, _) in splits.items():
         _check_images_exist(root, split, paths, f"{name} ({files[split].name}: "
-                                                f"{_known(len(paths), spec['totals'][split])})")
+                                                f"{_known(len(paths), spec['totals'][split])})", files[split])
     common = {"transform": "imagenet", "size": size, "channels": 3, "root": str(root)}
     counts = {s: len(p) for s, (p, _) in splits.items()}
     return LTData(
@@ -253,8 +263,9 @@ def load_inat2018(data_root: str | None, size: int = 224):
                                 f"test set) with the images they name. Get {INAT_WHERE}.")
     paths, labels = _read_coco(root / "train2018.json")
     test_paths, y_test = _read_coco(root / "val2018.json")
-    for split, p in (("train", paths), ("test", test_paths)):
-        _check_images_exist(root, split, p, f"inat2018 ({_known(len(p), INAT_TOTALS[split])} images in {split})")
+    for split, p, index in (("train", paths, "train2018.json"), ("test", test_paths, "val2018.json")):
+        _check_images_exist(root, split, p, f"inat2018 ({_known(len(p), INAT_TOTALS[split])} images in {split})",
+                            root / index)
     keep, held = inat_validation_rule(labels)
     common = {"transform": "imagenet", "size": size, "channels": 3, "root": str(root)}
     num_classes = int(max(labels.max(), y_test.max()) + 1)

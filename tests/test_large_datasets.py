@@ -4,6 +4,7 @@ the real images cannot be downloaded here, so these test the loaders and the str
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from ltbench.catalog import get_catalog
 from ltbench.errors import DataNotFoundError
 from ltbench.filedatasets import inat_validation_rule, load_inat2018, load_oltr_lists
+from ltbench.metrics import GROUPS, shot_groups
 from ltbench.testing import run_methods
 
 
@@ -59,6 +61,37 @@ def test_a_missing_or_partial_root_is_an_error_naming_what_was_expected_and_foun
         load_oltr_lists("places-lt", str(tmp_path))
     with pytest.raises(DataNotFoundError, match="needs --data-root"):
         load_oltr_lists("imagenet-lt", None)
+
+
+def test_the_images_of_a_list_are_checked_once_per_process_and_list_version(places, monkeypatch):
+    load_oltr_lists("places-lt", str(places))  # checked (by this or an earlier test)
+    stats = []
+    real = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: stats.append(self) or real(self))
+    load_oltr_lists("places-lt", str(places))
+    assert len(stats) == 3  # the three list files, no image
+    listed = places / "Places_LT_val.txt"
+    listed.write_text(listed.read_text())  # a new version of one list (mtime)
+    os.utime(listed, ns=(listed.stat().st_atime_ns, listed.stat().st_mtime_ns + 10**9))
+    stats.clear()
+    load_oltr_lists("places-lt", str(places))
+    assert len(stats) == 3 + 365  # its 365 images are checked again
+
+
+# Where the real lists are at hand (LTBENCH_IMAGENET_LT_ROOT / LTBENCH_PLACES_LT_ROOT: the --data-root holding
+# them and the images), the shot groups from their training counts are the published ones (Liu et al. 2019).
+KNOWN_GROUPS = {"imagenet-lt": ("LTBENCH_IMAGENET_LT_ROOT", (385, 479, 136)),
+                "places-lt": ("LTBENCH_PLACES_LT_ROOT", (131, 163, 71))}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_GROUPS))
+def test_the_real_lists_give_the_published_many_medium_few_class_counts(name):
+    variable, expected = KNOWN_GROUPS[name]
+    if not os.environ.get(variable):
+        pytest.skip(f"{variable} is not set (the real {name} lists cannot be downloaded here)")
+    data = load_oltr_lists(name, os.environ[variable])
+    groups = shot_groups(np.bincount(data.y_train, minlength=data.num_classes))
+    assert tuple(int((groups == g).sum()) for g in GROUPS) == expected
 
 
 def test_inat_2018_reads_the_coco_json_and_holds_out_one_training_image_per_class(tmp_path):

@@ -54,6 +54,9 @@ class Budget:
     eval_batch_size: int = 500
     #: under torchrun: BatchNorm statistics over the global batch, as in a single process (else per rank)
     sync_bn: bool = False
+    #: a budget that only shows that runs work: methods with a fixed cost of their own (CAM fusion's 6,400
+    #: Phase-II iterations) cut it short
+    smoke: bool = False
     #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
     #: validation accuracy every this many epochs (and at the last) in metrics.jsonl; 0: only when a hook asks
     val_every: int = 2
@@ -460,7 +463,7 @@ CIFAR_CPU = Budget(
     description="a few minutes on 2 CPU cores: CIFAR ResNet-8, 12 epochs, lr x0.1 after epoch 10 "
     "(the paper recipe's 160/200 point, where DRW also switches)",
 )
-CIFAR_SMOKE = Budget(backbone="resnet8", epochs=1, batch_size=128, lr=0.05, stage2_epochs=1,
+CIFAR_SMOKE = Budget(backbone="resnet8", epochs=1, batch_size=128, lr=0.05, stage2_epochs=1, smoke=True,
                      description="seconds: one epoch of ResNet-8")
 
 
@@ -482,13 +485,14 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
          "cpu": Budget(backbone="resnet8", epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
                        lr_milestones=(0.8,), stage2_epochs=10, stage2_lr=0.05, stage2_batch_size=64,
                        description="a minute or two on 2 CPU cores"),
-         "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1,
+         "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1, smoke=True,
                          stage2_batch_size=64, description="seconds")},
         crop_padding=2, image_shape=(28, 28, 1),
     ))
     register(DatasetSpec(
         "synthetic-lt", "generated 16x16 images with class signal, 10 classes (for tests)", load_synthetic_lt,
         {"smoke": Budget(backbone="tiny-cnn", epochs=3, batch_size=64, lr=0.05, stage2_epochs=2, stage2_lr=0.05,
+                         smoke=True,
                          stage2_batch_size=64, eval_batch_size=500, description="a second or two"),
          "cpu": Budget(backbone="resnet8", epochs=10, batch_size=64, lr=0.05, stage2_epochs=5,
                        stage2_batch_size=64)},

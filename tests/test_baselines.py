@@ -207,3 +207,17 @@ def test_tau_and_posthoc_tau_are_chosen_on_validation_and_recorded(decoupled_run
         scores = extra["validation_accuracy_by_tau"]
         assert len(scores) == 21
         assert scores[f"{extra['tau']:g}"] == max(scores.values())
+
+
+def test_crt_keeps_stage_1_batch_norm_by_default_and_re_estimates_it_with_shift_bn(tmp_path):
+    from ltbench import checkpoints
+
+    for shift in (False, True):
+        (ce, crt) = run_methods(catalog_with(), ["ce", "crt"], tmp_path / str(shift), epochs=2,
+                                settings={"crt.shift_bn": str(shift)})
+        assert crt["status"] == "completed" and crt["second_stage"]["update_bn_statistics"] is shift
+        stage1 = next((tmp_path / str(shift)).rglob("_stage1/*/stage1.pt"))
+        final = next((tmp_path / str(shift)).rglob("crt/*/seed0/checkpoint-stage2.pt"))
+        before, after = checkpoints.load(stage1)["model"], checkpoints.load(final)["model"]
+        moved = [not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean")]
+        assert all(moved) if shift else not any(moved)

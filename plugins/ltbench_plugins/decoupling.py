@@ -129,6 +129,14 @@ class _ClassBalancedRetraining(_Decoupled):
 
 class CRT(_ClassBalancedRetraining):
     name = "crt"
+    options = {"shift_bn": False}
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        if self.opts["shift_bn"]:  # the Decoupling code: the frozen backbone in train mode, on augmented images
+            return SecondStage(cached_features=False, update_bn_statistics=True,
+                               note="batch-norm statistics re-estimated on class-balanced stage-2 batches")
+        return SecondStage(note=CACHED_NOTE)
     metadata = MethodMetadata(
         family="decoupling",
         title="Classifier re-training (cRT)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
@@ -138,9 +146,10 @@ class CRT(_ClassBalancedRetraining):
                            "cifar10-lt-if100": {"overall": 74.99, "source": BOT}},
         interpretations=(CACHED_NOTE, "Stage 2 length and lr are the budget's stage2_epochs / stage2_lr with a "
                          "cosine schedule (Decoupling: 10 epochs, cosine).",
-                         "The backbone's batch-norm statistics stay as stage 1 left them (frozen, eval mode); the "
-                         "Decoupling code runs the frozen backbone in train mode, so its statistics are "
-                         "re-estimated on the class-balanced stage-2 batches."),
+                         "The backbone's batch-norm statistics stay as stage 1 left them (frozen, eval mode), "
+                         "which lets stage 2 train on cached features; the Decoupling code runs the frozen "
+                         "backbone in train mode, so its statistics are re-estimated on the class-balanced "
+                         "stage-2 batches: shift_bn=true does that (on augmented images, uncached)."),
     )
 
     @hookimpl

@@ -146,7 +146,7 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
 EXECUTION_KEYS = ("channels_last", "compile", "val_every")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
-LATER_KEYS = {"sync_bn": False}
+LATER_KEYS = {"sync_bn": False, "smoke": False}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

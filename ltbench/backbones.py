@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ltbench import hookimpl
+from ltbench.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,22 +101,89 @@ class CifarResNet(_PooledBackbone):
 # ---- ResNet-10 for ImageNet-LT-style data ----------------------------------
 
 
-class ResNet10(_PooledBackbone):
-    """torchvision's ResNet with [1, 1, 1, 1] basic blocks (Decoupling, BLT, Breadcrumb)."""
+class TorchvisionResNet(_PooledBackbone):
+    """A torchvision ResNet (``arch``: resnet18, resnet50, resnet152, resnext50_32x4d, or resnet10: [1, 1, 1, 1]
+    basic blocks, as Decoupling, BLT and Breadcrumb use) as ``stem, layer1..layer4``. Its state dict is
+    torchvision's with ``conv1``/``bn1`` under ``stem.0``/``stem.1`` and no ``fc``."""
 
-    def __init__(self, in_chans: int = 3):
+    def __init__(self, arch: str = "resnet10", in_chans: int = 3):
         super().__init__()
+        import torchvision
         from torchvision.models.resnet import BasicBlock, ResNet
 
-        net = ResNet(BasicBlock, [1, 1, 1, 1])
+        self.arch = arch
+        net = ResNet(BasicBlock, [1, 1, 1, 1]) if arch == "resnet10" else getattr(torchvision.models, arch)()
         if in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.num_features = 512
+        self.num_features = net.fc.in_features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+    @staticmethod
+    def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A torchvision ResNet state dict in this module's names (the classifier ``fc`` dropped)."""
+        rename = {"conv1.": "stem.0.", "bn1.": "stem.1."}
+        out = {}
+        for key, value in state.items():
+            if key.startswith("fc."):
+                continue
+            prefix = next((p for p in rename if key.startswith(p)), None)
+            out[rename[prefix] + key[len(prefix):] if prefix else key] = value
+        return out
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """torchvision's ImageNet weights for this architecture (downloaded, or from torch's cache)."""
+        import torchvision
+
+        if self.arch == "resnet10":
+            raise ConfigError("backbone resnet10 has no published pretrained weights; give a local file with "
+                              "--set pretrained_path=FILE")
+        weights = torchvision.models.get_model_weights(self.arch).DEFAULT
+        return weights.get_state_dict(progress=True)
+
+
+def ResNet10(in_chans: int = 3) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet10", in_chans)
+
+
+def load_pretrained(backbone: nn.Module, name: str, path: str = "") -> dict[str, Any]:
+    """Load pretrained weights into ``backbone``: from ``path`` (a state dict saved with ``torch.save``, read
+    with ``weights_only=True``; torchvision ResNet names are translated), else the library's own weights.
+    Returns what the record says: the source, the file's sha256, and the tensors loaded."""
+    import hashlib
+
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"pretrained_path {path}: no such file")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError, RuntimeError, ...
+            raise ConfigError(f"pretrained_path {file} is not a loadable state dict ({type(exc).__name__}: "
+                              f"{exc})") from exc
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        source, digest = str(file), hashlib.sha256(file.read_bytes()).hexdigest()
+    elif hasattr(backbone, "pretrained_state"):
+        state, source, digest = backbone.pretrained_state(), f"{name} (library weights)", ""
+    else:
+        raise ConfigError(f"backbone {name!r} has no pretrained weights; give a local file with "
+                          f"--set pretrained_path=FILE, or use a torchvision ResNet or timm/ backbone")
+    if isinstance(backbone, TorchvisionResNet):
+        state = TorchvisionResNet.from_torchvision(state)
+    own = backbone.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not matched:
+        raise ConfigError(f"pretrained weights from {source} share no tensor (by name and shape) with backbone "
+                          f"{name!r}")
+    backbone.load_state_dict(matched, strict=False)
+    if not digest:
+        digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in matched.values())).hexdigest()
+    return {"source": source, "sha256": digest, "tensors_loaded": len(matched), "tensors_in_backbone": len(own)}
 
 
 # ---- a tiny CNN for tests ----------------------------------------------------
@@ -142,8 +212,20 @@ class TimmBackbone(_PooledBackbone):
         super().__init__()
         import timm
 
+        self.model_name, self.in_chans = model_name, in_chans
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
         self.num_features = self.model.num_features
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """timm's pretrained weights for this model (downloaded, or from the hub's cache), in this module's
+        names."""
+        import timm
+
+        try:
+            net = timm.create_model(self.model_name, pretrained=True, num_classes=0, in_chans=self.in_chans)
+        except RuntimeError as exc:
+            raise ConfigError(f"timm/{self.model_name}: no pretrained weights ({exc})") from exc
+        return {f"model.{k}": v for k, v in net.state_dict().items()}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
@@ -162,4 +244,9 @@ def ltbench_register_backbones(register: Callable[[BackboneSpec], None]) -> None
     register(BackboneSpec("resnet20", "CIFAR ResNet-20 (3-3-3 blocks)", lambda c: CifarResNet(3, c)))
     register(BackboneSpec("resnet8", "CIFAR ResNet-8 (1-1-1 blocks; CPU budgets)", lambda c: CifarResNet(1, c)))
     register(BackboneSpec("resnet10", "ResNet-10 for ImageNet-LT-style images ([1,1,1,1] basic blocks)", ResNet10))
+    for arch, text in (("resnet18", "ResNet-18"), ("resnet50", "ResNet-50 (iNaturalist, ImageNet-LT)"),
+                       ("resnet152", "ResNet-152 (Places-LT, ImageNet-pretrained)"),
+                       ("resnext50_32x4d", "ResNeXt-50 32x4d (ImageNet-LT)")):
+        register(BackboneSpec(arch, f"torchvision {text}; --set pretrained=true for torchvision's weights",
+                              lambda c, arch=arch: TorchvisionResNet(arch, c)))
     register(BackboneSpec("tiny-cnn", "two conv layers (tests)", TinyCNN))

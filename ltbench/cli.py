@@ -340,11 +340,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     from ltbench.datasets import load_checked
     from ltbench.metrics import shot_groups
 
-    spec = get_catalog().dataset(args.dataset)
+    words = args.dataset
+    export = words[0] == "export"
+    if export:
+        if len(words) != 2 or not args.out:
+            raise ConfigError("usage: ltbench data export DATASET --format imagenet-lt-list --out DIR")
+    elif len(words) != 1:
+        raise ConfigError(f"ltbench data takes one dataset name (or 'export DATASET'), got {' '.join(words)}")
+    spec = get_catalog().dataset(words[-1])
     imb = spec.default_imbalance_factor if args.imbalance_factor is None else args.imbalance_factor
-    if not imb >= 1:
-        raise ConfigError(f"--imbalance-factor must be >= 1, got {imb!r}")
+    if not (imb >= 1 or imb == 0):
+        raise ConfigError(f"--imbalance-factor must be >= 1 (or 0: the natural profile), got {imb!r}")
     data = load_checked(spec, args.data_root, imb, download=args.download)
+    if export:
+        from ltbench.filedatasets import EXPORT_FORMATS, export_list_dataset
+        from ltbench.runner import stderr_log
+
+        if args.format not in EXPORT_FORMATS:
+            raise ConfigError(f"--format {args.format!r}: the export formats are {', '.join(EXPORT_FORMATS)}")
+        if data.streaming:
+            raise ConfigError(f"{spec.name} is already on disk; export writes in-memory datasets to files")
+        root = export_list_dataset(data, Path(args.out), spec.key(imb).replace("-", "_"), spec.crop_padding,
+                                   spec.flip, log=stderr_log)
+        print(f"exported {spec.key(imb)} to {root}; train on it with: ltbench run --datasets image-folder-lt "
+              f"--data-root {root} --budget smoke")
+        return 0
     counts = data.train_counts
     groups = shot_groups(counts, **data.group_thresholds)
     info = {"dataset": spec.key(imb), "num_classes": data.num_classes, "train_size": int(counts.sum()),
@@ -418,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate methods; writes one record per run")
     run.add_argument("--config", metavar="FILE.toml", help="an experiment file; flags given here override it")
-    run.add_argument("--methods", help="comma-separated; compose with '+', e.g. safa+ldam-drw")
+    run.add_argument("--methods", help="comma-separated; compose with '+', e.g. remix+ldam-drw")
     run.add_argument("--datasets", help=f"comma-separated (default {DEFAULT_DATASET})")
     run.add_argument("--seeds", help="comma-separated integers (default 0)")
     run.add_argument("--budget", help="paper, cpu or smoke (default cpu)")
@@ -491,8 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_ls)
 
-    data = sub.add_parser("data", help="describe a dataset's long-tailed split")
-    data.add_argument("dataset")
+    data = sub.add_parser("data", help="describe a dataset's long-tailed split, or export it to image files")
+    data.add_argument("dataset", nargs="+", help="DATASET, or: export DATASET (with --out and --format)")
+    data.add_argument("--out", help="export: the folder to write the images and list files to")
+    data.add_argument("--format", default="imagenet-lt-list", help="export: imagenet-lt-list (the only one)")
     data.add_argument("--imbalance-factor", type=float)
     data.add_argument("--data-root")
     data.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")

@@ -79,8 +79,11 @@ def check_core(config: dict[str, Any]) -> None:
     for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs"]:
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]!r}")
-    if not config["imbalance_factor"] >= 1:
-        raise ConfigError(f"imbalance_factor must be >= 1, got {config['imbalance_factor']!r}")
+    if config.get("schedule", "step") not in ("step", "cosine"):
+        raise ConfigError(f"schedule must be one of step, cosine, got {config['schedule']!r}")
+    if not (config["imbalance_factor"] >= 1 or config["imbalance_factor"] == 0):
+        raise ConfigError(f"imbalance_factor must be >= 1 (or 0: the data's natural profile, for datasets that "
+                          f"have one), got {config['imbalance_factor']!r}")
     if not 0 < config["lr_decay"] <= 1:
         raise ConfigError(f"lr_decay must be in (0, 1], got {config['lr_decay']!r}")
     if any(not 0 < m < 1 for m in config["lr_milestones"]):
@@ -143,10 +146,11 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
 
 
 #: keys that say how a run is computed, not what: recorded in its config, left out of its identity
-EXECUTION_KEYS = ("channels_last", "compile", "val_every")
+EXECUTION_KEYS = ("channels_last", "compile", "val_every", "workers")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
-LATER_KEYS = {"sync_bn": False, "smoke": False}
+LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretrained_path": "", "image_size": 0,
+              "smoke": False}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -57,11 +57,21 @@ class Budget:
     #: a budget that only shows that runs work: methods with a fixed cost of their own (CAM fusion's 6,400
     #: Phase-II iterations) cut it short
     smoke: bool = False
+    #: "step": warm-up, then x lr_decay at each milestone; "cosine": warm-up, then cosine to 0 over the epochs
+    schedule: str = "step"
+    #: start the backbone from pretrained weights: the library's own (torchvision / timm; downloads when online)
+    pretrained: bool = False
+    #: ... or from this local state-dict file (offline clusters); loaded with weights_only=True
+    pretrained_path: str = ""
+    #: streaming datasets with the imagenet transform: the side of the crops the model sees (0: the dataset's)
+    image_size: int = 0
     #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
     #: validation accuracy every this many epochs (and at the last) in metrics.jsonl; 0: only when a hook asks
     val_every: int = 2
     channels_last: bool = False
     compile: bool = False
+    #: streaming datasets: DataLoader worker processes that decode images ahead of the training loop
+    workers: int = 0
     description: str = ""
 
 
@@ -86,15 +96,26 @@ class LTData:
         return np.bincount(self.y_train, minlength=self.num_classes)
 
     @property
+    def streaming(self) -> bool:
+        """True when the images stay on disk (:class:`ltbench.imagefiles.ImageFiles`), false for uint8 arrays."""
+        from ltbench.imagefiles import ImageFiles
+
+        return isinstance(self.x_train, ImageFiles)
+
+    @property
     def channels(self) -> int:
-        return self.x_train.shape[-1]
+        return self.x_train.channels if self.streaming else self.x_train.shape[-1]
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A hash of the training and validation splits (which images, which labels)."""
+        """A hash of the training and validation splits (which images, which labels); for images on disk, of
+        their paths."""
         h = hashlib.sha256()
         for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
-            h.update(np.ascontiguousarray(arr).tobytes())
+            if hasattr(arr, "paths"):
+                h.update("\n".join(map(str, arr.paths)).encode())
+            else:
+                h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
 
@@ -141,8 +162,8 @@ class DatasetSpec:
     download: Callable[[Path], None] | None = None
 
     def key(self, imbalance_factor: float) -> str:
-        """The name used for run directories and leaderboards."""
-        return f"{self.name}-if{imbalance_factor:g}"
+        """The name used for run directories and leaderboards (imbalance factor 0: the data's natural profile)."""
+        return f"{self.name}-natural" if imbalance_factor == 0 else f"{self.name}-if{imbalance_factor:g}"
 
 
 def load_checked(spec: DatasetSpec, data_root: str | None, imbalance_factor: float,
@@ -173,7 +194,10 @@ def check_data(spec: DatasetSpec, data: LTData) -> None:
     source = f"dataset {spec.name!r} ({data.info.get('source', 'loaded')})"
     for key in ("x_train", "x_val", "x_test"):
         images = getattr(data, key)
-        if len(images) or key == "x_train":
+        if data.streaming:
+            if len(images) and not images.path(0).is_file():
+                raise DataNotFoundError(f"{source}: {key}'s first image {images.path(0)} does not exist")
+        elif len(images) or key == "x_train":
             check_images(key, images, source, spec.image_shape)
     for x, y in (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test")):
         if len(getattr(data, x)) != len(getattr(data, y)):
@@ -488,6 +512,62 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
          "smoke": Budget(backbone="resnet8", epochs=2, batch_size=64, lr=0.05, stage2_epochs=1, smoke=True,
                          stage2_batch_size=64, description="seconds")},
         crop_padding=2, image_shape=(28, 28, 1),
+    ))
+    from ltbench.filedatasets import load_image_folder_lt, load_inat2018, load_oltr_lists
+
+    def natural_only(load, name: str):
+        def loader(root, imbalance_factor):
+            if imbalance_factor:
+                raise ConfigError(f"{name} has its own long-tailed profile; --imbalance-factor "
+                                  f"{imbalance_factor:g} does not apply (leave it out)")
+            return load(root)
+        return loader
+
+    def large(backbone: str, epochs: int, description: str, **kw) -> Budget:
+        """The Decoupling code's large-dataset recipe: batch 512, SGD lr 0.2 cosine, wd 5e-4, stage 2 (cRT and
+        kin) 10 epochs at 0.2, 224-pixel crops."""
+        recipe = dict(backbone=backbone, epochs=epochs, batch_size=512, lr=0.2, weight_decay=5e-4, schedule="cosine",
+                      stage2_epochs=10, stage2_lr=0.2, stage2_batch_size=512, eval_batch_size=256, workers=8,
+                      description=description)
+        return Budget(**{**recipe, **kw})
+
+    def smoke_large(**kw) -> Budget:
+        return Budget(backbone="resnet10", epochs=1, batch_size=64, lr=0.05, stage2_epochs=1, stage2_batch_size=64,
+                      eval_batch_size=128, image_size=32, smoke=True,
+                      description="seconds on a generated root: shows that runs work, 32-pixel crops", **kw)
+
+    register(DatasetSpec(
+        "imagenet-lt", "ImageNet-LT (Liu et al. 2019; OLTR lists, 1000 classes, 115,846 training images; streamed)",
+        natural_only(lambda root: load_oltr_lists("imagenet-lt", root), "imagenet-lt"),
+        {"paper": large("resnet10", 90, "Decoupling / BLT / Breadcrumb / CAM fusion: ResNet-10, 90 epochs, batch "
+                        "512, lr 0.2 cosine, wd 5e-4 (Kang et al. 2020 configs)"),
+         "resnext50": large("resnext50_32x4d", 90, "Decoupling's ResNeXt-50 recipe: 90 epochs, batch 512, lr 0.2 "
+                            "cosine"),
+         "smoke": smoke_large()},
+        default_imbalance_factor=0.0, needs_data_root=True,
+    ))
+    register(DatasetSpec(
+        "places-lt", "Places-LT (Liu et al. 2019; OLTR lists, 365 classes, 62,500 training images; streamed)",
+        natural_only(lambda root: load_oltr_lists("places-lt", root), "places-lt"),
+        {"paper": large("resnet152", 30, "OLTR / Decoupling: ImageNet-pretrained ResNet-152, 30 epochs, batch "
+                        "128, lr 0.01 cosine (pretrained=true downloads torchvision's weights; pretrained_path "
+                        "for a local file)", batch_size=128, lr=0.01, stage2_lr=0.01, stage2_batch_size=128,
+                        pretrained=True),
+         "smoke": smoke_large()},
+        default_imbalance_factor=0.0, needs_data_root=True,
+    ))
+    register(DatasetSpec(
+        "inat2018", "iNaturalist 2018 (8,142 classes, 437,513 training images; val2018 is the test set; streamed)",
+        natural_only(load_inat2018, "inat2018"),
+        {"paper": large("resnet50", 90, "Decoupling: ResNet-50, 90 epochs, batch 512, lr 0.2 cosine, wd 5e-4"),
+         "paper-200": large("resnet50", 200, "Decoupling: ResNet-50, 200 epochs, batch 512, lr 0.2 cosine"),
+         "smoke": smoke_large()},
+        default_imbalance_factor=0.0, needs_data_root=True,
+    ))
+    register(DatasetSpec(
+        "image-folder-lt", "your own long-tailed images on disk (list files or class folders; streamed, never "
+        "loaded whole); imbalance factor 0 keeps the natural profile", load_image_folder_lt, _cifar_budgets(),
+        default_imbalance_factor=0.0, needs_data_root=True,
     ))
     register(DatasetSpec(
         "synthetic-lt", "generated 16x16 images with class signal, 10 classes (for tests)", load_synthetic_lt,

@@ -19,6 +19,7 @@ import math
 import random
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -168,6 +169,11 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees."""
+        return tuple(self.x.shape[2:4])
+
     def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) to normalised float: ``(x / 255 - mean) / std``, in place on one new tensor.
 
@@ -176,11 +182,33 @@ class ImageStore:
         x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def eval_batches(self, batch_size: int):
+        """The split in order, un-augmented and normalised, ``batch_size`` images at a time."""
+        for start in range(0, len(self.x), batch_size):
+            yield self.normalise_uint8(self.x[start : start + batch_size])
+
+    def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
+        """Nothing to do: the images are in memory (the streaming store decodes ahead here)."""
+
     def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         x = self.x[idx.to(self.x.device, non_blocking=True)]
         if augment:
             x = random_crop_flip(x, self.padding, self.flip, generator)
         return self.normalise_uint8(x)
+
+
+def make_store(images, spec: DatasetSpec, data: LTData, device: torch.device, config: dict[str, Any]):
+    """The store for one split: in memory (uint8 arrays) or streaming (:class:`ltbench.imagefiles.ImageFiles`)."""
+    from ltbench.imagefiles import FileImageStore, ImageFiles
+
+    channels_last = config.get("channels_last", False)
+    if isinstance(images, ImageFiles):
+        if config.get("image_size") and images.transform == "imagenet":
+            images = dataclasses.replace(images, size=int(config["image_size"]))
+        return FileImageStore(images, data.mean, data.std, device, images.info.get("crop_padding", spec.crop_padding),
+                              images.info.get("flip", spec.flip),
+                              workers=config.get("workers", 0), channels_last=channels_last)
+    return ImageStore(images, spec, data, device, channels_last)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
@@ -202,10 +230,13 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
 
 
 def lr_at(config: dict[str, Any], epoch: int) -> float:
-    """Linear warm-up, then step decay at the milestone fractions of the epochs."""
+    """Linear warm-up, then step decay at the milestone fractions of the epochs (``schedule`` "step"), or a
+    cosine from the base rate to 0 over the epochs after the warm-up ("cosine", per epoch)."""
     base, warm = config["lr"], config["warmup_epochs"]
     if epoch < warm:
         return base * (epoch + 1) / warm
+    if config.get("schedule", "step") == "cosine":
+        return 0.5 * base * (1 + math.cos(math.pi * (epoch - warm) / max(config["epochs"] - warm, 1)))
     passed = sum(epoch >= round(m * config["epochs"]) for m in config["lr_milestones"])
     return base * config["lr_decay"] ** passed
 
@@ -239,14 +270,15 @@ class Run:
     shard_batches: bool = True
     #: called with each epoch's history entry (the reporters' epoch-end event); set by the runner
     on_epoch_entry: Callable[[dict[str, Any]], None] | None = None
-    _eval_stores: dict[int, tuple[np.ndarray, ImageStore]] = field(default_factory=dict)
+    #: where the backbone's starting weights came from (source and sha256), when they were pretrained
+    pretrained: dict[str, Any] | None = None
+    _eval_stores: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
-    def image_store(self, images: np.ndarray) -> ImageStore:
-        """The device copy of an evaluation image array, made once per run (not at every evaluation)."""
+    def image_store(self, images):
+        """The store of an evaluation split (its device copy, or its streaming reader), made once per run."""
         key = id(images)
         if key not in self._eval_stores or self._eval_stores[key][0] is not images:
-            self._eval_stores[key] = (images, ImageStore(images, self.dataset, self.data, self.device,
-                                                         self.config.get("channels_last", False)))
+            self._eval_stores[key] = (images, make_store(images, self.dataset, self.data, self.device, self.config))
         return self._eval_stores[key][1]
 
     @property
@@ -367,10 +399,10 @@ def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
     bs = run.config["eval_batch_size"]
     beat = Heartbeat(run, "predicting, images", len(images))
     combine = bool(run.pm.hook.ltbench_eval_logits.get_hookimpls())
-    for start in range(0, len(images), bs):
+    batches = store.eval_batches(bs) if store is not None else []
+    for start, x in zip(range(0, len(images), bs), batches):
         beat(start)
         with _autocast(run.device):
-            x = store.normalise_uint8(store.x[start : start + bs])
             if combine:  # a method defines the evaluation logits from all heads and features
                 output = model.forward_all(x)
                 logits = run.pm.hook.ltbench_eval_logits(run=run, model=model, output=output)
@@ -600,6 +632,8 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         if frozen_backbone:
             model.backbone.eval()  # frozen: batch-norm statistics stay as stage 1 left them
         order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        if hasattr(make_batch, "prefetch"):  # a streaming store decodes the epoch's image batches ahead
+            make_batch.prefetch(order, batch_size)
         bar = _progress(run, math.ceil(len(order) / batch_size), f"stage {stage} epoch {epoch + 1}/{epochs}")
         t0 = time.perf_counter()
         device_sums, steps = run_steps(run, optimizer, loss_fn, order, batch_size, make_batch, bar)
@@ -635,12 +669,14 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
     """Batches of augmented training images: labels and images gathered on the device."""
     on_device = torch.as_tensor(np.asarray(labels), device=run.device)
 
-    def make(idx: torch.Tensor) -> Batch:
+    def make_images(idx: torch.Tensor) -> Batch:
         where = idx.to(run.device, non_blocking=True)
         return Batch(labels=on_device[where], indices=idx,
                      images=run.train_images.get(where, augment=True, generator=run.aug_generator))
 
-    return make
+    make_images.prefetch = lambda order, batch_size: run.train_images.prefetch(order, batch_size,
+                                                                               run.aug_generator)
+    return make_images
 
 
 def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
@@ -665,9 +701,9 @@ def extract_features(run: Run, images: np.ndarray | None = None) -> torch.Tensor
     run.model.eval()
     out = []
     bs = run.config["eval_batch_size"]
-    for start in range(0, len(store), bs):
+    for x in store.eval_batches(bs):
         with _autocast(run.device):
-            out.append(run.model.features(store.normalise_uint8(store.x[start : start + bs])).float())
+            out.append(run.model.features(x).float())
     run.model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, run.model.num_features, device=run.device)
 
@@ -697,6 +733,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     config, model = run.config, run.model
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
     lr = config["stage2_lr"] if plan.lr is None else plan.lr
+
     def factor(name: str) -> float:
         return next((f for prefix, f in plan.head_lr_factors.items() if name.startswith(prefix)), 1.0)
 
@@ -757,8 +794,13 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
     run.generator.manual_seed(seed)
     run.aug_generator = run.generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     backbone = catalog.backbone(config["backbone"]).build(data.channels)
+    if config.get("pretrained") or config.get("pretrained_path"):
+        from ltbench.backbones import load_pretrained
+
+        run.pretrained = load_pretrained(backbone, config["backbone"], config.get("pretrained_path", ""))
     head = build_classifier(run, 1, backbone.num_features, None)
     run.model = LTModel(backbone, head)
+    run.train_images = make_store(data.x_train, dataset, data, device, config)  # (configure_model may read it)
     run.pm.hook.ltbench_configure_model(run=run, model=run.model)
     if config.get("sync_bn", False):
         run.model = distributed.convert_sync_batchnorm(run.model)
@@ -769,5 +811,4 @@ def build_run(catalog: Catalog, dataset: DatasetSpec, data: LTData, config: dict
         run.model.to(memory_format=torch.channels_last)
     if config.get("compile", False):
         run.model.backbone.compile()  # in place: state-dict keys, hooks and methods stay as they are
-    run.train_images = ImageStore(data.x_train, dataset, data, device, channels_last)
     return run

@@ -139,3 +139,18 @@ def compute(record: dict[str, Any]) -> dict[str, Any]:
     backbone = sum(s["epochs"] for s in stages.values() if s["backbone"])
     return {"backbone_epochs": backbone, "stages": stages}
 
+
+def reference_result(record: dict[str, Any]) -> dict[str, Any]:
+    """The paper's numbers for a single-method record's dataset, from its metadata (or {}): keyed by the
+    dataset key (``cifar100-lt-if100``), else by dataset and backbone (``imagenet-lt-resnet10``, for datasets
+    with their natural profile), else by the dataset's name (``places-lt``)."""
+    if len(record.get("methods", [])) != 1:
+        return {}
+    refs = record["method_metadata"][record["methods"][0]].get("reference_results", {})
+    name = record.get("dataset_name") or record["dataset"].rsplit("-", 1)[0]
+    backbone = (record.get("config") or {}).get("backbone", "")
+    for key in (record["dataset"], f"{name}-{backbone}", name):
+        if key in refs:
+            return refs[key]
+    return {}
+

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ltbench import plots
+from ltbench.records import reference_result
 from ltbench.summary import GROUPS
 
 SITE = "site"
@@ -68,10 +69,7 @@ def _family(method: str, families: dict[str, str]) -> str:
 
 
 def _paper(rec: dict[str, Any]) -> float | None:
-    if len(rec["methods"]) != 1:
-        return None
-    ref = rec["method_metadata"][rec["methods"][0]].get("reference_results", {}).get(rec["dataset"]) or {}
-    return ref.get("overall")
+    return reference_result(rec).get("overall")
 
 
 def _num(value: float | None, sd: float | None = None) -> str:
@@ -85,6 +83,8 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     """Write the site for ``records`` (each with its ``_path``) into ``site``; return the files written."""
     site = Path(site)
     (site / "configs").mkdir(parents=True, exist_ok=True)
+    for stale in (site / "configs").glob("*.json"):  # generated: a configuration no record has any more goes
+        stale.unlink()
     written = plots.plot_records(records, site / "plots")
     families = _families()
     sections, all_families = [], set()

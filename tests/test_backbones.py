@@ -34,3 +34,38 @@ def test_unknown_backbone_and_timm_model_names(catalog):
         catalog.backbone("resnet23")
     with pytest.raises(UnknownNameError, match="unknown timm model 'resnet_18'"):
         catalog.backbone("timm/resnet_18")
+
+
+def test_pretrained_path_loads_a_saved_torchvision_resnet_and_the_record_says_so(tmp_path):
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from ltbench.engine import build_run
+    from ltbench.runner import plan_grid
+    from ltbench.testing import catalog_with, run_methods
+
+    torch.manual_seed(123)
+    saved = ResNet(BasicBlock, [1, 1, 1, 1]).state_dict()  # a torchvision ResNet-10, as a user would save it
+    path = tmp_path / "resnet10.pth"
+    torch.save(saved, path)
+    catalog = catalog_with()
+    settings = {"backbone": "resnet10", "pretrained_path": str(path)}
+    (cell,) = plan_grid(["ce"], ["synthetic-lt"], [0], "smoke", catalog=catalog, settings=settings)
+    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
+                    log=lambda m: None)
+    backbone = run.model.backbone
+    assert torch.equal(backbone.stem[0].weight, saved["conv1.weight"])  # the first layer is the file's
+    assert torch.equal(backbone.layer4[0].conv2.weight, saved["layer4.0.conv2.weight"])
+    assert run.pretrained["source"] == str(path) and len(run.pretrained["sha256"]) == 64
+    (rec,) = run_methods(catalog, ["ce"], tmp_path / "runs", settings=settings, epochs=1)
+    assert rec["status"] == "completed" and rec["backbone_weights"]["sha256"] == run.pretrained["sha256"]
+
+
+def test_pretrained_weights_that_cannot_be_had_are_a_named_error(tmp_path):
+    from ltbench.testing import catalog_with, run_methods
+
+    (rec,) = run_methods(catalog_with(), ["ce"], tmp_path, settings={"pretrained": "true"})  # tiny-cnn: none
+    assert rec["status"] == "failed" and "has no pretrained weights" in rec["error"]
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    (rec,) = run_methods(catalog_with(), ["ce"], tmp_path / "b",
+                         settings={"backbone": "resnet10", "pretrained_path": str(tmp_path / "bad.pth")})
+    assert rec["status"] == "failed" and "is not a loadable state dict" in rec["error"]

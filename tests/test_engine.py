@@ -166,3 +166,14 @@ def test_rerun_retrains_a_shared_stage1_once_per_grid(catalog, tmp_path):
     assert [r["stage1"]["reused"] for r in again] == [False, True]  # retrained by ce, then reused
     assert again[0]["started_at"] >= first[0]["finished_at"]
     assert again[1]["per_class_accuracy"] == first[1]["per_class_accuracy"]  # the same computation
+
+
+def test_the_cosine_schedule_warms_up_then_falls_to_zero_and_step_is_unchanged():
+    from ltbench.engine import lr_at
+
+    config = {"lr": 0.2, "warmup_epochs": 2, "epochs": 10, "lr_milestones": [0.5], "lr_decay": 0.1}
+    assert [round(lr_at(config, e), 4) for e in (0, 1, 5, 9)] == [0.1, 0.2, 0.02, 0.02]  # step (the default)
+    cosine = {**config, "schedule": "cosine"}
+    lrs = [lr_at(cosine, e) for e in range(10)]
+    assert lrs[:3] == [0.1, 0.2, 0.2] and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[6] == pytest.approx(0.1)  # halfway through the 8 epochs after the warm-up

@@ -143,7 +143,7 @@ class BLT(Method):
         reference_results={
             "imagenet-lt-resnet10": _ref(44.4, 33.5, 25.5, 36.6, "Table 1, ImageNet-LT, ResNet-10"),
             "places-lt": _ref(31.0, 27.4, 14.1, 25.9, "Table 2 (Places-LT)"),
-            "inaturalist2018-resnet34": _ref(53.7, 52.5, 49.9, 51.0, "Table 2, iNaturalist 2018, ResNet-34"),
+            "inat2018-resnet34": _ref(53.7, 52.5, 49.9, 51.0, "Table 2, iNaturalist 2018, ResNet-34"),
         },
         interpretations=(
             "The confusion matrix is rebuilt from the validation split after every stage-2 epoch, never from the "

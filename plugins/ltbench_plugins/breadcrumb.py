@@ -222,7 +222,7 @@ REFERENCE = {
     "imagenet-lt-resnet10": _ref(44.0, 53.7, 41.0, 26.4, "Tables 1-2, ImageNet-LT, ResNet-10"),
     "places-lt-resnet152": _ref(39.3, 40.6, 41.0, 33.4, "Table 2, Places-LT, ResNet-152"),
     "imagenet-lt-resnext50": _ref(51.0, 62.9, 47.2, 30.9, "Table 3, ImageNet-LT, ResNeXt-50"),
-    "inaturalist2018-resnet50": {"overall": 70.3, "source": "Table 4, iNaturalist 2018, ResNet-50"},
+    "inat2018-resnet50": {"overall": 70.3, "source": "Table 4, iNaturalist 2018, ResNet-50"},
 }
 INTERPRETATIONS = (
     "Budgets shorter than K_max epochs (CIFAR-100-LT cpu: K_max 22 > 12 epochs): a class back-tracks through the "

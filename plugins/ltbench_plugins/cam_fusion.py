@@ -187,7 +187,7 @@ class CAMFusion(Method):
                                      "source": "Table 3, ImageNet-LT, ResNet-10"},
             "places-lt-resnet152": {"overall": 36.4, "many": 42.8, "medium": 37.5, "few": 22.7,
                                     "source": "Table 3, Places-LT, ResNet-152"},
-            "inaturalist2018-resnet50": {"overall": 65.91, "source": "Table 4, iNaturalist 2018, ResNet-50"},
+            "inat2018-resnet50": {"overall": 65.91, "source": "Table 4, iNaturalist 2018, ResNet-50"},
         },
         interpretations=(
             "tau_s 0.8 and tau_g 0.2 (the paper gives no values; the unofficial code's), SGD momentum 0.9, "

@@ -20,7 +20,7 @@ modelled on RSG (Wang et al., CVPR 2021), which SAFA compares itself to:
 * Delta = E(f_h - mean_{y_h}) with a running mean feature map per class;
   delta_t = D([f_t, Delta]); generated f~_t = G([f_t, delta_t]), same shape as
   f_t, labelled y_t, appended to the batch so that the rest of the network
-  and the task loss (CE, or LDAM-DRW with ``safa+ldam-drw``) see it.
+  and the task loss (CE, or LDAM-DRW with ``ldam-drw+safa``) see it.
 * L_r = |f_t - G([f~_t, D([f~_t, -Delta])])|_1 (translating back recovers
   the source tail feature); L_c trains Q to tell same-class from
   different-class feature pairs and asks that (f_h, Delta) be judged
@@ -247,7 +247,7 @@ class SAFA(Method):
             raise PluginContractError(f"safa.position {position!r}: backbone {run.config['backbone']!r} has no such "
                                       f"stage; SAFA needs a backbone with {', '.join(POSITIONS)}")
         with torch.no_grad():
-            probe = torch.zeros(1, run.data.channels, *run.data.x_train.shape[1:3])
+            probe = torch.zeros(1, run.data.channels, *run.train_images.image_hw)
             map_shape = _stage_output_shape(backbone, position, probe)
         module = SAFAModule(map_shape, run.num_classes)
         self.stage_module = SAFAStage(stage, module, self.opts["detach_input"], self.opts["detach_mode_seeking"])

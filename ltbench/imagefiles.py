@@ -1,0 +1,202 @@
+"""The streaming data path: images that stay on disk and are decoded batch by batch.
+
+A dataset whose split is too large for memory gives :class:`ImageFiles` (a list of image paths) instead of
+uint8 arrays as ``LTData.x_train`` / ``x_val`` / ``x_test``; the engine then builds a :class:`FileImageStore`
+instead of an in-memory :class:`ltbench.engine.ImageStore`. Both give the engine the same things: normalised
+float batches for training (augmented), evaluation and feature extraction. The dataset is never loaded into
+memory: a ``torch.utils.data.DataLoader`` with worker processes decodes the images of the batches ahead of the
+training loop (PIL), in the order the sampler drew for the epoch.
+
+Augmentation, from ``ImageFiles.transform``:
+
+* ``pad-crop-flip`` (CIFAR-style small images of one size): images decode to uint8 and are cropped and flipped
+  in the main process by the same batched function, with the same random draws, as the in-memory path, so a
+  dataset exported to files trains exactly as it does from memory;
+* ``imagenet``: ``RandomResizedCrop(size)`` and a horizontal flip for training, ``Resize(size * 256 / 224)``
+  and ``CenterCrop(size)`` for evaluation (torchvision v2), applied per image in the workers, each image's
+  draws seeded from the run's augmentation generator (so a seed repeats whatever the number of workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltbench.errors import DataNotFoundError
+
+TRANSFORMS = ("pad-crop-flip", "imagenet")
+
+
+@dataclass
+class ImageFiles:
+    """Image files on disk, one per example, in a split's order. ``transform`` names the augmentation (above);
+    ``size`` is the side of the images the model sees (``imagenet``) and ``channels`` 1 or 3."""
+
+    paths: Sequence[str]
+    transform: str = "imagenet"
+    size: int = 224
+    channels: int = 3
+    root: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"ImageFiles.transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def path(self, i: int) -> Path:
+        return Path(self.root) / self.paths[i] if self.root else Path(self.paths[i])
+
+    def decode(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 (H, W, C)."""
+        from PIL import Image
+
+        path = self.path(i)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                arr = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise DataNotFoundError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from exc
+        return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Worker-side: image ``i`` as a uint8 (C, H, W) tensor, untransformed (``pad-crop-flip``) or transformed
+    with its own seed (``imagenet``: ``(i, seed, train)`` items)."""
+
+    def __init__(self, files: ImageFiles):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item) -> torch.Tensor:
+        if isinstance(item, tuple):
+            i, seed, train = item
+        else:
+            i, seed, train = item, 0, False
+        x = torch.from_numpy(np.array(self.files.decode(int(i)), copy=True)).permute(2, 0, 1)
+        if self.files.transform == "pad-crop-flip":
+            return x
+        return _imagenet_transform(x, self.files.size, train, int(seed))
+
+
+def _imagenet_transform(x: torch.Tensor, size: int, train: bool, seed: int) -> torch.Tensor:
+    from torchvision.transforms import v2
+
+    if train:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])(x)
+    return v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)])(x)
+
+
+class _Chunks(torch.utils.data.Sampler):
+    """A batch sampler over fixed chunks of indices (or of ``(index, seed, train)`` items)."""
+
+    def __init__(self, chunks: list[list]):
+        self.chunks = chunks
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+def _collate(items: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(items)
+
+
+class FileImageStore:
+    """The streaming counterpart of :class:`ltbench.engine.ImageStore` (same ``get`` / ``eval_batches``).
+
+    ``workers`` DataLoader processes decode ahead: :meth:`prefetch` is given an epoch's order and batch size,
+    and :meth:`get` then takes the decoded batches in that order. A ``get`` for indices that were not
+    prefetched decodes them in the calling process."""
+
+    def __init__(self, files: ImageFiles, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 padding: int = 4, flip: bool = True, workers: int = 0, channels_last: bool = False):
+        self.files, self.device, self.workers = files, device, workers
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.padding, self.flip, self.channels_last = padding, flip, channels_last
+        self._ahead: Iterator[torch.Tensor] | None = None
+        self._expected: list[list[int]] = []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees."""
+        if self.files.transform == "imagenet":
+            return (self.files.size, self.files.size)
+        return tuple(self.files.info["image_hw"])
+
+    def _loader(self, chunks: list[list]) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(_Decoded(self.files), batch_sampler=_Chunks(chunks),
+                                           num_workers=self.workers, collate_fn=_collate,
+                                           persistent_workers=False, prefetch_factor=4 if self.workers else None)
+
+    def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _seeds(self, n: int, generator: torch.Generator | None) -> list[int]:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        return torch.randint(2**62, (n,), generator=generator, device=gen_device).tolist()
+
+    def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
+        """Start decoding an epoch's training batches (``order`` in chunks of ``batch_size``) in the workers.
+        (For ``imagenet`` the per-image seeds are drawn now, from ``generator``, in batch order.)"""
+        chunks = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
+        self._expected = list(chunks)  # (a copy: the loader iterates its own)
+        if self.files.transform == "imagenet":
+            seeds = self._seeds(len(order), generator)
+            items = [[(i, seeds[s + k], True) for k, i in enumerate(chunk)]
+                     for s, chunk in zip(range(0, len(order), batch_size), chunks)]
+            self._ahead = iter(self._loader(items))
+        else:
+            self._ahead = iter(self._loader(chunks))
+
+    def _take(self, idx: list[int]) -> torch.Tensor | None:
+        if self._ahead is not None and self._expected and self._expected[0] == idx:
+            self._expected.pop(0)
+            return next(self._ahead)
+        self._ahead, self._expected = None, []
+        return None
+
+    def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        from ltbench.engine import random_crop_flip
+
+        wanted = idx.tolist()
+        x = self._take(wanted) if augment else None
+        if x is None:  # not prefetched: decode here
+            if self.files.transform == "imagenet":
+                seeds = self._seeds(len(wanted), generator) if augment else [0] * len(wanted)
+                x = _collate([_Decoded(self.files)[(i, s, augment)] for i, s in zip(wanted, seeds)])
+            else:
+                x = _collate([_Decoded(self.files)[i] for i in wanted])
+        if augment and self.files.transform == "pad-crop-flip":
+            x = random_crop_flip(x.to(self.device), self.padding, self.flip, generator)
+        return self.normalise_uint8(x)
+
+    def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The split in order, un-augmented and normalised, ``batch_size`` images at a time."""
+        n = len(self.files)
+        if self.files.transform == "imagenet":
+            chunks = [[(i, 0, False) for i in range(s, min(s + batch_size, n))] for s in range(0, n, batch_size)]
+        else:
+            chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+        for x in self._loader(chunks):
+            yield self.normalise_uint8(x)

@@ -1,0 +1,78 @@
+"""The streaming data path (issue 14): images on disk, decoded by DataLoader workers, exactly the in-memory
+path's training when the files hold the same pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ltbench.cli import main
+from ltbench.errors import DataNotFoundError
+from ltbench.filedatasets import load_image_folder_lt
+from ltbench.imagefiles import FileImageStore, ImageFiles
+from ltbench.runner import execute, plan_grid
+from ltbench.testing import catalog_with
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported")
+    assert main(["data", "export", "synthetic-lt", "--format", "imagenet-lt-list", "--out", str(out)]) == 0
+    return out
+
+
+def test_export_writes_the_split_as_lossless_files_in_imagenet_lt_list_format(exported):
+    catalog = catalog_with()
+    (cell,) = plan_grid(["ce"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    lines = (exported / "synthetic_lt_if30_train.txt").read_text().splitlines()
+    assert len(lines) == len(cell.data.y_train) and lines[0] == f"train/000000.png {cell.data.y_train[0]}"
+    files = load_image_folder_lt(str(exported), 0.0)
+    assert files.streaming and np.array_equal(files.y_train, cell.data.y_train)
+    for i in (0, 7, len(lines) - 1):  # the pixels survive the round trip
+        assert np.array_equal(files.x_train.decode(i), cell.data.x_train[i])
+    assert files.mean == tuple(cell.data.mean) and files.x_train.transform == "pad-crop-flip"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_through_the_streaming_path_is_exactly_the_in_memory_training(exported, tmp_path, workers):
+    catalog = catalog_with()
+    (memory,) = plan_grid(["ce"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    files = load_image_folder_lt(str(exported), 0.0)
+    files = dataclasses.replace(files, x_train=dataclasses.replace(files.x_train), group_thresholds=memory.data.group_thresholds)
+    config = {**memory.config, "workers": workers}
+    streamed = dataclasses.replace(memory, data=files, config=config)
+    a = execute(memory, tmp_path / "memory", torch.device("cpu"), log=lambda m: None, catalog=catalog)
+    b = execute(streamed, tmp_path / "files", torch.device("cpu"), log=lambda m: None, catalog=catalog)
+    assert a["status"] == b["status"] == "completed"
+    assert [e["loss_task"] for e in a["history"]] == [e["loss_task"] for e in b["history"]]
+    assert a["per_class_accuracy"] == b["per_class_accuracy"]
+
+
+def test_the_streaming_store_never_holds_the_split_and_decodes_ahead(exported):
+    files = load_image_folder_lt(str(exported), 0.0)
+    store = FileImageStore(files.x_train, files.mean, files.std, torch.device("cpu"), padding=2, workers=1)
+    assert not hasattr(store, "x")  # no in-memory copy of the images
+    order = torch.arange(100)
+    store.prefetch(order, 32)
+    g = torch.Generator().manual_seed(0)
+    first = store.get(order[:32], augment=True, generator=g)
+    assert first.shape == (32, 3, 16, 16) and store._expected and store._expected[0] == list(range(32, 64))
+    batches = list(store.eval_batches(200))
+    assert [len(b) for b in batches] == [200, 200, 62]
+
+
+def test_a_bad_root_or_a_bad_image_is_a_named_error(tmp_path, exported):
+    with pytest.raises(DataNotFoundError, match="is not an image-folder-lt root"):
+        load_image_folder_lt(str(tmp_path), 0.0)
+    (tmp_path / "x_train.txt").write_text("a.png 0\nb.png\n")
+    (tmp_path / "x_test.txt").write_text("a.png 0\n")
+    with pytest.raises(DataNotFoundError, match=r"x_train.txt:2: expected '<relative path> <integer label>'"):
+        load_image_folder_lt(str(tmp_path), 0.0)
+    (tmp_path / "x_train.txt").write_text("broken.png 0\n")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataNotFoundError, match="broken.png is not a readable image"):
+        ImageFiles(["broken.png"], root=str(tmp_path)).decode(0)

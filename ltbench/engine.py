@@ -175,12 +175,7 @@ class ImageStore:
         return tuple(self.x.shape[2:4])
 
     def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) to normalised float: ``(x / 255 - mean) / std``, in place on one new tensor.
-
-        The new tensor has standard strides: a cropped single-channel batch can carry strides that also read
-        as channels-last, and convolution backends pick their algorithm (and their rounding) by layout."""
-        x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return normalise_uint8(x, self.mean, self.std, self.channels_last)
 
     def eval_batches(self, batch_size: int):
         """The split in order, un-augmented and normalised, ``batch_size`` images at a time."""
@@ -195,6 +190,16 @@ class ImageStore:
         if augment:
             x = random_crop_flip(x, self.padding, self.flip, generator)
         return self.normalise_uint8(x)
+
+
+def normalise_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, C, H, W) to normalised float: ``(x / 255 - mean) / std``, in place on one new tensor (both
+    stores, in memory and streaming, normalise through this).
+
+    The new tensor has standard strides: a cropped single-channel batch can carry strides that also read
+    as channels-last, and convolution backends pick their algorithm (and their rounding) by layout."""
+    x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def make_store(images, spec: DatasetSpec, data: LTData, device: torch.device, config: dict[str, Any]):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltbench.engine import normalise_uint8, random_crop_flip
 from ltbench.errors import DataNotFoundError
 
 TRANSFORMS = ("pad-crop-flip", "imagenet")
@@ -148,9 +149,7 @@ class FileImageStore:
                                            persistent_workers=False, prefetch_factor=4 if self.workers else None)
 
     def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return normalise_uint8(x.to(self.device, non_blocking=True), self.mean, self.std, self.channels_last)
 
     def _seeds(self, n: int, generator: torch.Generator | None) -> list[int]:
         gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -177,8 +176,6 @@ class FileImageStore:
         return None
 
     def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        from ltbench.engine import random_crop_flip
-
         wanted = idx.tolist()
         x = self._take(wanted) if augment else None
         if x is None:  # not prefetched: decode here

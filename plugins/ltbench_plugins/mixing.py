@@ -202,8 +202,9 @@ class Remix(_Mixing):
         if not self.applies(run, batch):
             return
         perm, lam = self.draw(batch)
-        counts = torch.as_tensor(run.train_counts, device=batch.labels.device)
-        weights = remix_label_weights(batch.labels, batch.labels[perm], lam, counts, self.opts["kappa"],
+        if getattr(self, "_counts", None) is None:  # the class counts on the device, once per run
+            self._counts = torch.as_tensor(run.train_counts, device=batch.labels.device)
+        weights = remix_label_weights(batch.labels, batch.labels[perm], lam, self._counts, self.opts["kappa"],
                                       self.opts["tau"])
         batch.images = mixup_images(batch.images, perm, lam)
         batch.targets = mix_pairs(batch.labels, batch.labels[perm], weights, run.num_classes)

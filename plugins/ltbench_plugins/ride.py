@@ -220,6 +220,8 @@ class RIDE(Method):
     def ltbench_build_loss(self, run, stage):
         self._margins = ldam_margins(run.train_counts, self.opts["max_margin"]).to(run.device)
         self._weights = class_balanced_weights(run.train_counts, self.opts["beta"]).to(run.device)
+        self._temperatures = diversity_temperatures(run.train_counts, self.opts["diversity_temperature"],
+                                                    self.opts["reweight_factor"]).to(run.device)
         return (lambda logits, targets: self.base_loss(run, logits, targets)) if stage == 1 else None
 
     @hookimpl
@@ -229,11 +231,7 @@ class RIDE(Method):
         logits = self.expert_logits(model, output)
         targets = batch.loss_targets(run.num_classes)
         mean = torch.stack(logits).mean(0)
-        if self.after_drw(run):
-            temperature = diversity_temperatures(run.train_counts, self.opts["diversity_temperature"],
-                                                 self.opts["reweight_factor"])
-        else:
-            temperature = torch.tensor(self.opts["diversity_temperature"])
+        temperature = self._temperatures if self.after_drw(run) else self.opts["diversity_temperature"]
         terms = {"ride_diversity": sum(diversity_loss(z.float(), mean.float(), temperature,
                                                       self.opts["diversity_factor"]) for z in logits)}
         if len(logits) > 1:

@@ -235,6 +235,16 @@ class SAFA(Method):
         self.generated_total = 0
         self.memory: dict[str, float] | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The pairing generator and the sample count: a resumed run draws the pairs the uninterrupted one draws.
+        (The modules' weights and class means are model state, saved with the model.)"""
+        return {"generator": self.generator.get_state(), "generated_total": self.generated_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.generator.set_state(state["generator"])
+            self.generated_total = state["generated_total"]
+
     def start_epoch(self, run) -> int:
         return round(self.opts["start"] * run.config["epochs"])
 

@@ -149,7 +149,8 @@ def canonical(config: dict[str, Any]) -> dict[str, Any]:
 EXECUTION_KEYS = ("channels_last", "compile", "val_every", "workers")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
-LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretrained_path": "", "image_size": 0}
+LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretrained_path": "", "image_size": 0,
+              "smoke": False}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -44,14 +44,28 @@ def test_focal_loss_equals_cross_entropy_at_gamma_0_and_down_weights_easy_exampl
     assert torch.allclose(loss(logits, targets), F.cross_entropy(logits, targets))
 
 
-def test_cb_focal_at_gamma_0_is_cb_loss():
+def test_cb_focal_softmax_at_gamma_0_is_cb_loss():
     run = fake_run([50, 10, 2])
     logits, targets = torch.randn(20, 3), torch.randint(0, 3, (20,))
     cb = ClassBalancedLoss(beta=0.99).ltbench_build_loss(run=run)
-    cbf = ClassBalancedFocal(beta=0.99, gamma=0.0).ltbench_build_loss(run=run)
+    cbf = ClassBalancedFocal(beta=0.99, gamma=0.0, kind="softmax").ltbench_build_loss(run=run)
     assert torch.allclose(cb(logits, targets), cbf(logits, targets))
     weight = class_balanced_weights(np.array([50, 10, 2]), 0.99)
     assert torch.allclose(cb(logits, targets), F.cross_entropy(logits, targets, weight=weight))
+
+
+def test_cb_focal_default_is_cui_et_als_sigmoid_focal_with_beta_0_9():
+    assert ClassBalancedFocal().opts["beta"] == ClassBalancedLoss().opts["beta"] == 0.9
+    run = fake_run([50, 10, 2])
+    logits, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    weight = class_balanced_weights(np.array([50, 10, 2]), 0.9)
+    loss = ClassBalancedFocal(gamma=2.0).ltbench_build_loss(run=run)(logits, y)
+    # by hand, per row i and class c: w_{y_i} (1 - p_t)^2 BCE, p_t = sigmoid(z) for c = y_i, else 1 - sigmoid(z)
+    p = torch.sigmoid(logits)
+    onehot = F.one_hot(y, 3).float()
+    p_t = onehot * p + (1 - onehot) * (1 - p)
+    expected = (weight[y][:, None] * (1 - p_t) ** 2 * -torch.log(p_t)).sum() / 6
+    assert torch.allclose(loss, expected, rtol=1e-5)
 
 
 def test_ldam_margins_for_given_counts():
@@ -110,8 +124,23 @@ def test_lws_at_scale_1_reproduces_the_stage1_logits_and_trains_only_scales():
 
 def test_ncm_predicts_the_nearest_class_mean_by_cosine():
     feats = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
-    head = NCMHead(feats, torch.tensor([0, 0, 1, 1]), 2)
+    head = NCMHead(feats, torch.tensor([0, 0, 1, 1]), 2, metric="cosine")
     assert head(torch.tensor([[5.0, 0.5], [0.2, 4.0]])).argmax(1).tolist() == [0, 1]
+
+
+def test_ncm_default_is_the_decoupling_codes_centred_l2_normalised_euclidean():
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(40, 5, generator=g) + 2.0, torch.arange(40) % 4
+    head = NCMHead(feats, labels, 4)
+    centre = feats.mean(0)
+    cl2n = (feats - centre) / (feats - centre).norm(dim=1, keepdim=True)
+    centroids = torch.stack([cl2n[labels == c].mean(0) for c in range(4)])
+    x = torch.randn(6, 5, generator=g) + 2.0
+    xn = (x - centre) / (x - centre).norm(dim=1, keepdim=True)
+    expected = -((xn[:, None, :] - centroids[None]) ** 2).sum(-1).sqrt()
+    assert torch.allclose(head(x), expected, atol=1e-5)
+    cosine = NCMHead(feats, labels, 4, metric="cosine")
+    assert cosine(x).shape == head(x).shape
 
 
 def test_sqrt_sampler_class_shares_are_proportional_to_sqrt_counts():
@@ -127,11 +156,13 @@ def test_sqrt_sampler_class_shares_are_proportional_to_sqrt_counts():
 def test_progressive_sampler_moves_from_instance_to_class_balanced():
     counts = np.array([300, 60, 20])
     np.testing.assert_allclose(progressive_shares(counts, 0, 10), counts / counts.sum())
-    np.testing.assert_allclose(progressive_shares(counts, 10, 10), [1 / 3] * 3)
+    # the Decoupling code's t = e / (E - 1): the last epoch (e = 9 of 10) is class-balanced
+    np.testing.assert_allclose(progressive_shares(counts, 9, 10), [1 / 3] * 3)
+    np.testing.assert_allclose(progressive_shares(counts, 9, 10, "e/E"), 0.1 * counts / counts.sum() + 0.9 / 3)
     run = fake_run(counts, epochs=10, epoch=9)
     sampler = ProgressiveSampler(run, run.train_labels)
     draws = np.concatenate([run.train_labels[list(sampler)] for _ in range(40)])
-    np.testing.assert_allclose(np.bincount(draws) / len(draws), progressive_shares(counts, 9, 10), atol=0.01)
+    np.testing.assert_allclose(np.bincount(draws) / len(draws), [1 / 3] * 3, atol=0.01)
 
 
 def test_bad_hyper_parameters_name_the_option():
@@ -176,3 +207,17 @@ def test_tau_and_posthoc_tau_are_chosen_on_validation_and_recorded(decoupled_run
         scores = extra["validation_accuracy_by_tau"]
         assert len(scores) == 21
         assert scores[f"{extra['tau']:g}"] == max(scores.values())
+
+
+def test_crt_keeps_stage_1_batch_norm_by_default_and_re_estimates_it_with_shift_bn(tmp_path):
+    from ltbench import checkpoints
+
+    for shift in (False, True):
+        (ce, crt) = run_methods(catalog_with(), ["ce", "crt"], tmp_path / str(shift), epochs=2,
+                                settings={"crt.shift_bn": str(shift)})
+        assert crt["status"] == "completed" and crt["second_stage"]["update_bn_statistics"] is shift
+        stage1 = next((tmp_path / str(shift)).rglob("_stage1/*/stage1.pt"))
+        final = next((tmp_path / str(shift)).rglob("crt/*/seed0/checkpoint-stage2.pt"))
+        before, after = checkpoints.load(stage1)["model"], checkpoints.load(final)["model"]
+        moved = [not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean")]
+        assert all(moved) if shift else not any(moved)

@@ -138,3 +138,15 @@ def test_fused_samples_take_the_tail_classs_cam_for_the_specific_part_and_each_c
                for i in range(n_t) for j in range(n_a))
     fused_labels = batch.labels[n_t: n_t + n_t * n_a]
     assert torch.equal(fused_labels, tail.repeat_interleave(n_a))  # a fused sample carries its tail label
+
+
+@pytest.mark.parametrize("rule", ["classes", "images"])
+def test_head_samples_are_drawn_class_first_by_default_and_per_image_on_request(rule):
+    labels = np.repeat(np.arange(6), [400, 100, 20, 5, 4, 3])
+    head, tail = np.array([0, 1, 2]), np.array([3, 4, 5])
+    sampler = FusionBatchSampler(labels, tail, head, {3: [0], 4: [1], 5: [2]}, n_t=4, n_a=1, iterations=300,
+                                 generator=torch.Generator().manual_seed(0), head_draw=rule)
+    heads = labels[np.array(list(sampler)).reshape(300, -1)[:, 8:].ravel()]
+    shares = np.bincount(heads, minlength=3)[:3] / len(heads)
+    expected = [1 / 3] * 3 if rule == "classes" else [400 / 520, 100 / 520, 20 / 520]
+    np.testing.assert_allclose(shares, expected, atol=0.03)

@@ -28,7 +28,8 @@ def _zoo():
     margins, prior = losses.ldam_margins(COUNTS), losses.log_prior(COUNTS)
     return {
         "ce / cb-loss": (lambda x, t, w=None: losses.weighted_cross_entropy(x, t, w), False),
-        "focal / cb-focal": (lambda x, t, w=None: losses.focal_loss(x, t, 2.0, w), False),
+        "focal / cb-focal (softmax)": (lambda x, t, w=None: losses.focal_loss(x, t, 2.0, w), False),
+        "cb-focal (sigmoid)": (lambda x, t, w=None: losses.sigmoid_focal_loss(x, t, 2.0, w), False),
         "ldam / ldam-drw": (lambda x, t, w=None: losses.ldam_loss(x, t, margins, 30.0, w), True),
         "balanced-softmax / logit-adjust": (lambda x, t, w=None: losses.logit_adjusted_loss(x, t, prior, 1.0), False),
     }
@@ -55,7 +56,7 @@ def test_every_zoo_loss_takes_soft_targets_and_one_hot_rows_give_the_hard_label_
     # a mixed pair is the mixup criterion, row by row: lam_i * loss(a_i) + (1 - lam_i) * loss(b_i)
     rows = [lam[i] * loss(x[i:i + 1], a[i:i + 1]) + (1 - lam[i]) * loss(x[i:i + 1], b[i:i + 1]) for i in range(24)]
     assert torch.allclose(loss(x, mix_pairs(a, b, lam, C)), torch.stack(rows).mean(), rtol=1e-5)
-    if "logit-adjust" in name:
+    if "logit-adjust" in name or "sigmoid" in name:  # (the sigmoid focal's row weights are w_y, not normalised)
         return
     # class weights: PyTorch's weighted mean, with each row's weight split as its target is
     w = weight

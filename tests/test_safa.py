@@ -111,7 +111,23 @@ def test_nothing_is_generated_before_the_start_epoch_and_the_record_reports_over
     assert rec["epochs_completed"] == 5 and extra["generated"] > 0
     assert extra["epoch_time_ratio_vs_without"] > 0 and extra["activation_memory_ratio_vs_without"] > 1
     metrics = [json.loads(line) for line in (out / rec["dataset"] / "smoke" / "safa" / rec["config_id"] / "seed0" / "metrics.jsonl").read_text().splitlines()]
-    assert [("loss_safa_cycle" in m) for m in metrics] == [False, False, False, True, True]
+    assert all("loss_safa_cycle" in m for m in metrics)  # the modules train from the first epoch
+    assert extra["modules_start_epoch"] == 0
+
+
+def test_generated_samples_join_the_batch_only_from_the_start_epoch_while_the_modules_train_before(safa_run):
+    run, make = safa_run
+    method, model = run.methods[0], run.model
+    method.opts["start"] = 0.6  # of smoke's 3 epochs: samples join from epoch 2 (0-based)
+    model.train()
+    for epoch, joins in ((0, False), (1, False), (2, True)):
+        run.epoch = epoch
+        batch = make(torch.randperm(len(run.train_labels), generator=torch.Generator().manual_seed(epoch))[:64])
+        method.ltbench_augment_batch(run, model, batch)
+        logits = model.forward_all(batch.images).logits
+        assert (len(batch.labels) > 64) is joins and len(logits) == len(batch.labels)
+        assert set(method.ltbench_extra_losses(run)) == {"safa_cycle", "safa_contrastive", "safa_mode_seeking_head",
+                                                        "safa_mode_seeking_tail"}
 
 
 def test_safa_composes_with_ldam_drw(runs):

@@ -131,7 +131,7 @@ def _ref(many, medium, few, overall, source):
 class BLT(Method):
     name = "blt"
     plain_stage1 = True
-    options = {"p": 0.5, "gamma": 1.0, "alpha": 20.0, "beta": 0.5, "tail_max": 20, "step": 0.7, "max_iters": 15,
+    options = {"p": 0.25, "gamma": 0.9, "alpha": 16.0, "beta": 0.5, "tail_max": 20, "step": 0.7, "max_iters": 15,
                "score_low": 0.15, "score_high": 0.25, "backbone_lr_ratio": 0.1, "epochs": 0, "hallucinate": True}
     metadata = MethodMetadata(
         family="seed paper",
@@ -154,7 +154,11 @@ class BLT(Method):
             "Ascent on the raw target logit with step 0.7 and no pixel budget, stopping per image when the target's "
             "softmax reaches its threshold (checked after each forward pass); rows are tracked per image (the "
             "official code's index mismatch after early stops is not copied).",
-            "The ceil(p k) hallucinated samples are a random subset of the batch's k tail samples.",
+            "p 0.25, gamma 0.9, alpha 16, beta 0.5: the paper's main experiments do not state their values (its "
+            "ablations hold p 0.5, gamma 1, alpha 20, beta 0.5 fixed, the extremes of their ranges), so these are "
+            "the official code's.",
+            "The ceil(p k) hallucinated samples are a random subset of the batch's k tail samples (the official "
+            "code takes floor(p k)).",
             "Stage 2 length is the budget's stage2_epochs (option epochs overrides) with a cosine schedule; "
             "classifier lr = stage2_lr, backbone lr = backbone_lr_ratio x stage2_lr (the official code: 0.1 and "
             "0.01); cross-entropy on the squashing-cosine logits (the official code's logit margin is 0).",

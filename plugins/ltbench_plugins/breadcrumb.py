@@ -225,8 +225,9 @@ REFERENCE = {
     "inat2018-resnet50": {"overall": 70.3, "source": "Table 4, iNaturalist 2018, ResNet-50"},
 }
 INTERPRETATIONS = (
-    "Budgets shorter than K_max epochs (CIFAR-100-LT cpu: K_max 22 > 12 epochs): a class back-tracks through the "
-    "snapshots there are and is resampled with replacement up to n_B.",
+    "Budgets shorter than K_max epochs (CIFAR-100-LT K_max is 22; the cpu budget's 30 epochs reach it at epoch 22, "
+    "before the last quarter): until then a class back-tracks through the snapshots there are and is resampled "
+    "with replacement up to n_B.",
     "Snapshots are the pooled features of the image-balanced training forward passes (train mode, augmented), "
     "as the official code keeps them; the paper's Eq. 2 speaks of the embedding at the end of the epoch.",
     "K_j = ceil(n_B/n_j) and the oldest block is subsampled to n_B - (K_j-1) n_j rows (the paper's Eq. 14 writes "

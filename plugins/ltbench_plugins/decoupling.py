@@ -85,15 +85,29 @@ class TauNormHead(nn.Module):
         return x @ self.normalised_weight(self.tau).t()
 
 
-class NCMHead(nn.Module):
-    """Nearest class mean by cosine: logits_c = cos(x, mean_c)."""
+NCM_METRICS = ("cl2n-euclidean", "cosine")
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+
+class NCMHead(nn.Module):
+    """Nearest class mean. ``cl2n-euclidean`` (the Decoupling code's default ``feat_type='cl2n'``,
+    ``dist_type='l2'``): features are centred on the training mean and L2-normalised, the centroids are the
+    class means of those, and logits_c = -||f - centroid_c||. ``cosine``: logits_c = cos(x, mean_c) on raw
+    features."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int, metric: str = "cl2n-euclidean"):
         super().__init__()
-        means = torch.stack([features[labels == c].mean(0) for c in range(num_classes)])
-        self.register_buffer("means", F.normalize(means, dim=1))
+        self.metric = metric
+        self.register_buffer("centre", features.mean(0) if metric == "cl2n-euclidean" else torch.zeros(0))
+        feats = self.transform(features)
+        means = torch.stack([feats[labels == c].mean(0) for c in range(num_classes)])
+        self.register_buffer("means", means if metric == "cl2n-euclidean" else F.normalize(means, dim=1))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x - self.centre, dim=1) if self.metric == "cl2n-euclidean" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.metric == "cl2n-euclidean":
+            return -torch.cdist(self.transform(x), self.means)
         return F.normalize(x, dim=1) @ self.means.t()
 
 
@@ -115,6 +129,14 @@ class _ClassBalancedRetraining(_Decoupled):
 
 class CRT(_ClassBalancedRetraining):
     name = "crt"
+    options = {"shift_bn": False}
+
+    @hookimpl
+    def ltbench_second_stage(self):
+        if self.opts["shift_bn"]:  # the Decoupling code: the frozen backbone in train mode, on augmented images
+            return SecondStage(cached_features=False, update_bn_statistics=True,
+                               note="batch-norm statistics re-estimated on class-balanced stage-2 batches")
+        return SecondStage(note=CACHED_NOTE)
     metadata = MethodMetadata(
         family="decoupling",
         title="Classifier re-training (cRT)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
@@ -124,9 +146,10 @@ class CRT(_ClassBalancedRetraining):
                            "cifar10-lt-if100": {"overall": 74.99, "source": BOT}},
         interpretations=(CACHED_NOTE, "Stage 2 length and lr are the budget's stage2_epochs / stage2_lr with a "
                          "cosine schedule (Decoupling: 10 epochs, cosine).",
-                         "The backbone's batch-norm statistics stay as stage 1 left them (frozen, eval mode); the "
-                         "Decoupling code runs the frozen backbone in train mode, so its statistics are "
-                         "re-estimated on the class-balanced stage-2 batches."),
+                         "The backbone's batch-norm statistics stay as stage 1 left them (frozen, eval mode), "
+                         "which lets stage 2 train on cached features; the Decoupling code runs the frozen "
+                         "backbone in train mode, so its statistics are re-estimated on the class-balanced "
+                         "stage-2 batches: shift_bn=true does that (on augmented images, uncached)."),
     )
 
     @hookimpl
@@ -194,12 +217,20 @@ class TauNorm(_Decoupled):
 
 class NCM(_Decoupled):
     name = "ncm"
+    options = {"metric": "cl2n-euclidean"}
     metadata = MethodMetadata(
         family="decoupling",
-        title="Nearest class mean (cosine)", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
-        summary="Stage 2: classify by cosine similarity to the mean training feature of each class.",
-        interpretations=("Class means of un-augmented training features in eval mode.",),
+        title="Nearest class mean", paper=PAPER, venue="ICLR", year=2020, code_url=CODE,
+        summary="Stage 2: features centred on the training mean and L2-normalised; classify by Euclidean "
+        "distance to each class's mean of them (the Decoupling code's cl2n / l2 default).",
+        interpretations=("Class means of un-augmented training features in eval mode.",
+                         "metric=cosine is the earlier ltbench rule (cosine to raw-feature class means; 12 % of "
+                         "predictions differ)."),
     )
+
+    def check_options(self):
+        if self.opts["metric"] not in NCM_METRICS:
+            raise ConfigError(f"ncm.metric must be one of {', '.join(NCM_METRICS)}, got {self.opts['metric']!r}")
 
     @hookimpl
     def ltbench_second_stage(self):
@@ -210,7 +241,7 @@ class NCM(_Decoupled):
         if stage != 2:
             return None
         labels = torch.as_tensor(np.asarray(run.train_labels), device=run.train_features.device)
-        return NCMHead(run.train_features, labels, num_classes)
+        return NCMHead(run.train_features, labels, num_classes, self.opts["metric"])
 
 
 @hookimpl

@@ -128,6 +128,8 @@ class SAFAStage(nn.Module):
         self.plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (labels, tails, heads)
         self.losses: dict[str, torch.Tensor] = {}
         self.generated = 0
+        #: whether generated samples join the batch (from the start epoch) or only train the modules
+        self.append = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stage(x)
@@ -165,6 +167,9 @@ class SAFAStage(nn.Module):
             spread = spread.detach() if self.detach_mode_seeking else spread
             self.losses["safa_mode_seeking_head"] = spread / (l1(gen, gen_other_dir) + EPS)
             self.losses["safa_mode_seeking_tail"] = l1(f_t, f_t[roll]) / (l1(gen, gen_other_tail) + EPS)
+        if not self.append:  # the modules train on their own losses; the batch goes on without the samples
+            self.generated = 0
+            return out
         self.generated = len(tails)
         return torch.cat([out, gen])
 
@@ -176,7 +181,7 @@ TABLE4 = "supplementary Table 4 (LDAM-DRW + SAFA after the 2nd down-sampling, Re
 
 class SAFA(Method):
     name = "safa"
-    options = {"position": "layer2", "head_ratio": 0.2, "start": 0.8, "detach_input": True,
+    options = {"position": "layer2", "head_ratio": 0.2, "start": 0.8, "modules_start": 0.0, "detach_input": True,
                "detach_mode_seeking": True, "lambda_cycle": 0.1,
                "lambda_contrastive": 0.1, "lambda_mode_seeking": 0.01}
     metadata = MethodMetadata(
@@ -200,6 +205,10 @@ class SAFA(Method):
             "All loss definitions, the pairing rule, the head set (top 20% of classes, RSG's ratio), the running "
             "class-mean maps, the loss weights (0.1 cycle, 0.1 contrastive, 0.01 mode seeking, RSG's scale) and the "
             "start epoch (80% of the epochs, RSG's and DRW's) are ltbench's reconstruction, not the paper's.",
+            "SAFA's modules (E, D, G, Q) train on their own losses from the first epoch (modules_start 0), as RSG "
+            "trains its modules throughout; generated samples join the batch and the task loss from the start "
+            "epoch. The supplementary does not say when the modules start; started with the samples, they were "
+            "untrained when generation began.",
             "Generated samples read a detached copy of the stage output (RSG's choice, option detach_input).",
             "The head mode-seeking term's numerator (the distance between two head directions) is detached, as "
             "MSGAN's mode-seeking loss, whose form it takes: trainable, minimising the ratio shrank the "
@@ -213,8 +222,8 @@ class SAFA(Method):
         o = self.opts
         if o["position"] not in POSITIONS:
             raise ConfigError(f"safa.position must be one of {', '.join(POSITIONS)}, got {o['position']!r}")
-        if not 0 < o["head_ratio"] < 1 or not 0 <= o["start"] <= 1:
-            raise ConfigError(f"safa: head_ratio must be in (0, 1) and start in [0, 1], got {o}")
+        if not 0 < o["head_ratio"] < 1 or not 0 <= o["modules_start"] <= o["start"] <= 1:
+            raise ConfigError(f"safa: head_ratio must be in (0, 1) and 0 <= modules_start <= start <= 1, got {o}")
         if min(o["lambda_cycle"], o["lambda_contrastive"], o["lambda_mode_seeking"]) < 0:
             raise ConfigError(f"safa: loss weights must be >= 0, got {o}")
 
@@ -225,6 +234,16 @@ class SAFA(Method):
         self.is_head: torch.Tensor | None = None
         self.generated_total = 0
         self.memory: dict[str, float] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pairing generator and the sample count: a resumed run draws the pairs the uninterrupted one draws.
+        (The modules' weights and class means are model state, saved with the model.)"""
+        return {"generator": self.generator.get_state(), "generated_total": self.generated_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.generator.set_state(state["generator"])
+            self.generated_total = state["generated_total"]
 
     def start_epoch(self, run) -> int:
         return round(self.opts["start"] * run.config["epochs"])
@@ -249,7 +268,15 @@ class SAFA(Method):
         self.is_head[np.argsort(-counts, kind="stable")[:n_head]] = True
         self.generator.manual_seed(40_000 + run.seed)
 
+    def modules_start_epoch(self, run) -> int:
+        return round(self.opts["modules_start"] * run.config["epochs"])
+
     def active(self, run) -> bool:
+        """SAFA's modules train (on their own losses) from ``modules_start``."""
+        return run.stage == 1 and run.epoch >= self.modules_start_epoch(run)
+
+    def appending(self, run) -> bool:
+        """Generated samples join the batch, and the task loss, from ``start``."""
         return run.stage == 1 and run.epoch >= self.start_epoch(run)
 
     @hookimpl
@@ -263,8 +290,10 @@ class SAFA(Method):
             # only would run collectives the others do not)
             self.memory = activation_memory(model, batch.images, plan)
         self.stage_module.plan = plan
-        # the module appends one generated sample per tail sample, labelled with that tail sample's class
-        batch.labels = torch.cat([batch.labels, batch.labels[tails.to(device)]])
+        self.stage_module.append = self.appending(run)
+        if self.stage_module.append:
+            # the module appends one generated sample per tail sample, labelled with that tail sample's class
+            batch.labels = torch.cat([batch.labels, batch.labels[tails.to(device)]])
 
     @hookimpl
     def ltbench_extra_losses(self, run):
@@ -285,6 +314,7 @@ class SAFA(Method):
         after = [e["seconds"] for e in run.history if e["stage"] == 1 and e["epoch"] > start]
         return {
             "start_epoch": start,
+            "modules_start_epoch": self.modules_start_epoch(run),
             "generated": int(distributed.all_reduce_sum(torch.tensor([float(self.generated_total)], device=run.device))),
             "parameters": sum(p.numel() for p in self.stage_module.safa.parameters()),
             # side by side in one run: the epochs before SAFA starts against the epochs with it

@@ -25,23 +25,28 @@ def power_shares(counts: np.ndarray, q: float) -> np.ndarray:
     return shares / shares.sum()
 
 
-def progressive_shares(counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
-    t = epoch / epochs
+PROGRESS_RULES = ("e/(E-1)", "e/E")
+
+
+def progressive_shares(counts: np.ndarray, epoch: int, epochs: int, rule: str = "e/(E-1)") -> np.ndarray:
+    """The class shares of 0-based ``epoch`` of ``epochs``: t = e/(E-1) (the Decoupling code: the last epoch is
+    class-balanced) or e/E (never quite class-balanced)."""
+    t = epoch / max(epochs - 1, 1) if rule == "e/(E-1)" else epoch / epochs
     return (1 - t) * power_shares(counts, 1.0) + t * power_shares(counts, 0.0)
 
 
 class ProgressiveSampler(Sampler):
     """Draws with the class shares of the run's current epoch each time it is iterated."""
 
-    def __init__(self, run, labels: np.ndarray):
-        self.run, self.labels = run, np.asarray(labels)
+    def __init__(self, run, labels: np.ndarray, rule: str = "e/(E-1)"):
+        self.run, self.labels, self.rule = run, np.asarray(labels), rule
         self.counts = np.bincount(self.labels, minlength=run.num_classes)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __iter__(self):
-        shares = progressive_shares(self.counts, self.run.epoch, self.run.config["epochs"])
+        shares = progressive_shares(self.counts, self.run.epoch, self.run.config["epochs"], self.rule)
         return iter(class_share_sampler(self.labels, shares, self.run.generator))
 
 
@@ -63,16 +68,25 @@ class SqrtSampling(Method):
 
 class ProgressiveSampling(Method):
     name = "progressive-sampling"
+    options = {"progress": "e/(E-1)"}
     metadata = MethodMetadata(
         family="re-sampling",
         title="Progressively-balanced sampling", paper=_KANG, venue="ICLR", year=2020, code_url=_KANG_CODE,
         summary="Class shares interpolate linearly from instance-balanced (first epoch) to class-balanced "
-        "(t/T -> 1) with the epoch t of T.",
+        "(last epoch) with t = e/(E-1), e the 0-based epoch of E, as the Decoupling code.",
+        interpretations=("progress=e/E is the earlier ltbench rule, which never reaches class-balanced.",),
     )
+
+    def check_options(self):
+        if self.opts["progress"] not in PROGRESS_RULES:
+            from ltbench.errors import ConfigError
+
+            raise ConfigError(f"progressive-sampling.progress must be one of {', '.join(PROGRESS_RULES)}, got "
+                              f"{self.opts['progress']!r}")
 
     @hookimpl
     def ltbench_build_sampler(self, run, stage, labels):
-        return ProgressiveSampler(run, labels) if stage == 1 else None
+        return ProgressiveSampler(run, labels, self.opts["progress"]) if stage == 1 else None
 
 
 @hookimpl

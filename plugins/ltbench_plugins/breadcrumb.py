@@ -24,8 +24,9 @@ During the first epochs, before every class has K_j snapshots, h_c is
 trained with plain class-balanced sampling of the latest snapshot. The model
 is evaluated with h_c.
 
-Short budgets: CIFAR-100-LT IF100 has n_B = 109 and K_max = 22, more epochs
-than the ``cpu`` budget trains. By default (``warmup=partial-history``) a
+Short budgets: CIFAR-100-LT IF100 has n_B = 109 and K_max = 22; the ``cpu``
+budget's 30 epochs reach the full history at epoch 22, a shorter run never
+does. Until the history is full, by default (``warmup=partial-history``) a
 class with fewer than K_j snapshots so far back-tracks through all it has and
 is resampled up to n_B; ``warmup=class-balanced`` is the paper's rule (plain
 class-balanced sampling of the latest snapshot until every class has K_j

@@ -674,13 +674,26 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
     """Batches of augmented training images: labels and images gathered on the device."""
     on_device = torch.as_tensor(np.asarray(labels), device=run.device)
 
+    # Under torchrun every rank builds the global batch and keeps its rows (run_steps). A streaming store is
+    # told which rows those are, so that a rank decodes its own share of the image files, not all of them.
+    streaming = not isinstance(run.train_images, ImageStore)
+
+    def local_rows() -> Callable[[int], slice] | None:
+        return distributed.shard_rows if streaming and distributed.is_distributed() and run.shard_batches else None
+
     def make_images(idx: torch.Tensor) -> Batch:
         where = idx.to(run.device, non_blocking=True)
+        rows = local_rows()
+        only = {"local": rows(len(idx))} if rows else {}
         return Batch(labels=on_device[where], indices=idx,
-                     images=run.train_images.get(where, augment=True, generator=run.aug_generator))
+                     images=run.train_images.get(where, augment=True, generator=run.aug_generator, **only))
 
-    make_images.prefetch = lambda order, batch_size: run.train_images.prefetch(order, batch_size,
-                                                                               run.aug_generator)
+    def prefetch(order: torch.Tensor, batch_size: int) -> None:
+        rows = local_rows()
+        only = {"local_rows": rows} if rows else {}
+        run.train_images.prefetch(order, batch_size, run.aug_generator, **only)
+
+    make_images.prefetch = prefetch
     return make_images
 
 

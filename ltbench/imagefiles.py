@@ -19,7 +19,7 @@ Augmentation, from ``ImageFiles.transform``:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,18 @@ class ImageFiles:
         return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+SKIP = -1  # an item index that stands for a row this process does not need (torchrun: another rank's)
+
+
+def _skip_others(chunk: list, local: slice | None) -> list:
+    """``chunk`` with the items outside ``local`` (this rank's rows) replaced by :data:`SKIP` items."""
+    if local is None:
+        return chunk
+    keep = range(len(chunk))[local]
+    return [item if k in keep else ((SKIP, 0, False) if isinstance(item, tuple) else SKIP)
+            for k, item in enumerate(chunk)]
+
+
 class _Decoded(torch.utils.data.Dataset):
     """Worker-side: image ``i`` as a uint8 (C, H, W) tensor, untransformed (``pad-crop-flip``) or transformed
     with its own seed (``imagenet``: ``(i, seed, train)`` items)."""
@@ -84,6 +96,9 @@ class _Decoded(torch.utils.data.Dataset):
             i, seed, train = item
         else:
             i, seed, train = item, 0, False
+        if i == SKIP:  # another rank's row of the global batch: a stand-in, never decoded (see FileImageStore)
+            hw = (self.files.size,) * 2 if self.files.transform == "imagenet" else tuple(self.files.info["image_hw"])
+            return torch.zeros(self.files.channels, *hw, dtype=torch.uint8)
         x = torch.from_numpy(np.array(self.files.decode(int(i)), copy=True)).permute(2, 0, 1)
         if self.files.transform == "pad-crop-flip":
             return x
@@ -155,18 +170,24 @@ class FileImageStore:
         gen_device = generator.device if generator is not None else torch.device("cpu")
         return torch.randint(2**62, (n,), generator=generator, device=gen_device).tolist()
 
-    def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
+    def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+                 local_rows: Callable[[int], slice] | None = None) -> None:
         """Start decoding an epoch's training batches (``order`` in chunks of ``batch_size``) in the workers.
-        (For ``imagenet`` the per-image seeds are drawn now, from ``generator``, in batch order.)"""
+        (For ``imagenet`` the per-image seeds are drawn now, from ``generator``, in batch order.)
+
+        ``local_rows`` (torchrun with sharded batches: :func:`ltbench.distributed.shard_rows`) names the rows of
+        each batch this rank trains on; the others are not decoded (zeros stand in; the step loop drops them).
+        Every rank still draws the whole batch's augmentation, so its rows get the draws one process would."""
         chunks = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
         self._expected = list(chunks)  # (a copy: the loader iterates its own)
         if self.files.transform == "imagenet":
             seeds = self._seeds(len(order), generator)
             items = [[(i, seeds[s + k], True) for k, i in enumerate(chunk)]
                      for s, chunk in zip(range(0, len(order), batch_size), chunks)]
-            self._ahead = iter(self._loader(items))
         else:
-            self._ahead = iter(self._loader(chunks))
+            items = chunks
+        local = (lambda chunk: local_rows(len(chunk))) if local_rows else (lambda chunk: None)
+        self._ahead = iter(self._loader([_skip_others(chunk, local(chunk)) for chunk in items]))
 
     def _take(self, idx: list[int]) -> torch.Tensor | None:
         if self._ahead is not None and self._expected and self._expected[0] == idx:
@@ -175,15 +196,19 @@ class FileImageStore:
         self._ahead, self._expected = None, []
         return None
 
-    def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None,
+            local: slice | None = None) -> torch.Tensor:
+        """Images ``idx``, normalised (augmented when ``augment``); only the rows ``local`` are decoded when
+        given (the others are zeros; see :meth:`prefetch`)."""
         wanted = idx.tolist()
         x = self._take(wanted) if augment else None
         if x is None:  # not prefetched: decode here
             if self.files.transform == "imagenet":
                 seeds = self._seeds(len(wanted), generator) if augment else [0] * len(wanted)
-                x = _collate([_Decoded(self.files)[(i, s, augment)] for i, s in zip(wanted, seeds)])
+                items = [(i, s, augment) for i, s in zip(wanted, seeds)]
             else:
-                x = _collate([_Decoded(self.files)[i] for i in wanted])
+                items = wanted
+            x = _collate([_Decoded(self.files)[item] for item in _skip_others(items, local)])
         if augment and self.files.transform == "pad-crop-flip":
             x = random_crop_flip(x.to(self.device), self.padding, self.flip, generator)
         return self.normalise_uint8(x)

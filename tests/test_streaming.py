@@ -76,3 +76,47 @@ def test_a_bad_root_or_a_bad_image_is_a_named_error(tmp_path, exported):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataNotFoundError, match="broken.png is not a readable image"):
         ImageFiles(["broken.png"], root=str(tmp_path)).decode(0)
+
+
+@pytest.mark.parametrize("transform", ["pad-crop-flip", "imagenet"])
+@pytest.mark.parametrize("prefetched", [True, False])
+def test_a_rank_decodes_only_its_rows_and_they_are_the_rows_one_process_gets(exported, monkeypatch, transform,
+                                                                              prefetched):
+    files = load_image_folder_lt(str(exported), 0.0).x_train
+    files = dataclasses.replace(files, transform=transform, size=12)
+    decoded = []
+    real = ImageFiles.decode
+    monkeypatch.setattr(ImageFiles, "decode", lambda self, i: decoded.append(i) or real(self, i))
+    store = FileImageStore(files, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), padding=2, workers=0)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    images = []
+    for local in (None, slice(10, 21)):
+        decoded.clear()
+        g = torch.Generator().manual_seed(0)
+        if prefetched:
+            store.prefetch(order, 32, g, local_rows=None if local is None else (lambda n: local))
+        images.append([store.get(order[s : s + 32], augment=True, generator=g,
+                                 local=None if prefetched else local) for s in (0, 32)])
+        assert len(decoded) == (64 if local is None else 2 * 11)
+    for full, mine in zip(*images):
+        assert torch.equal(full[10:21], mine[10:21])  # the same pixels and augmentation draws
+
+
+@pytest.mark.slow
+def test_two_ranks_on_the_streaming_path_follow_the_single_process_trajectory(exported, tmp_path):
+    import subprocess
+    import sys
+
+    grid = [sys.executable, "-m", "ltbench", "run", "--methods", "ce", "--datasets", "image-folder-lt",
+            "--data-root", str(exported), "--budget", "smoke", "--epochs", "3", "--quiet", "--threads", "1",
+            "--set", "batch_size=128", "--set", "sync_bn=true"]
+    one = subprocess.run([*grid, "--output", "one"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    two = subprocess.run([*grid, "--output", "two", "--nproc", "2"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+
+    def losses(out):
+        (path,) = (tmp_path / out).rglob("metrics.jsonl")
+        return [json.loads(line)["loss_task"] for line in path.read_text().splitlines()]
+
+    assert np.allclose(losses("one"), losses("two"), rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ Plain stage-1 models shared by decoupled methods live in
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -94,7 +95,12 @@ def load_result(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("status") in STATUSES else None
 
 
+@functools.cache
 def git_commit() -> dict[str, Any]:
+    """The commit of ltbench's checkout, and whether it has uncommitted changes, as first asked in this process.
+
+    :func:`ltbench.runner.execute` asks before its first run trains: a record states the code the process
+    imported, not a commit made (or a file edited) while a long grid was running."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)

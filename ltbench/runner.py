@@ -214,6 +214,7 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
     ``retrained`` (the shared stage-1 models this grid already retrained); the ones it retrains are added there.
     """
     out = cell.out_dir(output)
+    records_mod.git_commit()  # the checkout's state now, before anything trains (cached for the records)
     if not distributed.is_main():  # under torchrun, rank 0 holds the locks, writes and reports; the others follow
         return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
                                set() if retrained is None else retrained, None, grid_id)

@@ -440,3 +440,32 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     assert "in use by another process" not in two and "resuming stage 1" in two
     (rec,) = _records(tmp_path / "runs")
     assert rec["status"] == "completed"
+
+
+def test_a_record_names_the_commit_checked_out_when_its_run_started_not_when_it_ended(catalog, tmp_path,
+                                                                                       monkeypatch):
+    from ltbench import records, runner
+
+    head = {"commit": "a" * 40}
+    real_run, real_train = subprocess.run, runner.train_stage1
+
+    def git(argv, **kwargs):
+        if argv[:2] == ["git", "rev-parse"]:
+            return subprocess.CompletedProcess(argv, 0, head["commit"] + "\n", "")
+        if argv[:2] == ["git", "status"]:
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return real_run(argv, **kwargs)
+
+    def train_while_someone_commits(*args, **kwargs):
+        head["commit"] = "b" * 40
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(records.subprocess, "run", git)
+    monkeypatch.setattr(runner, "train_stage1", train_while_someone_commits)
+    records.git_commit.cache_clear()
+    try:
+        (record,) = run_methods(catalog, ["ce"], tmp_path)
+    finally:
+        records.git_commit.cache_clear()
+    assert head["commit"] == "b" * 40  # (the commit did happen during the run)
+    assert record["versions"]["git_commit"] == "a" * 40 and record["versions"]["git_dirty"] is False

@@ -8,7 +8,7 @@ import torch
 
 from ltbench.testing import catalog_with, run_methods
 from ltbench_plugins.breadcrumb import (BreadcrumbHead, SnapshotBank, default_n_b, emanate_class,
-                                        snapshot_lengths)
+                                        history_by_age, snapshot_lengths)
 
 import toy_methods as toy
 
@@ -136,6 +136,8 @@ def test_strong_breadcrumb_reaches_full_history_and_records_its_bank(runs):
     assert extra["k_max"] == 10 and extra["full_history_after_epoch"] == 10
     assert extra["set_size"] == extra["n_b"] * 10
     assert 0 < extra["bank_peak_rows"] and extra["bank_peak_mb"] > 0
+    ages = extra["history_by_age"]
+    assert [a["age"] for a in ages] == list(range(10)) and ages[0]["spread_ratio"] == 1.0
 
 
 def test_weak_breadcrumb_retrains_on_the_final_emanate_set(runs):
@@ -158,3 +160,24 @@ def test_back_tracked_blocks_come_from_the_right_epochs_newest_first():
     assert set(epochs_of[0]) == {5.0}  # K 1: the newest epoch only
     assert epochs_of[1] == [5.0] * 4 + [4.0] * 2  # K 2: epoch 5, then (a subsample of) epoch 4
     assert epochs_of[2] == [5.0] * 2 + [4.0] * 2 + [3.0] * 2  # K 3: epochs 5, 4, 3; never 2 or 1
+
+
+def test_the_history_by_age_measures_how_tight_and_how_separable_old_aligned_blocks_are():
+    """Two classes; epoch e's features of class c sit at x = 10 c + 10 e (the embedding drifts by a class gap
+    each epoch) with a spread that grows with e: older blocks are tighter, and only once aligned do they land
+    on their own class's newest mean (unaligned, class 1's older blocks sit on class 0's)."""
+    counts = np.array([8, 2])  # n_B 5: K = 1, 3
+    bank = SnapshotBank(counts, 5, "class-specific", 10, "mean")
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    noise = 0.1 * torch.randn(len(labels), 2, generator=torch.Generator().manual_seed(0))
+    for epoch in range(1, 5):
+        feats = torch.stack([labels * 10.0 + 10.0 * epoch, torch.zeros(len(labels))], 1) + epoch * noise
+        bank.push(feats, labels)
+    ages = history_by_age(bank)
+    assert [a["age"] for a in ages] == [0, 1, 2] and [a["classes"] for a in ages] == [2, 1, 1]
+    assert ages[0]["spread_ratio"] == 1.0 and ages[0]["nearest_mean_accuracy"] == 1.0
+    assert ages[1]["spread_ratio"] == pytest.approx(3 / 4, abs=1e-3)  # epoch 3's spread over epoch 4's
+    assert ages[2]["spread_ratio"] == pytest.approx(2 / 4, abs=1e-3)
+    assert ages[1]["nearest_mean_accuracy"] == ages[2]["nearest_mean_accuracy"] == 1.0
+    bank.alignment = "none"  # the same history unaligned: class 1's old rows are nearest class 0's newest mean
+    assert [a["nearest_mean_accuracy"] for a in history_by_age(bank)] == [1.0, 0.0, 0.0]

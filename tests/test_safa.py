@@ -112,7 +112,7 @@ def test_nothing_is_generated_before_the_start_epoch_and_the_record_reports_over
     assert extra["epoch_time_ratio_vs_without"] > 0 and extra["activation_memory_ratio_vs_without"] > 1
     metrics = [json.loads(line) for line in (out / rec["dataset"] / "smoke" / "safa" / rec["config_id"] / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_safa_cycle" in m for m in metrics)  # the modules train from the first epoch
-    assert extra["modules_start_epoch"] == 0
+    assert extra["modules_start_epoch"] == 0 and extra["head_direction_spread_last_batch"] > 0
 
 
 def test_generated_samples_join_the_batch_only_from_the_start_epoch_while_the_modules_train_before(safa_run):

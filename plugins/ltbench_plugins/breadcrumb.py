@@ -192,6 +192,41 @@ class SnapshotBank:
         return bank
 
 
+def history_by_age(bank: SnapshotBank) -> list[dict[str, Any]]:
+    """What back-tracking feeds the classifier, by snapshot age (0 = the newest epoch), at the end of stage 1.
+
+    Breadcrumb's premise is a converging embedding: an older snapshot, moved onto the newest class statistics
+    by the alignment, stands in for features of the current network. Per age: ``spread_ratio``, the mean
+    distance of a class's rows to their block mean, over the same class's newest block's (averaged over the
+    classes that back-track that far; below 1: old blocks are tighter than the current features), and
+    ``nearest_mean_accuracy``, the share of aligned rows whose nearest newest class mean is their own class
+    (against the newest block's own share at age 0)."""
+    if bank is None or not bank.queues or not bank.queues[0]:
+        return []
+    newest = torch.stack([q[0].mean(0) for q in bank.queues])  # (C, D)
+    new_spread = [(q[0] - q[0].mean(0)).norm(dim=1).mean() for q in bank.queues]
+    ages = []
+    for k in range(max(len(q) for q in bank.queues)):
+        ratios, hits, rows = [], 0, 0
+        for c, q in enumerate(bank.queues):
+            if len(q) <= k or len(q[k]) == 0:
+                continue
+            block = q[k]
+            if k > 0:
+                if bank.alignment == "agnostic":
+                    block = align(block, bank.all_means[k], bank.all_means[0], "mean")
+                else:
+                    block = align(block, block.mean(0), q[0].mean(0), bank.alignment, block.std(0, unbiased=False),
+                                  q[0].std(0, unbiased=False))
+            ratios.append(float((block - block.mean(0)).norm(dim=1).mean() / new_spread[c].clamp_min(1e-12)))
+            hits += int((torch.cdist(block, newest).argmin(1) == c).sum())
+            rows += len(block)
+        if ratios:
+            ages.append({"age": k, "classes": len(ratios), "spread_ratio": round(float(np.mean(ratios)), 3),
+                         "nearest_mean_accuracy": round(hits / rows, 3)})
+    return ages
+
+
 class BreadcrumbHead(nn.Module):
     """h_r (``instance``, trained image-balanced with the backbone) and h_c
     (``balanced``, trained on EMANATE features). Training mode answers with
@@ -298,6 +333,7 @@ class _BreadcrumbBase(Method):
         bank = self.bank
         stage1 = sum(e["seconds"] for e in run.history if e["stage"] == 1)
         return {
+            "history_by_age": history_by_age(bank),
             "n_b": bank.n_b, "k_max": int(bank.lengths.max()),
             "classes_backtracking": int((bank.lengths > 1).sum()),
             "bank_peak_rows": bank.peak_rows,

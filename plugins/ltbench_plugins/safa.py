@@ -317,6 +317,9 @@ class SAFA(Method):
             "modules_start_epoch": self.modules_start_epoch(run),
             "generated": int(distributed.all_reduce_sum(torch.tensor([float(self.generated_total)], device=run.device))),
             "parameters": sum(p.numel() for p in self.stage_module.safa.parameters()),
+            # mean L1 distance between two head directions in the last batch: near 0, the directions collapsed
+            "head_direction_spread_last_batch": (round(float(self.stage_module.last_head_spread), 5)
+                                                 if hasattr(self.stage_module, "last_head_spread") else None),
             # side by side in one run: the epochs before SAFA starts against the epochs with it
             "epoch_time_ratio_vs_without": round(np.mean(after) / np.mean(before), 3) if before and after else None,
             # one training batch, forward + backward, on a copy of the model with and without SAFA

@@ -90,6 +90,13 @@ def test_the_board_file_plans_every_committed_record():
     committed = {(r["method"], r["config_id"], r["seed"]) for r in _records(REPO / "leaderboards/records")}
     assert committed and committed <= planned  # running the file skips every committed run
     assert args.output == "leaderboards/records"
+    # every built-in method has a row (alone or in a composition), at 3 seeds, on the budget
+    from ltbench.catalog import get_catalog
+
+    builtin = {name for name, entry in get_catalog().methods.items() if entry.plugin.distribution == "ltbench"}
+    on_board = {part for c in plan_cells(args) for part in c.method.split("+")}
+    assert builtin <= on_board, sorted(builtin - on_board)
+    assert {c.seed for c in plan_cells(args)} == {0, 1, 2} and args.budget == "cpu"
 
 
 # ---------------------------------------------------------------------------------------------------------------

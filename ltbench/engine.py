@@ -13,16 +13,16 @@ stage 1 is the same computation for all of them: it is trained once per
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import random
 import sys
 import time
-import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -182,10 +182,14 @@ class ImageStore:
         for start in range(0, len(self.x), batch_size):
             yield self.normalise_uint8(self.x[start : start + batch_size])
 
-    def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
+    def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+                 local_rows: Callable[[int], slice] | None = None) -> None:
         """Nothing to do: the images are in memory (the streaming store decodes ahead here)."""
 
-    def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None,
+            local: slice | None = None) -> torch.Tensor:
+        """Images ``idx``, normalised (augmented when ``augment``). ``local`` (a rank's rows, which the
+        streaming store alone decodes) changes nothing here: every row is already in memory."""
         x = self.x[idx.to(self.x.device, non_blocking=True)]
         if augment:
             x = random_crop_flip(x, self.padding, self.flip, generator)
@@ -674,24 +678,20 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
     """Batches of augmented training images: labels and images gathered on the device."""
     on_device = torch.as_tensor(np.asarray(labels), device=run.device)
 
-    # Under torchrun every rank builds the global batch and keeps its rows (run_steps). A streaming store is
-    # told which rows those are, so that a rank decodes its own share of the image files, not all of them.
-    streaming = not isinstance(run.train_images, ImageStore)
-
+    # Under torchrun every rank builds the global batch and keeps its rows (run_steps). The store is told
+    # which rows those are, so that a streaming store decodes this rank's share of the image files only.
     def local_rows() -> Callable[[int], slice] | None:
-        return distributed.shard_rows if streaming and distributed.is_distributed() and run.shard_batches else None
+        return distributed.shard_rows if distributed.is_distributed() and run.shard_batches else None
 
     def make_images(idx: torch.Tensor) -> Batch:
         where = idx.to(run.device, non_blocking=True)
         rows = local_rows()
-        only = {"local": rows(len(idx))} if rows else {}
-        return Batch(labels=on_device[where], indices=idx,
-                     images=run.train_images.get(where, augment=True, generator=run.aug_generator, **only))
+        images = run.train_images.get(where, augment=True, generator=run.aug_generator,
+                                      local=rows(len(idx)) if rows else None)
+        return Batch(labels=on_device[where], indices=idx, images=images)
 
     def prefetch(order: torch.Tensor, batch_size: int) -> None:
-        rows = local_rows()
-        only = {"local_rows": rows} if rows else {}
-        run.train_images.prefetch(order, batch_size, run.aug_generator, **only)
+        run.train_images.prefetch(order, batch_size, run.aug_generator, local_rows=local_rows())
 
     make_images.prefetch = prefetch
     return make_images

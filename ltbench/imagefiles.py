@@ -52,6 +52,11 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees: ``size`` square (``imagenet``), else the files' own size."""
+        return (self.size, self.size) if self.transform == "imagenet" else tuple(self.info["image_hw"])
+
     def path(self, i: int) -> Path:
         return Path(self.root) / self.paths[i] if self.root else Path(self.paths[i])
 
@@ -97,8 +102,7 @@ class _Decoded(torch.utils.data.Dataset):
         else:
             i, seed, train = item, 0, False
         if i == SKIP:  # another rank's row of the global batch: a stand-in, never decoded (see FileImageStore)
-            hw = (self.files.size,) * 2 if self.files.transform == "imagenet" else tuple(self.files.info["image_hw"])
-            return torch.zeros(self.files.channels, *hw, dtype=torch.uint8)
+            return torch.zeros(self.files.channels, *self.files.image_hw, dtype=torch.uint8)
         x = torch.from_numpy(np.array(self.files.decode(int(i)), copy=True)).permute(2, 0, 1)
         if self.files.transform == "pad-crop-flip":
             return x
@@ -154,9 +158,7 @@ class FileImageStore:
     @property
     def image_hw(self) -> tuple[int, int]:
         """(H, W) of the images the model sees."""
-        if self.files.transform == "imagenet":
-            return (self.files.size, self.files.size)
-        return tuple(self.files.info["image_hw"])
+        return self.files.image_hw
 
     def _loader(self, chunks: list[list]) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(_Decoded(self.files), batch_sampler=_Chunks(chunks),

@@ -227,8 +227,9 @@ def inat_validation_rule(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray,
     has a validation image. Returns (train indices, validation indices)."""
     rng = np.random.RandomState(seed)
     train, val = [], []
-    for c in np.unique(labels):
-        idx = np.where(labels == c)[0]
+    by_class = np.argsort(labels, kind="stable")  # each class's indices, ascending, in one pass (8,142 classes)
+    for idx in np.split(by_class, np.flatnonzero(np.diff(labels[by_class])) + 1):
+        idx = idx.copy()
         rng.shuffle(idx)
         cut = 1 if len(idx) >= 2 else 0
         val.append(idx[:cut])

@@ -89,6 +89,17 @@ def align(block: torch.Tensor, old: torch.Tensor, new: torch.Tensor, mode: str,
     return block - old + new  # "mean" (class means) and "agnostic" (all-class means)
 
 
+def align_snapshot(block: torch.Tensor, age: int, new_mean: torch.Tensor, new_std: torch.Tensor, mode: str,
+                   agnostic_means: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """A class's snapshot ``age`` epochs old, aligned onto its newest block's statistics (``new_mean``,
+    ``new_std``), or for ``agnostic`` by the all-class means of the two epochs; the newest (age 0) as it is."""
+    if age == 0:
+        return block
+    if mode == "agnostic":
+        return align(block, agnostic_means[age], agnostic_means[0], "mean")
+    return align(block, block.mean(0), new_mean, mode, block.std(0, unbiased=False), new_std)
+
+
 def emanate_class(snapshots: list[torch.Tensor], n_b: int, mode: str, generator: torch.Generator,
                   agnostic_means: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The EMANATE set of one class: ``snapshots`` newest first, each (n_j, D); returns (n_B, D).
@@ -105,11 +116,7 @@ def emanate_class(snapshots: list[torch.Tensor], n_b: int, mode: str, generator:
     for k, block in enumerate(snapshots):
         if need == 0:
             break
-        if k > 0:
-            if mode == "agnostic":
-                block = align(block, agnostic_means[k], agnostic_means[0], "mean")
-            else:
-                block = align(block, block.mean(0), new_mean, mode, block.std(0, unbiased=False), new_std)
+        block = align_snapshot(block, k, new_mean, new_std, mode, agnostic_means)
         if len(block) > need:
             block = block[torch.randperm(len(block), generator=generator)[:need]]
         out.append(block)
@@ -204,20 +211,16 @@ def history_by_age(bank: SnapshotBank) -> list[dict[str, Any]]:
     if bank is None or not bank.queues or not bank.queues[0]:
         return []
     newest = torch.stack([q[0].mean(0) for q in bank.queues])  # (C, D)
-    new_spread = [(q[0] - q[0].mean(0)).norm(dim=1).mean() for q in bank.queues]
+    new_std = [q[0].std(0, unbiased=False) for q in bank.queues]
+    new_spread = [(q[0] - newest[c]).norm(dim=1).mean() for c, q in enumerate(bank.queues)]
+    agnostic_means = list(bank.all_means)
     ages = []
     for k in range(max(len(q) for q in bank.queues)):
         ratios, hits, rows = [], 0, 0
         for c, q in enumerate(bank.queues):
             if len(q) <= k or len(q[k]) == 0:
                 continue
-            block = q[k]
-            if k > 0:
-                if bank.alignment == "agnostic":
-                    block = align(block, bank.all_means[k], bank.all_means[0], "mean")
-                else:
-                    block = align(block, block.mean(0), q[0].mean(0), bank.alignment, block.std(0, unbiased=False),
-                                  q[0].std(0, unbiased=False))
+            block = align_snapshot(q[k], k, newest[c], new_std[c], bank.alignment, agnostic_means)
             ratios.append(float((block - block.mean(0)).norm(dim=1).mean() / new_spread[c].clamp_min(1e-12)))
             hits += int((torch.cdist(block, newest).argmin(1) == c).sum())
             rows += len(block)

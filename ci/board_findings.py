@@ -1,0 +1,130 @@
+"""Print the measurements behind the README's reading of the committed CIFAR-100-LT board.
+
+    python ci/board_findings.py [RECORDS_DIR]      # default leaderboards/records
+
+Every number the README's "Reading the board" section quotes comes from here, computed from the committed
+records alone (result.json and predictions.npz), so anyone can check it:
+
+1. each comparison the section makes, method A minus method B per shot group, paired by seed and test image,
+   with ltbench's 95 % bootstrap interval (the same numbers as `ltbench compare`);
+2. what each seed method's mechanism did in those runs, from the fields its plugin records: Breadcrumb's
+   aligned history by snapshot age, SAFA's head directions, BLT's hallucinations, CAM fusion's head and tail
+   sets.
+
+A comparison whose rows are not complete yet (fewer than 3 seeds of either) is reported as pending.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltbench import summary
+
+DATASET, BUDGET, SEEDS = "cifar100-lt-if100", "cpu", 3
+
+# (a, b, why the pair is compared)
+COMPARISONS = [
+    ("balanced-softmax", "ce", "issue 15 direction: balanced-softmax > ce overall"),
+    ("crt", "ce", "issue 15 direction: crt > ce overall"),
+    ("tau-norm", "ce", "issue 15 direction: tau-norm > ce few-shot"),
+    ("ldam-drw", "ce", "the ldam-drw trend's 30-epoch point"),
+    ("breadcrumb", "crt", "Breadcrumb's classifier vs the plain class-balanced retrain"),
+    ("breadcrumb-weak", "crt", "the final EMANATE set vs class-balanced sampling, same stage 2"),
+    ("breadcrumb", "breadcrumb-weak", "strong (every epoch's set) vs weak (the last one)"),
+    ("cam-fusion", "crt", "fused features vs the plain class-balanced retrain"),
+    ("cam-fusion", "ce", "Phase II vs its own Phase I"),
+    ("safa", "ce", "SAFA's generated tail features vs none"),
+    ("ldam-drw+safa", "ldam-drw", "SAFA on LDAM-DRW, supplementary Table 4's setting"),
+    ("blt", "blt-finetune", "hallucination alone (same backbone epochs)"),
+    ("blt", "ce [epochs=40]", "BLT vs ce at the same backbone epochs"),
+    ("blt-finetune", "ce [epochs=40]", "the class-balanced full fine-tune vs ce at the same backbone epochs"),
+]
+
+
+def complete(records: list[dict[str, Any]], name: str) -> int:
+    return len({r["seed"] for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
+                and r["dataset"] == DATASET and r["budget"] == BUDGET})
+
+
+def print_comparisons(records: list[dict[str, Any]]) -> None:
+    print("## Comparisons (A - B, paired by seed and test image, 95 % bootstrap interval)\n")
+    for a, b, why in COMPARISONS:
+        if complete(records, a) < SEEDS or complete(records, b) < SEEDS:
+            print(f"{a} vs {b}: pending ({complete(records, a)} and {complete(records, b)} of {SEEDS} seeds)\n")
+            continue
+        result = summary.compare(records, a, b, dataset=DATASET, budget=BUDGET)
+        print(f"{why}")
+        print(summary.render_comparison(result), "\n")
+
+
+def by_method(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return sorted((r for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
+                   and r["dataset"] == DATASET and r["budget"] == BUDGET), key=lambda r: r["seed"])
+
+
+def extra(rec: dict[str, Any], method: str) -> dict[str, Any]:
+    return (rec.get("extra") or {}).get(method) or {}
+
+
+def print_breadcrumb(records: list[dict[str, Any]]) -> None:
+    for name in ("breadcrumb", "breadcrumb-weak"):
+        runs = by_method(records, name)
+        if not runs:
+            continue
+        print(f"## {name}: the aligned history at the end of stage 1, by snapshot age (mean over {len(runs)} seeds)")
+        print("spread_ratio: a class's aligned old block's spread over its newest block's (1 = as spread as the"
+              " current features)")
+        print("nearest_mean_accuracy: share of aligned rows nearest their own class's newest mean\n")
+        ages: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r in runs:
+            for row in extra(r, name).get("history_by_age", []):
+                ages[row["age"]].append(row)
+        print("age  classes  spread_ratio  nearest_mean_accuracy")
+        for age in sorted(ages):
+            rows = ages[age]
+            print(f"{age:>3}  {np.mean([x['classes'] for x in rows]):>7.0f}  "
+                  f"{np.mean([x['spread_ratio'] for x in rows]):>12.3f}  "
+                  f"{np.mean([x['nearest_mean_accuracy'] for x in rows]):>21.3f}")
+        ready = [extra(r, name).get("full_history_after_epoch") for r in runs]
+        print(f"full history after epoch: {ready}; k_max {[extra(r, name).get('k_max') for r in runs]}\n")
+
+
+# (row, the plugin whose recorded fields to show, the fields, what they say)
+MECHANISMS = [
+    ("safa", "safa", ("modules_start_epoch", "start_epoch", "generated", "head_direction_spread_last_batch"),
+     "SAFA's modules and generated tail features"),
+    ("ldam-drw+safa", "safa", ("modules_start_epoch", "start_epoch", "generated", "head_direction_spread_last_batch"),
+     "SAFA's modules and generated tail features"),
+    ("blt", "blt", ("hallucinated", "batches_with_tail", "skipped_no_confusion", "forward_passes"),
+     "BLT's hallucinated tail images"),
+    ("cam-fusion", "cam-fusion", ("head_classes", "tail_classes", "fused_samples"), "CAM fusion's Phase II"),
+]
+
+
+def print_mechanisms(records: list[dict[str, Any]]) -> None:
+    for name, plugin, keys, what in MECHANISMS:
+        runs = by_method(records, name)
+        if not runs:
+            continue
+        fields = [extra(r, plugin) for r in runs]
+        print(f"## {name}: {what} (seeds {[r['seed'] for r in runs]})")
+        for key in keys:
+            print(f"{key}: {[f.get(key) for f in fields]}")
+        print()
+
+
+def main(argv: list[str]) -> int:
+    records_dir = Path(argv[0] if argv else "leaderboards/records")
+    records = summary.load_records(records_dir)
+    print_comparisons(records)
+    print_breadcrumb(records)
+    print_mechanisms(records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

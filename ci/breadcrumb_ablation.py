@@ -29,20 +29,18 @@ import argparse
 import copy
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ltbench import MethodMetadata, hookimpl
 from ltbench.engine import SecondStage, extract_features
-from ltbench.runner import execute, plan_grid, stage1_dir
 from ltbench.samplers import class_balanced
 from ltbench.testing import catalog_with
 from ltbench_plugins.decoupling import CRT
 
-ROOT = Path(__file__).resolve().parent.parent
-BOARD, OUT = ROOT / "leaderboards" / "records", ROOT / "leaderboards" / "ablations"
+from ablation_runs import run_ablation  # ci/ablation_runs.py, beside this script
+
 META = MethodMetadata(title="crt with one of breadcrumb-weak's differences (ci/breadcrumb_ablation.py)",
                       paper="ltbench ablation", family="ablation",
                       interpretations=("An ablation of ltbench's, not a method of any paper.",))
@@ -113,17 +111,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
     catalog = catalog_with(CRTCapped, CRTTrainMode, CRTCappedTrainMode, plugin_name="breadcrumb-ablation")
-    cells = plan_grid(["crt", "crt-capped", "crt-train-mode", "crt-capped-train-mode"], ["cifar100-lt"],
-                      [int(s) for s in args.seeds.split(",")], "cpu", data_root=args.data_root, catalog=catalog)
-    for cell in cells:
-        mine, board = stage1_dir(cell, OUT, catalog), stage1_dir(cell, BOARD, catalog)
-        if not mine.exists() and (board / "stage1.pt").exists():  # the board's stage 1: the same model
-            mine.parent.mkdir(parents=True, exist_ok=True)
-            mine.symlink_to(board.resolve(), target_is_directory=True)
-    for cell in cells:
-        record = execute(cell, OUT, torch.device("cpu"), log=print, catalog=catalog)
-        print(f"{cell.method} seed {cell.seed}: " + ", ".join(f"{k} {record['metrics'][k]:.2f}"
-                                                               for k in ("overall", "many", "medium", "few")))
+    run_ablation(catalog, ["crt", "crt-capped", "crt-train-mode", "crt-capped-train-mode"], [int(s) for s in args.seeds.split(",")], args.data_root)
     return 0
 
 

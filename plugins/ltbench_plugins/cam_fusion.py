@@ -168,6 +168,8 @@ class CAMFusion(Method):
     plain_stage1 = True
     options = {"h_r": 0.9, "n_f": 3, "n_t": 16, "tau_s": 0.8, "tau_g": 0.2, "lr": 0.001, "iterations": 6400,
                "head_draw": "classes", "confusing_from_head_only": False}
+    #: the Phase-II batch sampler (an ablation may lay out its batches differently)
+    sampler_class: type[FusionBatchSampler] = FusionBatchSampler
     metadata = MethodMetadata(
         family="seed paper",
         title="CAM-based feature space augmentation (fusing tail class-specific with confusing classes' "
@@ -270,7 +272,7 @@ class CAMFusion(Method):
     def ltbench_build_sampler(self, run, stage, labels):
         if stage != 2:
             return None
-        return FusionBatchSampler(labels, np.array(self.split["tail"]), np.array(self.split["head"]),
+        return self.sampler_class(labels, np.array(self.split["tail"]), np.array(self.split["head"]),
                                   self.split["confusing"], self.opts["n_t"], self.n_a, self.iterations(run),
                                   run.generator, self.opts["head_draw"])
 

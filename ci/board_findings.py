@@ -1,6 +1,6 @@
 """Print the measurements behind the README's reading of the committed CIFAR-100-LT board.
 
-    python ci/board_findings.py [RECORDS_DIR]      # default leaderboards/records
+    python ci/board_findings.py [RECORDS_DIR [ABLATIONS_DIR]]   # default leaderboards/records, leaderboards/ablations
 
 Every number the README's "Reading the board" section quotes comes from here, computed from the committed
 records alone (result.json and predictions.npz), so anyone can check it:
@@ -9,7 +9,8 @@ records alone (result.json and predictions.npz), so anyone can check it:
    with ltbench's 95 % bootstrap interval (the same numbers as `ltbench compare`);
 2. what each seed method's mechanism did in those runs, from the fields its plugin records: Breadcrumb's
    aligned history by snapshot age, SAFA's head directions, BLT's hallucinations, CAM fusion's head and tail
-   sets.
+   sets;
+3. the ablations behind it (ci/breadcrumb_ablation.py, ci/cam_fusion_ablation.py), against the board's rows.
 
 A comparison whose rows are not complete yet (fewer than 3 seeds of either) is reported as pending.
 """
@@ -44,15 +45,24 @@ COMPARISONS = [
     ("blt-finetune", "ce [epochs=40]", "the class-balanced full fine-tune vs ce at the same backbone epochs"),
 ]
 
+ABLATIONS = [
+    ("crt-capped", "crt", "crt with classes cut to n_B rows"),
+    ("crt-train-mode", "crt", "crt on train-mode features of augmented images (as Breadcrumb's snapshots)"),
+    ("crt-capped-train-mode", "crt", "crt with both of breadcrumb-weak's differences"),
+    ("breadcrumb-weak", "crt-capped-train-mode", "what the back-tracked history adds on top of both"),
+    ("cam-fusion", "cam-fusion-real", "fused features against real images of the same tail class"),
+    ("cam-fusion-real", "crt", "CAM fusion's Phase II on real images against crt"),
+]
+
 
 def complete(records: list[dict[str, Any]], name: str) -> int:
     return len({r["seed"] for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
                 and r["dataset"] == DATASET and r["budget"] == BUDGET})
 
 
-def print_comparisons(records: list[dict[str, Any]]) -> None:
-    print("## Comparisons (A - B, paired by seed and test image, 95 % bootstrap interval)\n")
-    for a, b, why in COMPARISONS:
+def print_comparisons(records: list[dict[str, Any]], comparisons=COMPARISONS, title: str = "Comparisons") -> None:
+    print(f"## {title} (A - B, paired by seed and test image, 95 % bootstrap interval)\n")
+    for a, b, why in comparisons:
         if complete(records, a) < SEEDS or complete(records, b) < SEEDS:
             print(f"{a} vs {b}: pending ({complete(records, a)} and {complete(records, b)} of {SEEDS} seeds)\n")
             continue
@@ -117,12 +127,50 @@ def print_mechanisms(records: list[dict[str, Any]]) -> None:
         print()
 
 
+def print_cam_fusion_sets(records: list[dict[str, Any]], baseline: str = "crt") -> None:
+    """CAM fusion against ``baseline`` per shot group, the groups split by CAM fusion's own head/tail sets
+    (its tail classes are the ones whose Phase-II batches hold fused samples)."""
+    runs = {r["seed"]: r for r in by_method(records, "cam-fusion")}
+    base = {r["seed"]: r for r in by_method(records, baseline)}
+    seeds = sorted(set(runs) & set(base))
+    if not seeds:
+        return
+    print(f"## cam-fusion - {baseline}, per class and averaged, by shot group and CAM fusion's head/tail set "
+          f"(seeds {seeds})\n")
+    print("group   set   classes  cam-fusion  " + f"{baseline:>10}  difference")
+    for group in ("many", "medium", "few"):
+        for part in ("head", "tail"):
+            rows = []
+            for s in seeds:
+                r = runs[s]
+                counts = np.array(r["train_counts"])
+                t = r["group_thresholds"]
+                in_group = {"many": counts > t["many_above"], "few": counts < t["few_below"]}.get(
+                    group, (counts >= t["few_below"]) & (counts <= t["many_above"]))
+                tail = np.zeros(len(counts), bool)
+                tail[[int(c) for c in extra(r, "cam-fusion")["confusing"]]] = True
+                mask = in_group & (tail if part == "tail" else ~tail)
+                if mask.any():
+                    a, b = np.array(r["per_class_accuracy"]), np.array(base[s]["per_class_accuracy"])
+                    rows.append((mask.sum(), a[mask].mean(), b[mask].mean()))
+            if rows:
+                n, a, b = np.mean(rows, axis=0)
+                print(f"{group:<7} {part:<5} {n:>7.0f}  {a:>10.2f}  {b:>10.2f}  {a - b:>+10.2f}")
+    print()
+
+
 def main(argv: list[str]) -> int:
     records_dir = Path(argv[0] if argv else "leaderboards/records")
+    ablations_dir = Path(argv[1] if len(argv) > 1 else "leaderboards/ablations")
     records = summary.load_records(records_dir)
     print_comparisons(records)
     print_breadcrumb(records)
     print_mechanisms(records)
+    print_cam_fusion_sets(records)
+    if ablations_dir.exists():  # the ablations' own crt copy is the board's: the board's rows are used
+        ablations = [r for r in summary.load_records(ablations_dir) if r.get("variant", r["method"]) != "crt"]
+        print_comparisons(records + ablations, ABLATIONS, "Ablations")
+        print_cam_fusion_sets(records + ablations, "cam-fusion-real")
     return 0
 
 

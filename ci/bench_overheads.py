@@ -54,7 +54,7 @@ def main():
           f"{stage(blt, 'stage2') / stage(no_halluc, 'stage2'):.3f}")
     extra = safa["extra"]["safa"]
     print(f"safa total / ce total:                                       {safa['wall_time_s'] / ce['wall_time_s']:.3f}")
-    print(f"safa epoch time with / without the module (same run):        {extra['epoch_time_ratio_vs_without']}")
+    print(f"safa epoch time with generated samples / modules only:       {extra['epoch_time_ratio_vs_without']}")
     print(f"safa activation memory with / without (one batch):           {extra['activation_memory_ratio_vs_without']}")
 
 

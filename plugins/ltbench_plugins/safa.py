@@ -320,7 +320,9 @@ class SAFA(Method):
             # mean L1 distance between two head directions in the last batch: near 0, the directions collapsed
             "head_direction_spread_last_batch": (round(float(self.stage_module.last_head_spread), 5)
                                                  if hasattr(self.stage_module, "last_head_spread") else None),
-            # side by side in one run: the epochs before SAFA starts against the epochs with it
+            # side by side in one run: the epochs whose batches carry generated samples against the epochs before
+            # them. With the modules training from epoch 0 (the default) both sides pay for the modules, so this
+            # is the cost of the generated samples alone; SAFA's whole cost against ce is ci/bench_overheads.py's
             "epoch_time_ratio_vs_without": round(np.mean(after) / np.mean(before), 3) if before and after else None,
             # one training batch, forward + backward, on a copy of the model with and without SAFA
             **(self.memory or {}),

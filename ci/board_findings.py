@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ltbench import summary
+from ltbench.metrics import shot_groups
 
 DATASET, BUDGET, SEEDS = "cifar100-lt-if100", "cpu", 3
 
@@ -55,9 +56,16 @@ ABLATIONS = [
 ]
 
 
+
+
+def by_method(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The completed records of a board row (method or variant label) on the board's dataset and budget."""
+    return sorted((r for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
+                   and r["dataset"] == DATASET and r["budget"] == BUDGET), key=lambda r: r["seed"])
+
+
 def complete(records: list[dict[str, Any]], name: str) -> int:
-    return len({r["seed"] for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
-                and r["dataset"] == DATASET and r["budget"] == BUDGET})
+    return len({r["seed"] for r in by_method(records, name)})
 
 
 def print_comparisons(records: list[dict[str, Any]], comparisons=COMPARISONS, title: str = "Comparisons") -> None:
@@ -71,9 +79,6 @@ def print_comparisons(records: list[dict[str, Any]], comparisons=COMPARISONS, ti
         print(summary.render_comparison(result), "\n")
 
 
-def by_method(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return sorted((r for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
-                   and r["dataset"] == DATASET and r["budget"] == BUDGET), key=lambda r: r["seed"])
 
 
 def extra(rec: dict[str, Any], method: str) -> dict[str, Any]:
@@ -103,12 +108,11 @@ def print_breadcrumb(records: list[dict[str, Any]]) -> None:
         print(f"full history after epoch: {ready}; k_max {[extra(r, name).get('k_max') for r in runs]}\n")
 
 
+SAFA_FIELDS = ("modules_start_epoch", "start_epoch", "generated", "head_direction_spread_last_batch")
 # (row, the plugin whose recorded fields to show, the fields, what they say)
 MECHANISMS = [
-    ("safa", "safa", ("modules_start_epoch", "start_epoch", "generated", "head_direction_spread_last_batch"),
-     "SAFA's modules and generated tail features"),
-    ("ldam-drw+safa", "safa", ("modules_start_epoch", "start_epoch", "generated", "head_direction_spread_last_batch"),
-     "SAFA's modules and generated tail features"),
+    ("safa", "safa", SAFA_FIELDS, "SAFA's modules and generated tail features"),
+    ("ldam-drw+safa", "safa", SAFA_FIELDS, "SAFA's modules and generated tail features"),
     ("blt", "blt", ("hallucinated", "batches_with_tail", "skipped_no_confusion", "forward_passes"),
      "BLT's hallucinated tail images"),
     ("cam-fusion", "cam-fusion", ("head_classes", "tail_classes", "fused_samples"), "CAM fusion's Phase II"),
@@ -143,11 +147,8 @@ def print_cam_fusion_sets(records: list[dict[str, Any]], baseline: str = "crt") 
             rows = []
             for s in seeds:
                 r = runs[s]
-                counts = np.array(r["train_counts"])
-                t = r["group_thresholds"]
-                in_group = {"many": counts > t["many_above"], "few": counts < t["few_below"]}.get(
-                    group, (counts >= t["few_below"]) & (counts <= t["many_above"]))
-                tail = np.zeros(len(counts), bool)
+                in_group = shot_groups(np.asarray(r["train_counts"]), **r["group_thresholds"]) == group
+                tail = np.zeros(len(in_group), bool)
                 tail[[int(c) for c in extra(r, "cam-fusion")["confusing"]]] = True
                 mask = in_group & (tail if part == "tail" else ~tail)
                 if mask.any():

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 
 import numpy as np
@@ -37,6 +36,7 @@ from ltbench import MethodMetadata, hookimpl
 from ltbench.engine import SecondStage, extract_features
 from ltbench.samplers import class_balanced
 from ltbench.testing import catalog_with
+from ltbench_plugins.breadcrumb import default_n_b
 from ltbench_plugins.decoupling import CRT
 
 from ablation_runs import run_ablation  # ci/ablation_runs.py, beside this script
@@ -64,7 +64,7 @@ def train_mode_features(run) -> torch.Tensor:
 def capped_rows(labels: np.ndarray, generator: torch.Generator) -> np.ndarray:
     """A fixed random n_B = ceil(mean class count) rows of every class that has more, all rows of the others."""
     counts = np.bincount(labels)
-    n_b = math.ceil(counts.mean())
+    n_b = default_n_b(counts)
     keep = []
     for c in range(len(counts)):
         rows = np.flatnonzero(labels == c)
@@ -111,7 +111,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
     catalog = catalog_with(CRTCapped, CRTTrainMode, CRTCappedTrainMode, plugin_name="breadcrumb-ablation")
-    run_ablation(catalog, ["crt", "crt-capped", "crt-train-mode", "crt-capped-train-mode"], [int(s) for s in args.seeds.split(",")], args.data_root)
+    run_ablation(catalog, ["crt", "crt-capped", "crt-train-mode", "crt-capped-train-mode"],
+                 [int(s) for s in args.seeds.split(",")], args.data_root)
     return 0
 
 

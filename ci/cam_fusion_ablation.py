@@ -12,7 +12,8 @@ So cam-fusion - cam-fusion-real is what fusing features adds over showing real o
 
 Records go to leaderboards/ablations (result.json and predictions.npz are committed); the runs reuse the
 board's shared stage 1s when leaderboards/records has them. `ltbench compare leaderboards/ablations
-cam-fusion-real crt` reads them (the board's crt is copied there by ci/breadcrumb_ablation.py).
+cam-fusion-real crt` reads them (ci/breadcrumb_ablation.py retrains crt there as its control, identical
+to the board's).
 """
 from __future__ import annotations
 

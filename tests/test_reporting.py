@@ -81,7 +81,7 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 
 
 @pytest.mark.skipif(not CIFAR.exists(), reason=f"needs CIFAR-100 at {CIFAR}")
-def test_the_board_file_plans_every_committed_record():
+def test_the_board_file_plans_exactly_the_committed_records():
     from ltbench.cli import _run_options, plan_cells
 
     args = _run_options(build_parser().parse_args(["run", "--config", str(REPO / "leaderboards/cifar100-lt-if100.toml"),
@@ -89,6 +89,8 @@ def test_the_board_file_plans_every_committed_record():
     planned = {(c.method, c.config_id, c.seed) for c in plan_cells(args)}
     committed = {(r["method"], r["config_id"], r["seed"]) for r in _records(REPO / "leaderboards/records")}
     assert committed and committed <= planned  # running the file skips every committed run
+    # and the board is complete: every planned run (each row's 3 seeds) is committed
+    assert planned <= committed, sorted(planned - committed)[:10]
     assert args.output == "leaderboards/records"
     # every built-in method has a row (alone or in a composition), at 3 seeds, on the budget
     from ltbench.catalog import get_catalog

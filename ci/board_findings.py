@@ -56,8 +56,6 @@ ABLATIONS = [
 ]
 
 
-
-
 def by_method(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """The completed records of a board row (method or variant label) on the board's dataset and budget."""
     return sorted((r for r in records if r.get("variant", r["method"]) == name and r["status"] == "completed"
@@ -77,8 +75,6 @@ def print_comparisons(records: list[dict[str, Any]], comparisons=COMPARISONS, ti
         result = summary.compare(records, a, b, dataset=DATASET, budget=BUDGET)
         print(f"{why}")
         print(summary.render_comparison(result), "\n")
-
-
 
 
 def extra(rec: dict[str, Any], method: str) -> dict[str, Any]:

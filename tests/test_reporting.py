@@ -86,7 +86,8 @@ def test_the_board_file_plans_exactly_the_committed_records():
 
     args = _run_options(build_parser().parse_args(["run", "--config", str(REPO / "leaderboards/cifar100-lt-if100.toml"),
                                                    "--data-root", str(CIFAR.parent)]))
-    planned = {(c.method, c.config_id, c.seed) for c in plan_cells(args)}
+    cells = plan_cells(args)
+    planned = {(c.method, c.config_id, c.seed) for c in cells}
     committed = {(r["method"], r["config_id"], r["seed"]) for r in _records(REPO / "leaderboards/records")}
     assert committed and committed <= planned  # running the file skips every committed run
     # and the board is complete: every planned run (each row's 3 seeds) is committed
@@ -96,9 +97,9 @@ def test_the_board_file_plans_exactly_the_committed_records():
     from ltbench.catalog import get_catalog
 
     builtin = {name for name, entry in get_catalog().methods.items() if entry.plugin.distribution == "ltbench"}
-    on_board = {part for c in plan_cells(args) for part in c.method.split("+")}
+    on_board = {part for c in cells for part in c.method.split("+")}
     assert builtin <= on_board, sorted(builtin - on_board)
-    assert {c.seed for c in plan_cells(args)} == {0, 1, 2} and args.budget == "cpu"
+    assert {c.seed for c in cells} == {0, 1, 2} and args.budget == "cpu"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def check_core(config: dict[str, Any]) -> None:
     for key in ["lr", "stage2_lr"]:
         if not config[key] > 0:
             raise ConfigError(f"{key} must be > 0, got {config[key]!r}")
-    for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs"]:
+    for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs", "stage2_warmup_epochs"]:
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]!r}")
     if config.get("schedule", "step") not in ("step", "cosine"):
@@ -88,6 +88,12 @@ def check_core(config: dict[str, Any]) -> None:
         raise ConfigError(f"lr_decay must be in (0, 1], got {config['lr_decay']!r}")
     if any(not 0 < m < 1 for m in config["lr_milestones"]):
         raise ConfigError(f"lr_milestones are fractions of the epochs in (0, 1), got {config['lr_milestones']!r}")
+    if not 0 < config["stage2_lr_decay"] <= 1:
+        raise ConfigError(f"stage2_lr_decay must be in (0, 1], got {config['stage2_lr_decay']!r}")
+    s2 = list(config["stage2_lr_milestones"])
+    if any(m != int(m) or not 0 < m < config["stage2_epochs"] for m in s2) or s2 != sorted(s2):
+        raise ConfigError(f"stage2_lr_milestones are stage-2 epochs, whole numbers in increasing order between 1 "
+                          f"and stage2_epochs - 1 ({config['stage2_epochs'] - 1}), got {config['stage2_lr_milestones']!r}")
 
 
 def resolve(
@@ -131,6 +137,7 @@ def resolve(
             method_opts[cls.name][opt] = coerce(key, raw, cls.options[opt])
     check_core(config)
     config["lr_milestones"] = list(config["lr_milestones"])
+    config["stage2_lr_milestones"] = [int(m) for m in config["stage2_lr_milestones"]]
     config["methods"] = {cls.name: {**_defaults(cls), **method_opts[cls.name]} for cls in method_classes}
     return canonical(config)
 
@@ -150,7 +157,7 @@ EXECUTION_KEYS = ("channels_last", "compile", "val_every", "workers")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
 LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretrained_path": "", "image_size": 0,
-              "smoke": False}
+              "smoke": False, "stage2_warmup_epochs": 0, "stage2_lr_milestones": [], "stage2_lr_decay": 0.1}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

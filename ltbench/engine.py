@@ -747,6 +747,27 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
     distributed.broadcast_state(run.model.classifier)  # a new head starts the same on every rank
 
 
+def stage2_schedule(config: dict[str, Any], plan: SecondStage) -> Callable[[int, int], float]:
+    """``factor(epoch, epochs)``: the multiple of stage 2's learning rate at a (0-based) epoch.
+
+    A stage 2 that takes the budget's length (``plan.epochs`` None) with the default ``cosine`` follows the
+    budget's stage-2 schedule: with ``stage2_lr_milestones``, a linear warm-up over ``stage2_warmup_epochs``
+    ((e + 1) / warm-up, as stage 1's) and then x ``stage2_lr_decay`` at each milestone; without, a cosine to 0.
+    A method that sets its own length keeps its own: a cosine, or a constant rate with ``cosine=False``."""
+    milestones = config.get("stage2_lr_milestones", []) if plan.epochs is None and plan.cosine else []
+    if milestones:
+        warm, decay = config.get("stage2_warmup_epochs", 0), config.get("stage2_lr_decay", 0.1)
+
+        def step(epoch: int, epochs: int) -> float:
+            if epoch < warm:
+                return (epoch + 1) / warm
+            return decay ** sum(epoch >= m for m in milestones)
+        return step
+    if plan.cosine:
+        return lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return lambda epoch, epochs: 1.0
+
+
 def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
     config, model = run.config, run.model
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
@@ -768,8 +789,10 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
+    schedule = stage2_schedule(config, plan)
+
     def set_lr(epoch: int) -> None:
-        factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if plan.cosine else 1.0
+        factor = schedule(epoch, epochs)
         for g, base in zip(optimizer.param_groups, base_lrs):
             g["lr"] = base * factor
 

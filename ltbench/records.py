@@ -146,6 +146,22 @@ def compute(record: dict[str, Any]) -> dict[str, Any]:
     return {"backbone_epochs": backbone, "stages": stages}
 
 
+def reference_setting(record: dict[str, Any]) -> str:
+    """Whether the paper's number for ``record`` (:func:`reference_result`) was measured in the record's own
+    setting: ``""`` when the reference names a ``backbone`` and ``epochs`` and both are the record's (its
+    config's backbone and stage-1 epochs), else what keeps the two apart, for the board: ``"no published
+    number"``, ``"setting not stated"``, or ``"other setting: resnet18, 200 epochs"``."""
+    ref = reference_result(record)
+    if not ref or ref.get("overall") is None:
+        return "no published number"
+    config = record.get("config") or {}
+    differ = [f"{ref['backbone']}" if key == "backbone" else f"{ref['epochs']} epochs"
+              for key in ("backbone", "epochs") if key in ref and ref[key] != config.get(key)]
+    if differ:
+        return "other setting: " + ", ".join(differ)
+    return "" if "backbone" in ref and "epochs" in ref else "setting not stated"
+
+
 def reference_result(record: dict[str, Any]) -> dict[str, Any]:
     """The paper's numbers for a single-method record's dataset, from its metadata (or {}): keyed by the
     dataset key (``cifar100-lt-if100``), else by dataset and backbone (``imagenet-lt-resnet10``, for datasets

@@ -84,12 +84,21 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 def test_the_board_file_plans_exactly_the_committed_records():
     from ltbench.cli import _run_options, plan_cells
 
-    args = _run_options(build_parser().parse_args(["run", "--config", str(REPO / "leaderboards/cifar100-lt-if100.toml"),
-                                                   "--data-root", str(CIFAR.parent)]))
-    cells = plan_cells(args)
+    def plan(board: str):
+        args = _run_options(build_parser().parse_args(["run", "--config", str(REPO / "leaderboards" / board),
+                                                       "--data-root", str(CIFAR.parent)]))
+        return args, plan_cells(args)
+
+    args, cells = plan("cifar100-lt-if100.toml")
     planned = {(c.method, c.config_id, c.seed) for c in cells}
-    committed = {(r["method"], r["config_id"], r["seed"]) for r in _records(REPO / "leaderboards/records")}
+    paper_args, paper_cells = plan("cifar100-lt-if100-paper.toml")  # the paper-budget rows, landing over sessions
+    assert paper_args.output == args.output and paper_args.budget == "paper"
+    records = _records(REPO / "leaderboards/records")
+    committed = {(r["method"], r["config_id"], r["seed"]) for r in records if r["budget"] == "cpu"}
     assert committed and committed <= planned  # running the file skips every committed run
+    paper = {(r["method"], r["config_id"], r["seed"]) for r in records if r["budget"] == "paper"}
+    assert paper <= {(c.method, c.config_id, c.seed) for c in paper_cells}
+    assert {r["budget"] for r in records} <= {"cpu", "paper"}
     # and the board is complete: every planned run (each row's 3 seeds) is committed
     assert planned <= committed, sorted(planned - committed)[:10]
     assert args.output == "leaderboards/records"

@@ -179,7 +179,7 @@ class CAMFusion(Method):
         summary="Phase II fine-tunes the linear classifier on batches of real tail samples, feature maps fusing "
         "their CAM class-specific vectors with confusing classes' class-generic vectors, and head samples.",
         reference_results={
-            "cifar100-lt-if100": {"overall": 46.57, "source": RESNET18 + "; ResNet-34: 48.51"},
+            "cifar100-lt-if100": {"overall": 46.57, "backbone": "resnet18", "source": RESNET18 + "; ResNet-34: 48.51"},
             "cifar100-lt-if50": {"overall": 51.90, "source": RESNET18},
             "cifar100-lt-if10": {"overall": 65.08, "source": RESNET18},
             "cifar10-lt-if100": {"overall": 80.57, "source": "Table 1, ResNet-18; ResNet-34: 82.06"},

@@ -1,0 +1,217 @@
+"""The CIFAR `paper` budget is the published recipe, number for number.
+
+Stage 1 is checked against the official LDAM-DRW ``cifar_train.py`` (Cao et al. 2019), whose schedule is
+written out here independently of ltbench's (``official_lr``); stage 2 of cRT / LWS against
+BagofTricks-LT's ``configs/cao_cifar/two_stage/classifier_balance/{cRT,LWS}/cifar100_im100.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ltbench.config import resolve
+from ltbench.engine import SecondStage, lr_at, stage2_schedule
+from ltbench.errors import ConfigError
+from ltbench.testing import run_methods
+
+
+def official_lr(epoch: int, base: float = 0.1) -> float:
+    """``adjust_learning_rate`` of LDAM-DRW's cifar_train.py, for the 0-based epoch it is called with."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return base * epoch / 5
+    if epoch > 180:
+        return base * 0.0001
+    if epoch > 160:
+        return base * 0.01
+    return base
+
+
+@pytest.fixture
+def catalog(ltbench_catalog):
+    return ltbench_catalog
+
+
+@pytest.fixture(params=["cifar100-lt", "cifar10-lt"])
+def paper(request, catalog):
+    spec = catalog.dataset(request.param)
+    methods = [catalog.method(n).cls for n in ("ce", "ldam-drw", "crt", "lws")]
+    return {cls.name: resolve(spec, "paper", [cls]) for cls in methods}
+
+
+def test_stage1_is_the_ldam_drw_recipe(paper):
+    config = paper["ce"]
+    assert (config["backbone"], config["epochs"], config["batch_size"]) == ("resnet32", 200, 128)
+    assert (config["lr"], config["momentum"], config["weight_decay"]) == (0.1, 0.9, 2e-4)
+    assert config["imbalance_factor"] == 100.0
+    assert [lr_at(config, e) for e in range(200)] == pytest.approx([official_lr(e) for e in range(200)], rel=1e-12)
+
+
+def test_ldam_drw_reweights_from_epoch_160(paper, catalog):
+    config = paper["ldam-drw"]
+    method = catalog.method("ldam-drw").cls(**config["methods"]["ldam-drw"])
+
+    class At:  # the two things weight_at reads
+        def __init__(self, epoch):
+            self.stage, self.epoch, self.config = 1, epoch, config
+            self.train_counts = torch.tensor([500, 5]).numpy()
+
+    assert method.drw_epoch(At(0)) == 160
+    assert method.weight_at(At(159)) is None and method.weight_at(At(160)) is not None
+    assert config["methods"]["ldam-drw"]["beta"] == 0.9999  # LDAM-DRW's betas = [0, 0.9999]
+
+
+def test_resnet32_has_option_a_shortcuts_and_64_features(catalog):
+    net = catalog.backbone("resnet32").build(3)
+    assert net.num_features == 64
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 31  # 1 + 3 stages x 5 blocks x 2: the shortcuts are parameter-free (option A)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(0.46e6, rel=0.02)
+
+
+def test_stage2_of_crt_and_lws_is_bagoftricks_cifar_config(paper):
+    expected = [0.1 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)] + [0.1] * 5 + [0.01] * 10 + [0.001] * 10
+    for name in ("crt", "lws"):
+        config = paper[name]
+        assert (config["stage2_epochs"], config["stage2_batch_size"], config["stage2_lr"]) == (30, 128, 0.1)
+        plan = SecondStage()  # what crt and lws ask for: the budget's stage 2
+        assert (plan.weight_decay, plan.momentum) == (5e-4, 0.9)
+        factor = stage2_schedule(config, plan)
+        assert [config["stage2_lr"] * factor(e, 30) for e in range(30)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_method_with_its_own_stage2_length_keeps_its_own_schedule(paper):
+    config = paper["crt"]
+    own = stage2_schedule(config, SecondStage(epochs=6))
+    assert own(0, 6) == 1.0 and own(3, 6) == pytest.approx(0.5)  # its cosine, not the budget's steps
+    assert stage2_schedule(config, SecondStage(cosine=False))(0, 30) == 1.0
+
+
+def test_the_cpu_budget_keeps_its_cosine_stage2_and_its_run_identity(catalog):
+    config = resolve(catalog.dataset("cifar100-lt"), "cpu", [catalog.method("crt").cls])
+    factor = stage2_schedule(config, SecondStage())
+    assert factor(0, 10) == 1.0 and factor(5, 10) == pytest.approx(0.5)
+    from ltbench.config import identity
+
+    assert not {"stage2_warmup_epochs", "stage2_lr_milestones", "stage2_lr_decay"} & set(identity(config))
+
+
+def test_stage2_follows_the_budgets_steps_in_a_real_run(catalog, tmp_path):
+    [rec] = run_methods(catalog, ["crt"], tmp_path, settings={
+        "stage2_epochs": 4, "stage2_warmup_epochs": 2, "stage2_lr_milestones": "3", "stage2_lr": 0.2})
+    lrs = [e["lr"] for e in rec["history"] if e["stage"] == 2]
+    assert lrs == pytest.approx([0.1, 0.2, 0.2, 0.02])
+    assert rec["config"]["stage2_lr_milestones"] == [3]
+
+
+@pytest.mark.parametrize("milestones", ["0", "4", "3,2", "1.5"])
+def test_bad_stage2_milestones_are_an_error_naming_the_key(catalog, milestones):
+    with pytest.raises(ConfigError, match="stage2_lr_milestones"):
+        resolve(catalog.dataset("synthetic-lt"), "smoke", [catalog.method("crt").cls],
+                {"stage2_epochs": 4, "stage2_lr_milestones": milestones})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# carrying an unfinished run to a fresh machine (ci/paper_progress.py)
+
+
+def _progress_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "ci" / "paper_progress.py"
+    spec = importlib.util.spec_from_file_location("paper_progress", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fresh_checkout(records, to):
+    """What a clean clone holds of ``records``: the committed files only (result.json, predictions.npz)."""
+    import shutil
+
+    for path in records.rglob("*"):
+        if path.is_file() and path.name in ("result.json", "predictions.npz"):
+            (to / path.relative_to(records)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, to / path.relative_to(records))
+
+
+def test_an_interrupted_run_resumes_on_a_fresh_checkout_from_the_carried_checkpoint(tmp_path):
+    from ltbench.cli import main
+
+    progress = _progress_script()
+    experiment = tmp_path / "grid.toml"
+    experiment.write_text('methods = ["ce", "crt"]\ndatasets = ["synthetic-lt"]\nseeds = [0]\nbudget = "smoke"\n'
+                          'epochs = 3\n')
+    first = tmp_path / "first"
+    assert main(["run", "--config", str(experiment), "--output", str(first), "--quiet"]) == 0
+    done = {p.parent.parent.parent.name: p for p in first.rglob("result.json")}
+    reference = json.loads(done["crt"].read_text())
+    # the machine went while crt was in stage 1: its record and the shared stage 1's final model never came to be
+    done["crt"].unlink()
+    [shared] = [p for p in first.rglob("_stage1/seed0-*") if p.is_dir()]
+    for name in ("stage1.pt", "stage1.json"):
+        (shared / name).unlink()
+    carried = tmp_path / "carried"
+    said = progress.save(first, carried, experiment, None)
+    assert any("_stage1" in s for s in said) and any("/crt/" in s for s in said)
+    assert not any("/ce/" in s for s in said)  # ce's record landed: nothing of it is carried
+
+    fresh = tmp_path / "fresh"
+    _fresh_checkout(first, fresh)
+    progress.restore(fresh, carried)
+    assert main(["run", "--config", str(experiment), "--output", str(fresh), "--quiet"]) == 0
+    resumed = json.loads(next(p for p in fresh.rglob("result.json") if "/crt/" in str(p)).read_text())
+    assert resumed["per_class_accuracy"] == reference["per_class_accuracy"]  # the same run, continued
+    # resumed, not retrained: stage 1's history is the carried one, its measured seconds included
+    stage1 = [e for e in resumed["history"] if e["stage"] == 1]
+    assert [e["epoch"] for e in stage1] == [1, 2, 3]
+    assert stage1 == [e for e in reference["history"] if e["stage"] == 1]
+    # landed: the next save drops everything it carried
+    progress.save(fresh, carried, experiment, None)
+    assert not [p for p in carried.rglob("*") if p.is_file()]
+
+
+def test_restore_never_puts_an_older_checkpoint_over_a_newer_one(tmp_path):
+    progress = _progress_script()
+    run, carried = tmp_path / "records" / "d", tmp_path / "carried" / "d"
+    for where, seconds, content in ((run, 50.0, b"newer"), (carried, 10.0, b"older")):
+        where.mkdir(parents=True)
+        (where / "checkpoint-stage1.pt").write_bytes(content)
+        (where / "stage1-progress.json").write_text(json.dumps({"seconds": seconds}))
+    progress.restore(tmp_path / "records", tmp_path / "carried")
+    assert (run / "checkpoint-stage1.pt").read_bytes() == b"newer"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the board's paper section
+
+
+def test_the_paper_section_sets_ours_beside_the_same_setting_number_and_says_when_the_setting_differs(
+        catalog, tmp_path):
+    from ltbench.leaderboard import render
+
+    [base] = run_methods(catalog, ["ce"], tmp_path)
+
+    def record(method, budget, backbone, overall):
+        rec = json.loads(json.dumps(base))
+        rec.update(method=method, methods=[method], variant=method, dataset="cifar100-lt-if100", budget=budget,
+                   config_id=f"{method}-{budget}",
+                   method_metadata={method: catalog.method(method).cls.metadata.to_dict()})
+        rec["config"] = {**rec["config"], "backbone": backbone, "epochs": 200 if budget == "paper" else 30}
+        rec["metrics"] = {**rec["metrics"], "overall": overall}
+        return rec
+
+    page = render([record("ce", "paper", "resnet32", 39.0), record("cam-fusion", "paper", "resnet32", 41.0),
+                   record("blt", "paper", "resnet32", 40.0), record("ce", "cpu", "resnet8", 30.0)])
+    cpu_part, paper_part = page["cifar100-lt-if100.md"].split("## budget `paper`")  # budgets in name order
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in paper_part.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["method"][-2:] == ["paper overall", "ours − paper"]
+    assert rows["ce"][-2:] == ["38.32", "+0.68"]  # LDAM-DRW Table 2, ResNet-32, 200 epochs
+    assert rows["cam-fusion"][-2:] == ["46.57", "other setting: resnet18"]
+    assert rows["blt"][-2:] == ["–", "no published number"]
+    assert "ours − paper" not in cpu_part  # no row of the cpu budget is in a published setting

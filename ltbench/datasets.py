@@ -269,11 +269,34 @@ _CIFAR = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what the official CIFAR python-format files hold (a dict of bytes keys, lists, and numpy
+    arrays) and nothing else: a file that asks for any other global is refused before it can run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not part of the CIFAR format")
+
+
 def _read_cifar_pickles(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in files:
         with open(folder / name, "rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
+            try:
+                entry = _CifarUnpickler(fh, encoding="bytes").load()
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+                raise DataNotFoundError(f"{folder / name} is not an official CIFAR python-format file ({exc}); "
+                                        f"nothing in it was run. Replace it with the file from the official "
+                                        f"archive, or use cifar{{10,100}}.npz") from None
+            if not isinstance(entry, dict) or b"data" not in entry or label_key not in entry:
+                raise DataNotFoundError(f"{folder / name} is not an official CIFAR python-format file: expected a "
+                                        f"dict with b'data' and {label_key!r}")
         xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(np.asarray(entry[label_key], dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)

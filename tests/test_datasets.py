@@ -141,3 +141,36 @@ def test_synthetic_lt_is_long_tailed_and_deterministic():
     np.testing.assert_array_equal(a.x_train, b.x_train)
     g = shot_groups(a.train_counts)
     assert all((g == k).any() for k in ("many", "medium", "few"))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_the_cifar_unpickler_reads_the_official_format(tmp_path, protocol):
+    from ltbench.datasets import _read_cifar_pickles
+
+    data = np.arange(2 * 3 * 32 * 32, dtype=np.uint8).reshape(2, -1)
+    (tmp_path / "train").write_bytes(pickle.dumps({b"data": data, b"fine_labels": [3, 7]}, protocol=protocol))
+    x, y = _read_cifar_pickles(tmp_path, ["train"], b"fine_labels")
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [3, 7]
+    np.testing.assert_array_equal(x[1], data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+class _Planted:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_file_in_a_cifar_folder_is_refused_and_never_runs(tmp_path, capsys):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    for name in ("train", "test"):
+        (folder / name).write_bytes(pickle.dumps({b"data": _Planted(marker), b"fine_labels": [0]}))
+    assert main(["data", "cifar100-lt", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert str(folder / "train") in err and "io.open" in err and "nothing in it was run" in err

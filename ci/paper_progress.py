@@ -6,7 +6,7 @@ not committed (only records are). So the files a later start resumes from are ke
 
 - for each planned run of the experiment file whose record has not landed: its latest checkpoint
   (``checkpoint-stage1.pt`` / ``checkpoint-stage2.pt``), the ``*-progress.json`` with the seconds it has
-  trained so far, and its ``config.json``;
+  trained so far, its ``config.json`` and ``data.json``;
 - for the shared stage 1 such a run reuses: its latest checkpoint while it trains, its final ``stage1.pt``
   and ``stage1.json`` once it is done (the second stages still to come start from it).
 
@@ -34,7 +34,7 @@ CARRIED = REPO / "leaderboards" / "in-progress"
 EXPERIMENT = REPO / "leaderboards" / "cifar100-lt-if100-paper.toml"
 #: what a run directory or a shared stage 1 needs to resume, or to be reused once finished
 RESUME_FILES = ("checkpoint-stage1.pt", "checkpoint-stage2.pt", "stage1-progress.json", "stage2-progress.json",
-                "config.json")
+                "config.json", "data.json")
 FINAL_STAGE1 = ("stage1.pt", "stage1.json")
 
 

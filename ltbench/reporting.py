@@ -87,7 +87,7 @@ class Reporting:
         for impl in list(getattr(self.pm.hook, event).get_hookimpls()):
             try:
                 impl.function(*[kwargs[arg] for arg in impl.argnames])
-            except Exception as exc:  # a reporter never fails a run
+            except (Exception, SystemExit) as exc:  # a reporter never fails a run, nor ends the grid
                 name = impl.plugin_name
                 self.disabled[name] = f"{event}: {type(exc).__name__}: {exc}"
                 self.pm.unregister(name=name)

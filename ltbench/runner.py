@@ -235,6 +235,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         return existing
     if distributed.is_main():
         atomic_write_json(out / "config.json", cell.config)
+        atomic_write_json(out / DATA_FILE, {"dataset": cell.dataset_key, "split_fingerprint": cell.data.fingerprint})
     info = None
     if reporting is not None:
         from ltbench.reporting import run_info
@@ -298,7 +299,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     except LtbenchError as exc:
         status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
         log(f"{tag} failed: {error}")
-    except Exception as exc:  # any plugin or core fault: recorded, and the grid goes on
+    except (Exception, SystemExit) as exc:  # any plugin or core fault (sys.exit too): recorded, the grid goes on
         status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         log(f"{tag} failed: {error.splitlines()[0]}")
     if run is not None and (run.history or not (out / "metrics.jsonl").exists()):
@@ -308,7 +309,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     if status == "completed":
         try:
             extra = _record_fields(run)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
             log(f"{tag} failed: {error}")
     record = make_record(cell, device, catalog, status, error, run=run, plan=plan, test=test, val=val,
@@ -392,6 +393,10 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
     return record
 
 
+#: beside config.json in a run directory: the data the run trains on, checked when it resumes or is found done
+DATA_FILE = "data.json"
+
+
 def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict[str, Any] | None]:
     """(an error, or None; the finished record to return instead of running, or None)."""
     if rerun and out.exists():
@@ -406,6 +411,14 @@ def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict
     existing = load_result(out / RESULT_FILE)
     if existing and config_mod.identity(existing.get("config", {})) != config_mod.identity(cell.config):
         return f"{out / RESULT_FILE} is the record of another configuration; pass --rerun to replace it", None
+    # the same configuration on other data (another copy or root of the dataset) is another run
+    trained_on = existing.get("split_fingerprint") if existing else None
+    if trained_on is None and (out / DATA_FILE).exists():
+        trained_on = json.loads((out / DATA_FILE).read_text()).get("split_fingerprint")
+    if trained_on is not None and trained_on != cell.data.fingerprint:
+        return (f"{out} holds a run of {cell.dataset_key} trained on other data (split fingerprint {trained_on}; "
+                f"the data loaded now gives {cell.data.fingerprint}): another copy or root of the dataset was "
+                f"used. Give this data its own --output, or pass --rerun to replace that run"), None
     if existing and existing["status"] in ("completed", "diverged"):
         return None, existing
     return None, None

@@ -161,6 +161,25 @@ def test_a_reporter_that_raises_is_disabled_once_and_changes_nothing(tmp_path):
         assert [e["loss_task"] for e in a["history"]] == [e["loss_task"] for e in b["history"]]
 
 
+class Exits(Reporter):
+    name = "exits"
+
+    @hookimpl
+    def ltbench_report_run_start(self, run):
+        raise SystemExit(2)
+
+
+def test_a_reporter_that_calls_sys_exit_is_disabled_and_the_grid_goes_on(tmp_path):
+    catalog = catalog_with(reporters=(Exits,))
+    warnings = []
+    reporting = Reporting(["exits"], tmp_path, catalog, warn=warnings.append)
+    cells = plan_grid(["ce", "crt"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    records = run_grid(cells, tmp_path, torch.device("cpu"), log=lambda m: None, catalog=catalog,
+                       reporting=reporting)
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert len(warnings) == 1 and "'exits'" in warnings[0] and "SystemExit" in warnings[0]
+
+
 def test_a_resumed_run_continues_its_tracker_run(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient

@@ -288,6 +288,16 @@ def test_a_hook_that_raises_fails_only_its_cell_naming_method_and_hook(toy_cli, 
     assert "3 of 4" not in out and "1 of 4 runs completed" in out
 
 
+def test_sys_exit_in_a_hook_fails_only_its_cell_and_the_grid_goes_on(toy_cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--methods", "exits-in-epoch-start,ce", *SMOKE]) == 1
+    recs = {r["method"]: r for r in _records(tmp_path / "runs")}
+    assert recs["ce"]["status"] == "completed"  # the run after it still ran
+    assert recs["exits-in-epoch-start"]["status"] == "failed"
+    assert "method 'exits-in-epoch-start', hook ltbench_epoch_start" in recs["exits-in-epoch-start"]["error"]
+    assert "SystemExit" in recs["exits-in-epoch-start"]["error"]
+
+
 # -- 6. honest exit status ---------------------------------------------------------------------------------------
 
 
@@ -469,3 +479,26 @@ def test_a_record_names_the_commit_checked_out_when_its_run_started_not_when_it_
         records.git_commit.cache_clear()
     assert head["commit"] == "b" * 40  # (the commit did happen during the run)
     assert record["versions"]["git_commit"] == "a" * 40 and record["versions"]["git_dirty"] is False
+
+
+def test_another_copy_of_a_dataset_never_returns_the_first_copys_record(tmp_path, monkeypatch, capsys):
+    """Two image-folder-lt roots used in turn with one --output: the second is not 'already completed'."""
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        assert main(["data", "export", "synthetic-lt", "--format", "imagenet-lt-list", "--out", str(root)]) == 0
+    train = next(second.glob("*_train.txt"))
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:-1]))  # one training image fewer
+    grid = ["run", "--methods", "ce", "--datasets", "image-folder-lt", "--budget", "smoke", "--output", "runs",
+            "--quiet"]
+    assert main([*grid, "--data-root", str(first)]) == 0
+    [record] = list((tmp_path / "runs").rglob("result.json"))
+    before = record.read_text()
+    capsys.readouterr()
+    assert main([*grid, "--data-root", str(second)]) != 0
+    out = capsys.readouterr()
+    said = out.out + out.err
+    assert "trained on other data" in said and "already completed" not in said and "--rerun" in said
+    assert record.read_text() == before  # the first copy's record is kept as it was
+    # and with its own output, the second copy trains a run of its own
+    assert main([*grid, "--data-root", str(second), "--output", "runs-second"]) == 0

@@ -266,7 +266,20 @@ class SlowStage2(ToyDecoupled):
             raise KeyboardInterrupt
 
 
-ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage2]
+class ExitsInEpochStart(Method):
+    """A plugin that calls sys.exit inside a hook."""
+
+    name = "exits-in-epoch-start"
+    metadata = META
+
+    @hookimpl
+    def ltbench_epoch_start(self, run, stage, epoch):
+        import sys
+
+        sys.exit(3)
+
+
+ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage2, ExitsInEpochStart]
 
 
 class DiesAtEpoch2(Method):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,6 +32,77 @@ SCHEMA_VERSION = 3  # 2: config holds every method option; config_id, overrides,
 # 3: adds class_names, history, world_size, files (predictions.npz); a schema-2 reader ignores them
 PREDICTIONS_FILE = "predictions.npz"
 STATUSES = ("completed", "failed", "diverged")
+
+
+#: what a record field that becomes part of a file path may hold (dataset, budget, method, config id)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+METRIC_GROUPS = ("overall", "many", "medium", "few")
+
+
+def record_problems(rec: Any) -> list[str]:
+    """What is wrong with a record read from disk (``[]`` when nothing): each problem names the field. Checked
+    before any command uses a record, so that a malformed or crafted one is skipped by name, never a traceback,
+    and none of its fields reaches a file path unchecked."""
+    if not isinstance(rec, dict):
+        return [f"the record is a JSON {type(rec).__name__}, not an object"]
+    problems = []
+
+    def need(field: str, ok: bool, want: str) -> None:
+        if not ok:
+            problems.append(f"{field}: expected {want}, got {rec.get(field)!r:.80}")
+
+    need("status", rec.get("status") in STATUSES, f"one of {', '.join(STATUSES)}")
+    if "config_id" not in rec:
+        problems.append("config_id: missing; the record predates run identity (ltbench < 0.2): re-run it")
+    for field in ("dataset", "budget", "method", "config_id"):
+        value = rec.get(field)
+        if field not in rec and field == "config_id":
+            continue
+        need(field, isinstance(value, str) and SAFE_NAME.fullmatch(value) is not None and ".." not in value,
+             "a name of letters, digits and . _ + = - (it becomes part of a path)")
+    need("seed", isinstance(rec.get("seed"), int) and not isinstance(rec.get("seed"), bool) and rec["seed"] >= 0,
+         "a non-negative integer")
+    need("methods", isinstance(rec.get("methods"), list) and all(isinstance(m, str) for m in rec["methods"]),
+         "a list of method names")
+    need("variant", isinstance(rec.get("variant"), str), "a string")
+    config = rec.get("config")
+    need("config", isinstance(config, dict) and isinstance(config.get("backbone"), str)
+         and isinstance(config.get("epochs"), int) and not isinstance(config.get("epochs"), bool),
+         "an object with backbone and epochs")
+    metrics = rec.get("metrics")
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if rec.get("status") == "completed":
+        need("metrics", isinstance(metrics, dict) and finite(metrics.get("overall"))
+             and all(metrics.get(g) is None or finite(metrics.get(g)) for g in METRIC_GROUPS),
+             "finite overall/many/medium/few accuracies")
+        thresholds = rec.get("group_thresholds")
+        need("group_thresholds", isinstance(thresholds, dict) and all(
+            isinstance(thresholds.get(k), int) for k in ("many_above", "few_below")), "many_above and few_below")
+        need("wall_time_s", finite(rec.get("wall_time_s")), "a number of seconds")
+    else:
+        need("metrics", metrics is None or isinstance(metrics, dict), "null or an object")
+    for field in ("stage_wall_time_s", "method_metadata", "group_sizes", "throughput_img_per_s", "second_stage"):
+        need(field, rec.get(field) is None or isinstance(rec.get(field), dict), "an object")
+    history = rec.get("history", [])
+    need("history", isinstance(history, list) and all(
+        isinstance(e, dict) and isinstance(e.get("stage"), int) for e in history), "a list of epoch entries")
+    return problems
+
+
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)``, or ``(None, why not)`` for a file that is not a well-formed record: not a regular
+    file (a link, a FIFO), not JSON, or failing :func:`record_problems`."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return None, f"{path}: not a regular file (links and special files are not followed)"
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"{path}: not readable JSON ({type(exc).__name__})"
+    problems = record_problems(rec)
+    if problems:
+        return None, f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    return rec, None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -168,11 +241,18 @@ def reference_result(record: dict[str, Any]) -> dict[str, Any]:
     with their natural profile), else by the dataset's name (``places-lt``)."""
     if len(record.get("methods", [])) != 1:
         return {}
-    refs = record["method_metadata"][record["methods"][0]].get("reference_results", {})
+    meta = (record.get("method_metadata") or {}).get(record["methods"][0])
+    refs = meta.get("reference_results") if isinstance(meta, dict) else None
+    if not isinstance(refs, dict):
+        return {}
     name = record.get("dataset_name") or record["dataset"].rsplit("-", 1)[0]
     backbone = (record.get("config") or {}).get("backbone", "")
     for key in (record["dataset"], f"{name}-{backbone}", name):
-        if key in refs:
-            return refs[key]
+        ref = refs.get(key)
+        if isinstance(ref, dict):  # a number that is not one is no published number (a crafted record)
+            overall = ref.get("overall")
+            ok = overall is None or (isinstance(overall, (int, float)) and not isinstance(overall, bool)
+                                     and math.isfinite(overall))
+            return ref if ok else {}
     return {}
 

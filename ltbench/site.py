@@ -95,7 +95,7 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
             config = site / "configs" / f"{recs[0]['config_id']}.json"
             config.write_text(json.dumps(recs[0]["config"], indent=2, sort_keys=True) + "\n")
             written.append(config)
-            family = _family(recs[0]["method"], families)
+            family = html.escape(_family(recs[0]["method"], families))  # plugin metadata: escaped as record text
             all_families.add(family)
             cells = [f'<td class="text" data-value="{html.escape(method)}">{html.escape(method)}</td>',
                      f'<td class="text" data-value="{family}">{family}</td>']
@@ -105,19 +105,21 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
                                   float(np.std(values, ddof=1)) if len(values) > 1 else None))
             cells.append(f'<td data-value="{len(recs)}">{len(recs)}</td>')
             cells.append(_num(_paper(recs[0])))
-            links = " ".join(f'<a href="{html.escape(os.path.relpath(r["_path"], site))}">{r["seed"]}</a>'
-                             for r in recs)
-            cells.append(f'<td class="text" data-value="{recs[0]["config_id"]}"><a href="configs/'
-                         f'{recs[0]["config_id"]}.json">{recs[0]["config_id"]}</a></td>')
+            links = " ".join(f'<a href="{html.escape(os.path.relpath(r["_path"], site))}">{html.escape(str(r["seed"]))}'
+                             f'</a>' for r in recs)
+            config_id = html.escape(recs[0]["config_id"])
+            cells.append(f'<td class="text" data-value="{config_id}"><a href="configs/{config_id}.json">{config_id}'
+                         f'</a></td>')
             cells.append(f'<td class="text" data-value="">{links}</td>')
             rows.append(f'<tr data-family="{family}">{"".join(cells)}</tr>')
         headers = ["method", "family", *GROUPS, "seeds", "paper overall", "config", "records (seed)"]
         head = "".join(f'<th class="{"text" if h in ("method", "family", "config", "records (seed)") else ""}">'
                        f"{h}</th>" for h in headers)
         key = f"{dataset}-{budget}"
-        figures = "".join(f'<figure><img src="plots/{key}-{kind}.png" alt="{kind} plot for {key}"></figure>'
-                          for kind in ("groups", "per-class", "learning") if (site / "plots" / f"{key}-{kind}.png").exists())
-        sections.append(f'<section id="{key}"><h2>{html.escape(dataset)}, budget <code>{html.escape(budget)}'
+        figures = "".join(f'<figure><img src="plots/{html.escape(key)}-{kind}.png" alt="{kind} plot for '
+                          f'{html.escape(key)}"></figure>' for kind in ("groups", "per-class", "learning")
+                          if (site / "plots" / f"{key}-{kind}.png").exists())
+        sections.append(f'<section id="{html.escape(key)}"><h2>{html.escape(dataset)}, budget <code>{html.escape(budget)}'
                         f'</code></h2><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
                         f"{figures}</section>")
     filters = "".join(f'<label><input type="checkbox" value="{f}" checked> {f}</label>' for f in sorted(all_families))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ltbench.errors import LtbenchError, UnknownNameError
-from ltbench.records import PREDICTIONS_FILE, RESULT_FILE, load_result
+from ltbench.records import PREDICTIONS_FILE, RESULT_FILE, read_record
 
 GROUPS = ("overall", "many", "medium", "few")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -28,10 +29,12 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     paths = [path] if path.is_file() else sorted(path.rglob(RESULT_FILE))
     records = []
     for p in paths:
-        rec = load_result(p)
-        if rec is not None:
-            rec["_path"] = str(p)
-            records.append(rec)
+        rec, problem = read_record(p)
+        if problem:  # a malformed or crafted record is named and left out, never a traceback
+            print(f"skipped {problem}", file=sys.stderr)
+            continue
+        rec["_path"] = str(p)
+        records.append(rec)
     if not records:
         raise LtbenchError(f"no run records (result.json) under {path}")
     return records

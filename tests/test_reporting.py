@@ -176,7 +176,8 @@ def _fake(method, seed, preds, labels, tmp):
     rec = {"status": "completed", "method": method, "variant": method, "dataset": "d", "budget": "b", "seed": seed,
            "metrics": {"overall": float(np.mean(acc)), "many": None, "medium": None, "few": None},
            "per_class_accuracy": acc, "train_counts": [500, 500], "files": {"predictions": PREDICTIONS_FILE},
-           "group_thresholds": {"few_below": 20, "many_above": 100}}
+           "group_thresholds": {"few_below": 20, "many_above": 100}, "config_id": "fake", "methods": [method],
+           "config": {"backbone": "none", "epochs": 1}, "wall_time_s": 1.0}
     (d / RESULT_FILE).write_text(json.dumps(rec))
 
 

@@ -502,3 +502,94 @@ def test_another_copy_of_a_dataset_never_returns_the_first_copys_record(tmp_path
     assert record.read_text() == before  # the first copy's record is kept as it was
     # and with its own output, the second copy trains a run of its own
     assert main([*grid, "--data-root", str(second), "--output", "runs-second"]) == 0
+
+
+# -- sandboxed board builds: records are untrusted input -----------------------------------------------------------
+
+
+@pytest.fixture
+def one_good_run(catalog, tmp_path):
+    runs = tmp_path / "runs"
+    run_methods(catalog, ["ce"], runs)
+    [path] = list(runs.rglob("result.json"))
+    return runs, path
+
+
+def _plant(runs: Path, name: str, record) -> Path:
+    path = runs / "planted" / name / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+    return path
+
+
+MARKUP = '<b id="planted" onclick="alert(1)">x</b>'
+
+
+def test_a_build_never_writes_outside_out_nor_follows_a_linked_file(one_good_run, tmp_path, capsys):
+    from ltbench.leaderboard import build
+
+    runs, good = one_good_run
+    rec = json.loads(good.read_text())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    escapes = {"dataset": str(tmp_path / "abs"), "budget": "../../../../escaped", "method": "a/../../b",
+               "config_id": "..", "seed": -1}
+    for field, value in escapes.items():
+        _plant(runs, f"bad-{field}", {**rec, field: value})
+    linked = _plant(runs, "linked", {**rec, "config_id": "linked0001", "variant": "linked"})
+    (linked.parent / "predictions.npz").symlink_to(secret)
+    out = tmp_path / "board"
+    before = {p for p in tmp_path.rglob("*")}
+    build(runs, out)
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert created and all(p == out or out in p.parents for p in created), sorted(map(str, created))[:5]
+    copied = list((out / "records").rglob("predictions.npz"))
+    assert all(p.read_bytes() != b"private" for p in copied)
+    err = capsys.readouterr().err
+    for field in escapes:
+        assert f"bad-{field}" in err and f"{field}:" in err  # each named by file and field
+
+
+def test_no_markup_from_a_record_reaches_the_site_or_the_markdown_unescaped(one_good_run, tmp_path, toy_cli):
+    from ltbench.leaderboard import build
+
+    runs, good = one_good_run
+    rec = json.loads(good.read_text())
+    crafted = {**rec, "variant": MARKUP, "config_id": "crafted0001",
+               "device_model": MARKUP, "device": MARKUP}
+    crafted["method_metadata"] = {"ce": {**rec["method_metadata"]["ce"], "reference_results": {
+        rec["dataset"]: {"overall": 50.0, "source": MARKUP}}}}
+    _plant(runs, "markup", crafted)
+    out = tmp_path / "board"
+    build(runs, out)
+    page = (out / "site" / "index.html").read_text()
+    markdown = "".join(p.read_text() for p in out.glob("*.md"))
+    assert "planted" in page and "<b id=" not in page  # present, and only as text
+    assert "planted" in markdown and "<b id=" not in markdown
+
+
+def test_a_build_over_malformed_records_builds_from_the_good_ones_and_names_each_bad_file(one_good_run, tmp_path,
+                                                                                        capsys):
+    from ltbench.leaderboard import build
+
+    runs, good = one_good_run
+    rec = json.loads(good.read_text())
+    bad = {"not-json": "{", "a-list": "[1, 2]", "no-metrics": {**rec, "metrics": None},
+           "nan-overall": json.dumps({**rec, "metrics": {**rec["metrics"], "overall": float("nan")}}),
+           "seed-string": {**rec, "seed": "0"}, "seed-bool": {**rec, "seed": True},
+           "no-config": {k: v for k, v in rec.items() if k != "config"}, "history-dict": {**rec, "history": {}},
+           "metadata-list": {**rec, "method_metadata": []}}
+    for name, value in bad.items():
+        _plant(runs, name, value)
+    fifo = runs / "planted" / "fifo" / "result.json"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    out = tmp_path / "board"
+    build(runs, out)  # no traceback, and it does not block on the FIFO
+    err = capsys.readouterr().err
+    for name in [*bad, "fifo"]:
+        assert f"planted/{name}/result.json" in err, name
+    assert (out / "site" / "index.html").exists()
+    [copied] = list((out / "records").rglob("result.json"))  # the good record, and only it
+    assert json.loads(copied.read_text())["config_id"] == rec["config_id"]
+    assert main(["show", str(runs)]) == 0  # show, compare and plot read records the same way

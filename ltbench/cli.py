@@ -54,7 +54,23 @@ def plan_cells(args: argparse.Namespace, log=None) -> list:
         options = {o for part in method.split("+") for o in get_catalog().method(part).cls.options}
         settings = experiment.variant_settings(options, method.split("+")[0], args.settings, variant.get("set", {}))
         cells += plan_grid([method], args.datasets, args.seeds, args.budget, settings=settings, **common)
-    return cells
+    return _distinct(cells)
+
+
+def _distinct(cells: list) -> list:
+    """The cells with each run once: a method, seed or variant given twice (or a variant that resolves to the
+    same run as another) would train one run twice; the later ones go, with a line naming them."""
+    seen: dict[tuple, str] = {}
+    out = []
+    for cell in cells:
+        key = (cell.dataset_key, cell.budget, cell.method, cell.config_id, cell.seed)
+        if key in seen:
+            print(f"note: {cell.label} seed {cell.seed} on {cell.dataset_key} is the same run as {seen[key]}: "
+                  f"it runs once", file=sys.stderr)
+            continue
+        seen[key] = f"{cell.label} seed {cell.seed}"
+        out.append(cell)
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ def parse_set(items: list[str]) -> dict[str, str]:
 def coerce(key: str, raw: Any, default: Any) -> Any:
     """Convert ``raw`` (a string from the command line, or a value) to the type of ``default``."""
     try:
+        if isinstance(raw, bool) and not isinstance(default, bool):
+            raise ValueError  # booleans are not numbers (TOML's true would pass as 1)
         if isinstance(default, bool):
             if isinstance(raw, bool):
                 return raw

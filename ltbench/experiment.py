@@ -21,7 +21,8 @@ variants for ablations::
     partition = "gpu"
 
 A flag given on the command line overrides the file's value (``--set`` adds to the file's ``[set]``). A key the
-file may not hold is an error naming it and the valid ones, before anything runs.
+file may not hold is an error naming it and the valid ones, before anything runs. Relative paths in the file
+(``output``, ``data_root``) are relative to the file's folder; on the command line, to the working directory.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
 }
 SLURM_KEYS = ("partition", "account", "gpus_per_job", "cpus_per_task", "mem_gb", "time", "array_parallelism")
 VARIANT_KEYS = ("method", "set")
+#: keys holding paths: relative ones are relative to the experiment file's folder, not the working directory
+PATH_KEYS = ("output", "data_root")
 
 
 def _names(value: Any) -> list[str]:
@@ -95,6 +98,9 @@ def load(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: [variants.{name}] needs method = \"<a method name>\"")
         if not isinstance(variant.get("set", {}), dict):
             raise ConfigError(f"{path}: [variants.{name}] set must be a table, e.g. set = {{ alignment = \"var\" }}")
+    for key in PATH_KEYS:  # a path in the file means a path next to the file, wherever ltbench runs from
+        if key in data and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(path.parent / data[key])
     if "seeds" in data and not isinstance(data["seeds"], str):
         seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):

@@ -326,6 +326,38 @@ def test_output_naming_a_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "--output afile is a file" in capsys.readouterr().err
 
 
+def test_a_method_seed_or_variant_given_twice_runs_once_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "exp.toml"
+    exp.write_text('methods = ["ce", "ce"]\nseeds = [0, 0]\n[variants.again]\nmethod = "ce"\n')
+    assert main(["run", "--config", str(exp), *SMOKE]) == 0
+    out = capsys.readouterr()
+    assert "1 of 1 runs completed" in out.out
+    assert "is the same run as ce seed 0" in out.err
+
+
+@pytest.mark.parametrize("where", ["flag", "file"])
+def test_true_is_not_a_number(where, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "exp.toml"
+    exp.write_text('methods = ["ce"]\n' + ("[set]\nbatch_size = true\n" if where == "file" else ""))
+    flags = ["--set", "batch_size=true"] if where == "flag" else []
+    assert main(["run", "--config", str(exp), *SMOKE, *flags]) == 2
+    assert "batch_size: expected int, got" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_paths_in_an_experiment_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "boards"
+    folder.mkdir()
+    (folder / "exp.toml").write_text('methods = ["ce"]\noutput = "records"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "--config", str(folder / "exp.toml"), *SMOKE]) == 0
+    assert list((folder / "records").rglob("result.json")) and not list(elsewhere.rglob("result.json"))
+
+
 def _npz(root: Path, x_train: np.ndarray, x_test: np.ndarray) -> Path:
     root.mkdir(exist_ok=True)
     y_train = np.arange(len(x_train)) % 100

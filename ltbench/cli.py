@@ -298,7 +298,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"counts": counts, "runs": rows}, indent=2))
     else:
-        shown = rows if args.all else [r for r in rows if r["state"] != "completed"]
+        shown = rows if args.all else [r for r in rows if r["state"] != "completed" or r["code_changed"]]
         if shown:
             _print_table([{k: r[k] for k in ("state", "variant", "seed", "dataset", "budget", "detail")}
                           for r in shown], False)

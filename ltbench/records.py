@@ -186,6 +186,34 @@ def git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def source_digest(cls: type) -> str:
+    """The first 16 hex digits of the SHA-256 of the file that defines ``cls`` ("" where there is none): a
+    record keeps it for each method, so that a change to a method's code is seen, whatever its version says."""
+    import hashlib
+    import inspect
+
+    try:
+        return hashlib.sha256(Path(inspect.getfile(cls)).read_bytes()).hexdigest()[:16]
+    except (TypeError, OSError):
+        return ""
+
+
+def changed_code(record: dict[str, Any], catalog: Any) -> list[str]:
+    """A line for each method of ``record`` whose code differs from what is installed now (distribution
+    version or source digest), e.g. ``method 'ce': ltbench 0.2.0 (source 1a2b3c4d) -> 0.2.0 (source 5e6f7a8b)``;
+    [] for records that predate source digests."""
+    lines = []
+    for name, old in ((record.get("versions") or {}).get("plugins") or {}).items():
+        if not isinstance(old, dict) or not old.get("source_sha256") or name not in catalog.methods:
+            continue
+        entry = catalog.methods[name]
+        new = {"version": entry.plugin.version, "source_sha256": source_digest(entry.cls)}
+        if (old.get("version"), old["source_sha256"]) != (new["version"], new["source_sha256"]):
+            lines.append(f"method {name!r}: {old.get('distribution')} {old.get('version')} (source "
+                         f"{old['source_sha256'][:8]}) -> {new['version']} (source {new['source_sha256'][:8]})")
+    return lines
+
+
 def versions(plugins: dict[str, dict[str, str]]) -> dict[str, Any]:
     import platform
 

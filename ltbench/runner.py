@@ -231,7 +231,13 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     if error:
         raise ConfigError(error)
     if existing:
-        log(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped (use --rerun to force)")
+        changed = records_mod.changed_code(existing, catalog)
+        if changed and distributed.is_main():  # kept, since retraining is the user's choice, but never silently
+            print(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped, but its code "
+                f"changed since it ran: {'; '.join(changed)}; pass --rerun to retrain it", file=sys.stderr)
+        elif not changed:
+            log(f"{tag} {cell.dataset_key}/{cell.budget}: already {existing['status']}, skipped (use --rerun to "
+                f"force)")
         return existing
     if distributed.is_main():
         atomic_write_json(out / "config.json", cell.config)
@@ -378,7 +384,8 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
         "config": cell.config,
-        "versions": versions({n: {"distribution": e.plugin.distribution, "version": e.plugin.version}
+        "versions": versions({n: {"distribution": e.plugin.distribution, "version": e.plugin.version,
+                                  "source_sha256": records_mod.source_digest(e.cls)}
                               for n, e in entries.items()}),
         "method_metadata": {n: e.cls.metadata.to_dict() for n, e in entries.items()},
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",

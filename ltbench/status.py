@@ -20,7 +20,8 @@ from filelock import FileLock, Timeout
 
 from ltbench.errors import ConfigError
 from ltbench.launch import GRIDS_DIR
-from ltbench.records import RESULT_FILE, load_result
+from ltbench.catalog import get_catalog
+from ltbench.records import RESULT_FILE, changed_code, load_result
 
 STATES = ("completed", "running", "interrupted", "failed", "diverged", "missing")
 
@@ -39,7 +40,7 @@ def _describe(runs: Path, run: Path) -> dict[str, Any]:
     rel = run.relative_to(runs)
     parts = rel.parts  # dataset, budget, method, config_id, seed<k>
     row = {"run_dir": str(rel), "dataset": parts[0], "budget": parts[1], "variant": parts[2],
-           "seed": int(parts[-1][4:]), "state": "", "detail": ""}
+           "seed": int(parts[-1][4:]), "state": "", "detail": "", "code_changed": False}
     try:
         record = load_result(run / RESULT_FILE)
     except Exception as exc:  # an unreadable record is reported, not fatal
@@ -54,6 +55,10 @@ def _describe(runs: Path, run: Path) -> dict[str, Any]:
         row["variant"] = record.get("variant", row["variant"])
         if record["status"] == "completed":
             row["detail"] = f"overall {record['metrics']['overall']:.2f}"
+            changed = changed_code(record, get_catalog())
+            if changed:
+                row["code_changed"] = True
+                row["detail"] += f"; code changed since: {'; '.join(changed)} (--rerun retrains it)"
         else:
             row["detail"] = (record.get("error") or "").splitlines()[0] if record.get("error") else ""
     else:
@@ -74,7 +79,8 @@ def collect(runs: Path) -> list[dict[str, Any]]:
                 seen.add(planned["run_dir"])
                 rows.append({"run_dir": planned["run_dir"], "dataset": planned["dataset"],
                              "budget": planned["budget"], "variant": planned["variant"], "seed": planned["seed"],
-                             "state": "missing", "detail": f"planned by grid {manifest.stem}, not started"})
+                             "state": "missing", "detail": f"planned by grid {manifest.stem}, not started",
+                             "code_changed": False})
     return rows
 
 

@@ -625,3 +625,38 @@ def test_a_build_over_malformed_records_builds_from_the_good_ones_and_names_each
     [copied] = list((out / "records").rglob("result.json"))  # the good record, and only it
     assert json.loads(copied.read_text())["config_id"] == rec["config_id"]
     assert main(["show", str(runs)]) == 0  # show, compare and plot read records the same way
+
+
+def test_a_finished_run_whose_method_code_changed_is_named_not_silently_skipped(toy_cli, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from ltbench import records
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--methods", "ce", *SMOKE, "--seeds", "0"]) == 0
+    [rec] = _records(tmp_path / "runs")
+    digest = rec["versions"]["plugins"]["ce"]["source_sha256"]
+    assert len(digest) == 16 and digest == records.source_digest(ltbench.catalog.get_catalog().method("ce").cls)
+    capsys.readouterr()
+    assert main(["run", "--methods", "ce", *SMOKE, "--seeds", "0"]) == 0  # unchanged: a plain skip
+    assert "code changed" not in capsys.readouterr().err
+    real = records.source_digest
+    monkeypatch.setattr(records, "source_digest", lambda cls: "f" * 16 if cls.name == "ce" else real(cls))
+    assert main(["run", "--methods", "ce", *SMOKE, "--seeds", "0"]) == 0  # kept: retraining is the user's call
+    err = capsys.readouterr().err
+    assert f"its code changed since it ran: method 'ce'" in err and f"source {digest[:8]}) -> " in err
+    assert "ffffffff" in err and "--rerun" in err
+    assert main(["status", "runs"]) == 0
+    assert "code changed since: method 'ce'" in capsys.readouterr().out
+
+
+def test_the_source_digest_follows_the_file_that_defines_the_method(tmp_path, monkeypatch):
+    import importlib
+
+    from ltbench import records
+
+    module = tmp_path / "digest_probe.py"
+    module.write_text("class M:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = records.source_digest(importlib.import_module("digest_probe").M)
+    module.write_text("class M:\n    x = 1\n")
+    assert records.source_digest(importlib.import_module("digest_probe").M) != first

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import inspect
+import json
+import sys
+import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -61,6 +65,31 @@ class MethodEntry:
     @property
     def stage_hooks(self) -> list[str]:
         return sorted(n for n in dir(self.cls) if n.startswith("ltbench_") and callable(getattr(self.cls, n)))
+
+
+def _foreign_module(module: ModuleType | None, dist: md.Distribution) -> str | None:
+    """Why ``module``, imported for one of ``dist``'s entry points, is not ``dist``'s own code (None when it is,
+    or when ``dist`` lists no files to tell): another distribution that ships a package of the same name earlier
+    on the path would otherwise run under ``dist``'s name and version."""
+    where = getattr(module, "__file__", None)
+    if not where:
+        return None
+    path = Path(where).resolve()
+    files = dist.files
+    if files is None:
+        return None
+    if any(Path(dist.locate_file(f)).resolve() == path for f in files):
+        return None
+    direct = dist.read_text("direct_url.json")
+    if direct:  # an editable install: its code is the project directory it names
+        info = json.loads(direct)
+        url = urllib.parse.urlparse(info.get("url", ""))
+        if info.get("dir_info", {}).get("editable") and url.scheme == "file":
+            if Path(urllib.parse.unquote(url.path)).resolve() in path.parents:
+                return None
+    return (f"module {module.__name__} was imported from {path}, which is not part of the distribution "
+            f"{dist.name} {dist.version} that declares this entry point: another installed package ships a "
+            f"module of the same name and shadows it; uninstall or rename that package")
 
 
 class Catalog:
@@ -150,6 +179,10 @@ class Catalog:
             except Exception as exc:
                 self.broken.append(BrokenPlugin(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}",
                                                 info.version))
+                continue
+            foreign = _foreign_module(sys.modules.get(ep.module), ep.dist) if ep.dist else None
+            if foreign:  # another package's module under this name: its code must not run as this plugin
+                self.broken.append(BrokenPlugin(ep.name, dist, foreign, info.version))
                 continue
             self.add_plugin(obj, info)
 

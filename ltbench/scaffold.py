@@ -7,6 +7,7 @@ entropy bonus, to replace with yours) and a test that runs ltbench's conformance
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
 from pathlib import Path
@@ -98,12 +99,21 @@ def test_a_negative_beta_is_refused():
 '''
 
 
+#: package names a generated plugin may never have: ltbench's own (its built-in plugins live in ltbench_plugins)
+RESERVED_PACKAGES = ("ltbench_plugins", "ltbench_testing")
+
+
 def create(name: str, parent: Path) -> Path:
     """Write the package for method ``name`` into ``parent/ltbench-<name>/``; return its directory."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name) or name.endswith("-"):
         raise ConfigError(f"new-plugin: a method name is lower-case letters, digits and '-', starting with a "
                           f"letter (e.g. my-method), got {name!r}")
     package = "ltbench_" + name.replace("-", "_")
+    taken = importlib.util.find_spec(package) is not None
+    if taken or package in RESERVED_PACKAGES:
+        raise ConfigError(f"new-plugin: the package name {package!r} for method {name!r} is taken"
+                          f"{' by an installed module' if taken else ' by ltbench itself'}: a package of that name "
+                          f"would shadow it, or be shadowed by it; choose another method name")
     cls = "".join(part.capitalize() for part in name.split("-"))
     if keyword.iskeyword(cls):
         cls += "Method"

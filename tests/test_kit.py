@@ -103,6 +103,15 @@ def test_the_fixtures_give_a_real_run_batch_and_model(tiny_run, tiny_batch, tiny
     assert tiny_model(tiny_batch.images).shape == (16, tiny_run.num_classes)
 
 
+def test_new_plugin_refuses_a_name_whose_package_would_shadow_or_be_shadowed(tmp_path, capsys):
+    from ltbench.cli import main
+
+    # ltbench's own built-in plugins live in ltbench_plugins: a package of that name would replace them
+    assert main(["new-plugin", "plugins", "--dir", str(tmp_path)]) == 2
+    assert "'ltbench_plugins' for method 'plugins' is taken" in capsys.readouterr().err
+    assert not (tmp_path / "ltbench-plugins").exists()
+
+
 def test_new_plugin_writes_a_package_that_installs_and_passes_its_own_tests(tmp_path, capsys):
     import os
     import subprocess

@@ -156,6 +156,28 @@ def test_a_third_party_plugin_cannot_take_a_builtin_method(tmp_path, monkeypatch
     assert rec["versions"]["plugins"]["ce"]["distribution"] == "ltbench"
 
 
+def test_a_package_that_shadows_the_builtin_plugins_is_refused_not_run_as_ltbench(tmp_path, monkeypatch, capsys):
+    """Another distribution ships a top-level ltbench_plugins/ earlier on the path: ltbench's own entry point
+    'ce' would import its ce.py and record it as 'ltbench 0.2.0'."""
+    shadow = tmp_path / "site" / "ltbench_plugins"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (shadow / "ce.py").write_text(IMPOSTOR.format(name="ce"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "ltbench_plugins" or m.startswith("ltbench_plugins.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(ltbench.catalog, "_CATALOG", None)
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["plugins", "--json"]) == 0
+    rows = {r["plugin"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["ce"]["status"] == "broken" and rows["ce"]["distribution"] == "ltbench"
+    assert str(shadow / "ce.py") in rows["ce"]["error"] and "shadows it" in rows["ce"]["error"]
+    assert main(["run", "--methods", "ce", *SMOKE]) == 2  # refused: the impostor never trains as 'ce'
+    assert "unknown method 'ce'" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("result.json"))
+
+
 @pytest.mark.parametrize("first, second", [("aaa-one", "zzz-two"), ("zzz-one", "aaa-two")])
 def test_two_plugins_registering_one_name_are_both_refused_whatever_the_install_order(tmp_path, monkeypatch, first,
                                                                                        second):

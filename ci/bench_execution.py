@@ -1,0 +1,77 @@
+"""Which execution options make a budget's training steps fastest, measured side by side in one process.
+
+    python ci/bench_execution.py [--dataset cifar100-lt --data-root ../shared/data] [--budget paper]
+                                 [--option channels_last=true] [--steps 5] [--rounds 8]
+
+Two runs of the same cell are built, the budget as it is and the budget with ``--option`` (an execution option:
+it changes how a run is computed, not what); ltbench's own step loop (:func:`ltbench.engine.run_steps`) trains
+each for ``--steps`` steps, alternating in rounds so that the load of a shared machine hits both alike. The
+printed ratio (images/s with the option over without) is the median over rounds. The paper budget's
+experiment file uses what this shows to be faster (README, "The paper budget").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from ltbench.catalog import get_catalog
+from ltbench.engine import build_loss, build_run, image_batch, run_steps
+from ltbench.runner import plan_grid, resolve_device
+
+
+def stepper(args: argparse.Namespace, settings: dict[str, str], device: torch.device):
+    catalog = get_catalog()
+    (cell,) = plan_grid([args.method], [args.dataset], [0], args.budget, settings=settings,
+                        data_root=args.data_root, catalog=catalog)
+    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, device, out_dir=None, log=lambda m: None)
+    cfg = cell.config
+    optimizer = torch.optim.SGD([p for p in run.model.parameters() if p.requires_grad], lr=cfg["lr"],
+                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    loss_fn, make_batch = build_loss(run, 1), image_batch(run, run.train_labels)
+    rng = torch.Generator().manual_seed(0)
+    batch = cfg["batch_size"]
+
+    def steps() -> float:
+        order = torch.randint(0, len(run.train_labels), (args.steps * batch,), generator=rng)
+        t0 = time.perf_counter()
+        sums, _ = run_steps(run, optimizer, loss_fn, order, batch, make_batch)
+        float(sums["task"])
+        return args.steps * batch / (time.perf_counter() - t0)
+
+    run.model.train()
+    return cell, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="cifar100-lt")
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--budget", default="paper")
+    parser.add_argument("--method", default="ce")
+    parser.add_argument("--option", default="channels_last=true", metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+    device = resolve_device("auto")
+    key, value = args.option.split("=", 1)
+    cell, plain = stepper(args, {}, device)
+    _, option = stepper(args, {key: value}, device)
+    plain(), option()  # warm-up: allocator, lazy initialisation
+    speeds: dict[str, list[float]] = {"plain": [], "option": []}
+    for r in range(args.rounds):
+        pair = [("plain", plain), ("option", option)]
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:
+            speeds[name].append(fn())
+    ratio = np.array(speeds["option"]) / np.array(speeds["plain"])
+    print(f"{cell.dataset_key} {args.budget} ({cell.config['backbone']}, batch {cell.config['batch_size']}), "
+          f"{device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds, interleaved")
+    print(f"without {args.option}: {np.median(speeds['plain']):6.0f} img/s   with: {np.median(speeds['option']):6.0f} "
+          f"img/s   ratio {np.median(ratio):.3f} (median; range {ratio.min():.2f}-{ratio.max():.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -159,7 +159,8 @@ EXECUTION_KEYS = ("channels_last", "compile", "val_every", "workers")
 #: keys added after records existed, with the value that means "as before": at that value a key is left out
 #: of the identity, so that existing runs keep their directories and shared stage 1s
 LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretrained_path": "", "image_size": 0,
-              "smoke": False, "stage2_warmup_epochs": 0, "stage2_lr_milestones": [], "stage2_lr_decay": 0.1}
+              "smoke": False, "stage2_warmup_epochs": 0, "stage2_lr_milestones": [], "stage2_lr_decay": 0.1,
+              "world_size": 1}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

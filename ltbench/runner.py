@@ -14,6 +14,7 @@ as ``failed`` with the method and hook named, and the grid goes on.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import shutil
@@ -112,6 +113,10 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
     for name, spec in zip(datasets, specs):
         configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor, every)
                    for m, classes in composed.items()}
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: how many ranks share each batch
+        for config in configs.values():
+            if ranks > 1 and not config["sync_bn"]:  # per-rank batch-norm statistics: another computation
+                config["world_size"] = ranks
         for m, classes in composed.items():  # option values a method rejects, and composition conflicts
             make_plugin_manager([construct(cls, configs[m]["methods"][cls.name]) for cls in classes])
         catalog.backbone(next(iter(configs.values()))["backbone"])

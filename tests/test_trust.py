@@ -682,3 +682,20 @@ def test_the_source_digest_follows_the_file_that_defines_the_method(tmp_path, mo
     first = records.source_digest(importlib.import_module("digest_probe").M)
     module.write_text("class M:\n    x = 1\n")
     assert records.source_digest(importlib.import_module("digest_probe").M) != first
+
+
+def test_under_torchrun_per_rank_batch_norm_is_another_run_and_sync_bn_is_the_same_run(catalog, monkeypatch):
+    from ltbench.runner import plan_grid
+
+    def cell(ranks, **settings):
+        if ranks > 1:
+            monkeypatch.setenv("WORLD_SIZE", str(ranks))
+        else:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        (c,) = plan_grid(["ce"], ["synthetic-lt"], [0], "smoke", settings=settings, catalog=catalog)
+        return c
+
+    one, two = cell(1), cell(2)
+    assert one.config_id != two.config_id and "world_size=2" in two.label  # batch statistics of 1/2 the batch
+    assert "world_size" not in one.config  # single-process identities (the committed board's) do not move
+    assert cell(1, sync_bn="true").config_id == cell(2, sync_bn="true").config_id  # global statistics: the same

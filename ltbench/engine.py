@@ -35,7 +35,7 @@ from ltbench import config as config_mod
 from ltbench.catalog import Catalog
 from ltbench.datasets import DatasetSpec, LTData, sealed_for_training
 from ltbench.defaults import CoreDefaults
-from ltbench.errors import CompositionError, PluginContractError
+from ltbench.errors import CheckpointError, CompositionError, PluginContractError
 from ltbench.method import Method
 from ltbench.metrics import EvalResult, evaluate_predictions
 from ltbench.model import LTModel, ModelOutput
@@ -281,6 +281,9 @@ class Run:
     on_epoch_entry: Callable[[dict[str, Any]], None] | None = None
     #: where the backbone's starting weights came from (source and sha256), when they were pretrained
     pretrained: dict[str, Any] | None = None
+    #: what the checkpoints written now belong to (a shared stage 1's key, else the run's config id); set by
+    #: the runner. A checkpoint that names another is refused, never resumed from
+    checkpoint_identity: str = ""
     _eval_stores: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
     def image_store(self, images):
@@ -507,6 +510,7 @@ def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer) -> None:
     checkpoints.save({
         "stage": run.stage, "epoch": run.epoch, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
         "methods": method_states(run), "rng": _rng_state(run), "history": run.history,
+        "identity": run.checkpoint_identity,
     }, path)
 
 
@@ -632,7 +636,15 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
     model = run.model
     sampler = build_sampler(run, stage, labels)
     loss_fn = build_loss(run, stage)
-    start = _restore(run, checkpoints.load(ckpt_path), optimizer) if distributed.agree(ckpt_path.exists()) else 0
+    start = 0
+    if distributed.agree(ckpt_path.exists()):
+        ckpt = checkpoints.load(ckpt_path)
+        written_for = ckpt.get("identity") or ""  # "" in checkpoints from before identities were written
+        if written_for and run.checkpoint_identity and written_for != run.checkpoint_identity:
+            raise CheckpointError(f"checkpoint {ckpt_path} belongs to another configuration ({written_for}; this "
+                                  f"run is {run.checkpoint_identity}): it was copied or left there; refused, not "
+                                  f"resumed from. Pass --rerun to retrain the run, or remove the file")
+        start = _restore(run, ckpt, optimizer)
     for epoch in range(start, epochs):
         run.epoch = epoch
         set_lr(epoch)

@@ -271,6 +271,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         shared = stage1_dir(cell, output, catalog)
         plain = shared is not None
         s1_dir = shared if plain else out
+        # a shared stage 1's checkpoints belong to its key (every method that reuses it), others to the run
+        run.checkpoint_identity = f"stage 1 {shared.name}" if plain else f"config {cell.config_id}"
         if plain and distributed.is_main():
             with _Lock(s1_dir, f"{tag} shared stage 1 {s1_dir}", log):
                 if rerun and s1_dir not in retrained:
@@ -292,6 +294,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
                     atomic_write_json(progress, {"seconds": prior + time.perf_counter() - t2})
 
             prepare_stage2(run, plan)
+            run.checkpoint_identity = f"config {cell.config_id}"
             train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=log_stage2)
             timing["stage2"] = prior + time.perf_counter() - t2
         t3 = time.perf_counter()

@@ -291,6 +291,28 @@ def test_a_corrupt_shared_stage1_is_named_and_rerun_retrains_it(tmp_path, monkey
     assert main(["run", "--methods", "crt,lws", *SMOKE, "--rerun"]) == 0
 
 
+def test_a_checkpoint_of_another_configuration_is_refused_not_resumed_from(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--methods", "ce", *SMOKE, "--epochs", "2"]) == 0
+    (theirs,) = (tmp_path / "runs").rglob("_stage1/*/checkpoint-stage1.pt")
+    other = ["run", "--methods", "ce", *SMOKE, "--epochs", "2", "--set", "lr=0.07"]
+    from ltbench.cli import _run_options, build_parser, plan_cells
+    from ltbench.runner import stage1_dir
+
+    (cell,) = plan_cells(_run_options(build_parser().parse_args([*other, "--output", "runs"])))
+    mine = stage1_dir(cell, tmp_path / "runs")
+    assert mine != theirs.parent
+    mine.mkdir(parents=True)
+    shutil.copyfile(theirs, mine / "checkpoint-stage1.pt")  # left there, or copied by hand
+    assert main(other) == 1
+    [rec] = [r for r in _records(tmp_path / "runs") if r["config"]["lr"] == 0.07]
+    assert rec["status"] == "failed" and "belongs to another configuration" in rec["error"]
+    assert "--rerun" in rec["error"] and "checkpoint-stage1.pt" in rec["error"]
+    assert main([*other, "--rerun"]) == 0
+
+
 # -- 4. containment ----------------------------------------------------------------------------------------------
 
 

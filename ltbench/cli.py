@@ -182,6 +182,9 @@ def _run_distributed(args: argparse.Namespace, cells: list, output: Path, device
 
     torch.set_num_threads(args.threads or max(1, available_cores() // local))
     device = distributed.init_from_env(device)
+    from ltbench.runner import RANKS_DIR
+
+    distributed.start_heartbeat(output / RANKS_DIR)
     main_rank = distributed.is_main()
     try:
         records = run_grid(cells, output, device, rerun=args.rerun, log=log if main_rank else (lambda m: None),

@@ -24,7 +24,9 @@ must call a collective the same number of times, so call them from hooks every r
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,8 +61,50 @@ def init_from_env(device: torch.device) -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=rank_timeout()))
     return device
+
+
+#: seconds a rank waits for the others in a collective before its run fails (``LTBENCH_RANK_TIMEOUT_S``)
+DEFAULT_RANK_TIMEOUT_S = 300
+#: a rank whose heartbeat is older than this is named as stopped when a collective times out
+HEARTBEAT_S = 5
+
+
+def rank_timeout() -> float:
+    return float(os.environ.get("LTBENCH_RANK_TIMEOUT_S", DEFAULT_RANK_TIMEOUT_S))
+
+
+def start_heartbeat(directory: Path) -> None:
+    """Write this rank's time into ``directory/rank<k>`` every few seconds, from a daemon thread, so that a rank
+    left waiting can name the one that stopped answering (:func:`stopped_ranks`)."""
+    import threading
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"rank{rank()}"
+
+    def beat() -> None:
+        while True:
+            path.write_text(f"{time.time()}")
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="ltbench-heartbeat", daemon=True).start()
+
+
+def stopped_ranks(directory: Path, stale_s: float = 6 * HEARTBEAT_S) -> list[int]:
+    """The ranks whose heartbeat in ``directory`` is older than ``stale_s`` seconds (or missing); [] where no
+    heartbeat runs (``directory`` absent)."""
+    if not directory.is_dir():
+        return []
+    now, out = time.time(), []
+    for r in range(world_size()):
+        try:
+            seen = float((directory / f"rank{r}").read_text())
+        except (OSError, ValueError):
+            seen = 0.0
+        if now - seen > stale_s:
+            out.append(r)
+    return out
 
 
 def shard_rows(n: int) -> slice:

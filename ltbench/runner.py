@@ -315,6 +315,11 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         log(f"{tag} failed: {error}")
     except (Exception, SystemExit) as exc:  # any plugin or core fault (sys.exit too): recorded, the grid goes on
         status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        if distributed.is_distributed():
+            stopped = distributed.stopped_ranks(output / RANKS_DIR)
+            error = (f"rank {distributed.rank()} of {distributed.world_size()}: " + (
+                f"rank(s) {', '.join(map(str, stopped))} stopped answering (no heartbeat for over "
+                f"{6 * distributed.HEARTBEAT_S} s); " if stopped else "") + error)
         log(f"{tag} failed: {error.splitlines()[0]}")
     if run is not None and (run.history or not (out / "metrics.jsonl").exists()):
         _write_history(run)  # never replaces a written history with an empty one (a run that failed to resume)
@@ -329,11 +334,16 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     record = make_record(cell, device, catalog, status, error, run=run, plan=plan, test=test, val=val,
                          stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra,
                          started=started, process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
-    if distributed.is_main():
+    rank_failed = status == "failed" and distributed.is_distributed()
+    if distributed.is_main() or rank_failed:  # a failing rank writes its own record: rank 0 may be waiting
         if test is not None and test.predictions is not None:
             save_predictions(out / PREDICTIONS_FILE, test, cell.data.y_test)
             record["files"] = {"predictions": PREDICTIONS_FILE}
         atomic_write_json(result_path, record)
+    if rank_failed:
+        # the other ranks may be waiting in a collective this rank will never join: end the job now (torchrun
+        # stops the others) rather than leave them hanging; the same command resumes the rest of the grid
+        raise RankFailed(f"{tag} failed on rank {distributed.rank()}; the job ends here: {error.splitlines()[0]}")
     if reporting is not None:
         reporting.emit("ltbench_report_run_end", run=info, record=record, plots=_run_plots(out, record))
     if status == "completed":
@@ -406,6 +416,14 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
     }
     record["compute"] = records_mod.compute(record)
     return record
+
+
+#: under torchrun, each rank's heartbeat (ltbench.distributed.start_heartbeat), under the grid's output
+RANKS_DIR = "_ranks"
+
+
+class RankFailed(LtbenchError):
+    """A run failed on one rank of a torchrun job: the job ends, since the others cannot go on without it."""
 
 
 #: beside config.json in a run directory: the data the run trains on, checked when it resumes or is found done

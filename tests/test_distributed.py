@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +32,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_entry(rank: int, world: int, port: int, fn, args) -> None:
+def _rank_entry(rank: int, world: int, port: int, fn, args, timeout: float = 1800) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout))
     try:
         fn(rank, *args)
     finally:
         dist.destroy_process_group()
 
 
-def in_ranks(fn, *args, world: int = 2) -> None:
-    """``fn(rank, *args)`` in ``world`` processes joined in a gloo group."""
-    torch.multiprocessing.spawn(_rank_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+def in_ranks(fn, *args, world: int = 2, timeout: float = 1800) -> None:
+    """``fn(rank, *args)`` in ``world`` processes joined in a gloo group (collectives time out after ``timeout``
+    seconds)."""
+    torch.multiprocessing.spawn(_rank_entry, args=(world, _free_port(), fn, args, timeout), nprocs=world, join=True)
 
 
 def _ltbench(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -219,3 +222,35 @@ def test_a_run_interrupted_under_two_ranks_resumes_in_one_process(tmp_path):
     # epoch 1 by two ranks, 2-4 by one process: the single process's trajectory all the same
     assert np.allclose(_losses(history), _losses(_history(tmp_path / "plain", "ce+interrupter")), rtol=1e-5)
     assert resumed["per_class_accuracy"] == pytest.approx(plain["per_class_accuracy"], abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a failure or a stop on one rank ends the job with a record, instead of a silent hang
+
+
+def _one_rank_fails(rank: int, out: Path, method: str) -> None:
+    from ltbench.errors import LtbenchError
+    from ltbench.runner import RANKS_DIR
+    from ltbench.testing import catalog_with, run_methods
+
+    D.start_heartbeat(out / RANKS_DIR)
+    try:
+        run_methods(catalog_with(*toy.ALL), [f"ce+{method}", "ce"], out, epochs=3)
+    except LtbenchError as exc:
+        (out / f"ended{rank}").write_text(str(exc))
+        raise
+
+
+@pytest.mark.parametrize("method, said", [("raises-on-rank-1", "only rank 1 blew up"),
+                                          ("stops-rank-1", "rank(s) 1 stopped answering")])
+def test_a_failure_or_a_stop_on_one_rank_ends_the_job_within_minutes_with_a_record(method, said, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("LTBENCH_RANK_TIMEOUT_S", "40")
+    out = tmp_path / "runs"
+    t0 = time.monotonic()
+    with pytest.raises(Exception):  # the job ends: the failing rank leaves, and the other one with it
+        in_ranks(_one_rank_fails, out, method, timeout=D.rank_timeout())
+    assert time.monotonic() - t0 < 150  # not the 30 minutes it used to wait, silent
+    [record] = [json.loads(p.read_text()) for p in out.rglob("result.json")]
+    assert record["status"] == "failed" and said in record["error"]
+    assert record["method"] == f"ce+{method}"  # and the grid stopped there: plain ce did not run half-joined

@@ -279,7 +279,43 @@ class ExitsInEpochStart(Method):
         sys.exit(3)
 
 
-ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage2, ExitsInEpochStart]
+class RaisesOnRank1(Method):
+    """Under torchrun, a hook that raises on rank 1 only, in stage-1 epoch 2 (mid-grid, between collectives)."""
+
+    name = "raises-on-rank-1"
+    metadata = META
+
+    @hookimpl
+    def ltbench_epoch_start(self, run, stage, epoch):
+        from ltbench import distributed
+
+        if distributed.rank() == 1 and stage == 1 and epoch == 1:
+            raise RuntimeError("only rank 1 blew up")
+
+
+class StopsRank1(Method):
+    """Under torchrun, rank 1 stops answering (SIGSTOP to itself) in stage-1 epoch 2."""
+
+    name = "stops-rank-1"
+    metadata = META
+
+    @hookimpl
+    def ltbench_epoch_start(self, run, stage, epoch):
+        import os
+        import signal
+
+        from ltbench import distributed
+
+        if distributed.rank() == 1 and stage == 1 and epoch == 1:
+            import subprocess
+
+            # continued after 70 s, so that the test's teardown can end it; until then it answers nothing
+            subprocess.Popen(["sh", "-c", f"sleep 70; kill -CONT {os.getpid()}"])
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+ALL += [RaisesInConfigure, RaisesInRecord, NonJsonRecord, ObjectState, SlowStage2, ExitsInEpochStart,
+        RaisesOnRank1, StopsRank1]
 
 
 class DiesAtEpoch2(Method):

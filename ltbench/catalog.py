@@ -33,6 +33,7 @@ from ltbench.backbones import TIMM_PREFIX, BackboneSpec
 from ltbench.datasets import DatasetSpec
 from ltbench.errors import LtbenchError, UnknownNameError
 from ltbench.method import Method, MethodMetadata
+from ltbench.records import SAFE_NAME
 
 ENTRY_POINT_GROUP = "ltbench"
 BUILTIN_DISTRIBUTION = "ltbench"
@@ -119,6 +120,9 @@ class Catalog:
                 def register(item):
                     check(item)
                     name = item.name
+                    if kind in ("method", "dataset") and (not SAFE_NAME.fullmatch(str(name)) or ".." in name):
+                        raise TypeError(f"{kind} name {name!r} would become part of a file path: use letters, "
+                                        f"digits and . _ - (e.g. my-method)")
                     if (kind, name) in self.owners or (kind, name) in self.contested:
                         self._conflict(kind, name, info)
                     table[name] = MethodEntry(item, info) if kind == "method" else item

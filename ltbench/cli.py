@@ -73,6 +73,16 @@ def _distinct(cells: list) -> list:
     return out
 
 
+def _check_out_dir(path: Path, flag: str) -> None:
+    """``path`` must be a directory, or creatable as one: neither it nor a folder above it is a file."""
+    for where in (path, *path.parents):
+        if where.exists():
+            if not where.is_dir():
+                what = "is a file" if where == path else f"lies under {where}, which is a file"
+                raise ConfigError(f"{flag} {path} {what}; give a directory for the output")
+            return
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ltbench import distributed, launch
     from ltbench.runner import resolve_device, run_grid, stderr_log
@@ -80,8 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args = _run_options(args)
     device = resolve_device(args.device)
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {args.output} is a file; give a directory for the run records")
+    _check_out_dir(output, "--output")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
@@ -254,6 +263,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ltbench import summary
 
+    if args.bootstrap < 100:
+        raise ConfigError(f"--bootstrap is the number of bootstrap draws, at least 100 for a 95 % interval, "
+                          f"got {args.bootstrap}")
     records = summary.load_records(Path(args.runs_dir))
     result = summary.compare(records, args.a, args.b, dataset=args.dataset, budget=args.budget,
                              n_boot=args.bootstrap)
@@ -264,6 +276,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ltbench import plots, summary
 
+    _check_out_dir(Path(args.out), "--out")
     written = plots.plot_records(summary.load_records(Path(args.runs_dir)), Path(args.out))
     for path in written:
         print(f"wrote {path}")

@@ -78,7 +78,8 @@ def check_core(config: dict[str, Any]) -> None:
     for key in ["lr", "stage2_lr"]:
         if not config[key] > 0:
             raise ConfigError(f"{key} must be > 0, got {config[key]!r}")
-    for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs", "stage2_warmup_epochs"]:
+    for key in ["weight_decay", "momentum", "warmup_epochs", "stage2_epochs", "stage2_warmup_epochs", "val_every",
+                "workers", "image_size"]:
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]!r}")
     if config.get("schedule", "step") not in ("step", "cosine"):

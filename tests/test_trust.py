@@ -370,6 +370,39 @@ def test_output_naming_a_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "--output afile is a file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--config", "."], "--config . is a directory"),
+    (["run", "--config", "latin1.toml"], "not UTF-8 text"),
+    (["run", "--methods", "ce", *SMOKE, "--output", "afile/sub"],
+     "--output afile/sub lies under afile, which is a file"),
+    (["plot", "runs", "--out", "afile"], "--out afile is a file"),
+    (["compare", "runs", "ce", "crt", "--bootstrap", "0"], "--bootstrap is the number of bootstrap draws"),
+    (["run", "--methods", "ce", *SMOKE, "--set", "val_every=-1"], "val_every must be >= 0"),
+    (["run", "--methods", "ce", *SMOKE, "--set", "workers=-1"], "workers must be >= 0"),
+    (["run", "--methods", "ce", *SMOKE, "--set", "image_size=-3"], "image_size must be >= 0"),
+])
+def test_bad_paths_and_values_are_named_errors_not_tracebacks(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "latin1.toml").write_bytes('methods = ["cé"]'.encode("latin-1"))
+    (tmp_path / "runs").mkdir()
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_a_method_name_that_would_leave_the_output_folder_is_refused(tmp_path):
+    from ltbench import Method, MethodMetadata, hookimpl
+    from ltbench.catalog import build_catalog
+
+    escaping = type("Escaping", (Method,), {"name": "../../evil", "metadata": MethodMetadata(title="x")})
+    catalog = build_catalog(entry_points=False)
+    catalog.add_plugin(type("P", (), {"ltbench_register_methods": hookimpl(
+        lambda self, register: register(escaping))})(), ltbench.catalog.PluginInfo("evil", "evil", "evil-dist", "1"))
+    assert "../../evil" not in catalog.methods
+    assert "would become part of a file path" in catalog.broken[-1].error
+
+
 def test_a_method_seed_or_variant_given_twice_runs_once_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exp = tmp_path / "exp.toml"

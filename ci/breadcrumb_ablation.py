@@ -36,8 +36,8 @@ from ltbench import MethodMetadata, hookimpl
 from ltbench.engine import SecondStage, extract_features
 from ltbench.samplers import class_balanced
 from ltbench.testing import catalog_with
-from ltbench_plugins.breadcrumb import default_n_b
-from ltbench_plugins.decoupling import CRT
+from ltbench_builtin.breadcrumb import default_n_b
+from ltbench_builtin.decoupling import CRT
 
 from ablation_runs import run_ablation  # ci/ablation_runs.py, beside this script
 

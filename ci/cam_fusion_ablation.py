@@ -26,7 +26,7 @@ import torch
 
 from ltbench import MethodMetadata, hookimpl
 from ltbench.testing import catalog_with
-from ltbench_plugins.cam_fusion import CAMFusion, FusionBatchSampler
+from ltbench_builtin.cam_fusion import CAMFusion, FusionBatchSampler
 
 from ablation_runs import run_ablation  # ci/ablation_runs.py, beside this script
 

@@ -38,17 +38,17 @@ def _hooks() -> list[str]:
 
 def _example(name: str) -> tuple[str, str] | None:
     """A built-in implementation of hook ``name``: (where, source)."""
-    import ltbench_plugins
+    import ltbench_builtin
     import pkgutil
     import importlib
 
-    for info in sorted(pkgutil.iter_modules(ltbench_plugins.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"ltbench_plugins.{info.name}")
+    for info in sorted(pkgutil.iter_modules(ltbench_builtin.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"ltbench_builtin.{info.name}")
         if callable(getattr(module, name, None)):
-            return f"ltbench_plugins/{info.name}.py", inspect.getsource(getattr(module, name))
+            return f"ltbench_builtin/{info.name}.py", inspect.getsource(getattr(module, name))
         for _, cls in sorted(inspect.getmembers(module, inspect.isclass)):
             if cls.__module__ == module.__name__ and name in vars(cls):
-                return f"ltbench_plugins/{info.name}.py, class {cls.__name__}", inspect.getsource(vars(cls)[name])
+                return f"ltbench_builtin/{info.name}.py, class {cls.__name__}", inspect.getsource(vars(cls)[name])
     return None
 
 

@@ -99,8 +99,9 @@ def test_a_negative_beta_is_refused():
 '''
 
 
-#: package names a generated plugin may never have: ltbench's own (its built-in plugins live in ltbench_plugins)
-RESERVED_PACKAGES = ("ltbench_plugins", "ltbench_testing")
+#: package names a generated plugin may never have: ltbench's own (its built-in plugins live in ltbench_builtin,
+#: formerly ltbench_plugins, a name a third party could pick by accident; ltbench new-plugin plugins generated it)
+RESERVED_PACKAGES = ("ltbench_builtin", "ltbench_plugins", "ltbench_testing")
 
 
 def create(name: str, parent: Path) -> Path:

@@ -11,11 +11,11 @@ from torch import nn
 
 from ltbench.errors import ConfigError
 from ltbench.testing import catalog_with, run_methods
-from ltbench_plugins.decoupling import LWSHead, NCMHead, TauNormHead
-from ltbench_plugins.losses import (LDAMDRW, BalancedSoftmax, ClassBalancedFocal, ClassBalancedLoss, Focal,
+from ltbench_builtin.decoupling import LWSHead, NCMHead, TauNormHead
+from ltbench_builtin.losses import (LDAMDRW, BalancedSoftmax, ClassBalancedFocal, ClassBalancedLoss, Focal,
                                     class_balanced_weights, focal_loss, ldam_loss, ldam_margins, log_prior,
                                     logit_adjusted_loss)
-from ltbench_plugins.sampling import ProgressiveSampler, SqrtSampling, progressive_shares
+from ltbench_builtin.sampling import ProgressiveSampler, SqrtSampling, progressive_shares
 
 
 def fake_run(counts, epochs=200, epoch=0, stage=1, seed=0):

@@ -11,7 +11,7 @@ from torch import nn
 
 from ltbench.engine import Batch
 from ltbench.testing import catalog_with, run_methods
-from ltbench_plugins.blt import BLT, SquashingCosine, gamma_balancer_shares, hallucinate, pick_targets
+from ltbench_builtin.blt import BLT, SquashingCosine, gamma_balancer_shares, hallucinate, pick_targets
 
 
 def tiny_model(num_classes=4):

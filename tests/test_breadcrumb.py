@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ltbench.testing import catalog_with, run_methods
-from ltbench_plugins.breadcrumb import (BreadcrumbHead, SnapshotBank, default_n_b, emanate_class,
+from ltbench_builtin.breadcrumb import (BreadcrumbHead, SnapshotBank, default_n_b, emanate_class,
                                         history_by_age, snapshot_lengths)
 
 import toy_methods as toy

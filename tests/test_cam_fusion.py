@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ltbench.testing import catalog_with, run_methods
-from ltbench_plugins.cam_fusion import (FusionBatchSampler, class_activation_maps, confusing_classes, fuse,
+from ltbench_builtin.cam_fusion import (FusionBatchSampler, class_activation_maps, confusing_classes, fuse,
                                         head_classes, masked_vectors)
 
 
@@ -110,7 +110,7 @@ def test_fused_samples_take_the_tail_classs_cam_for_the_specific_part_and_each_c
         tmp_path, monkeypatch):
     from ltbench.engine import build_run, image_batch
     from ltbench.runner import plan_grid
-    from ltbench_plugins import cam_fusion
+    from ltbench_builtin import cam_fusion
 
     catalog = catalog_with()
     (cell,) = plan_grid(["cam-fusion"], ["synthetic-lt"], [0], "smoke", catalog=catalog,

@@ -124,7 +124,7 @@ def test_the_building_blocks_compute_what_one_process_computes(tmp_path):
 
 
 def _safa_means(rank: int, out: Path) -> None:
-    from ltbench_plugins.safa import SAFAModule
+    from ltbench_builtin.safa import SAFAModule
 
     torch.manual_seed(1)
     feats, labels = torch.randn(12, 4, 2, 2), torch.tensor([0, 1, 1, 2, 0, 0, 3, 1, 2, 2, 0, 1])
@@ -136,7 +136,7 @@ def _safa_means(rank: int, out: Path) -> None:
 
 
 def test_safa_class_means_are_those_of_the_global_batch_on_every_rank(tmp_path):
-    from ltbench_plugins.safa import SAFAModule
+    from ltbench_builtin.safa import SAFAModule
 
     in_ranks(_safa_means, tmp_path)
     torch.manual_seed(1)

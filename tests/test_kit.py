@@ -11,7 +11,7 @@ import torch
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.catalog import get_catalog
 from ltbench.testing import catalog_with, check_method, run_methods
-from ltbench_plugins import losses
+from ltbench_builtin import losses
 
 REPO = Path(__file__).resolve().parents[1]
 #: settings a method needs on synthetic-lt's tiny CNN
@@ -106,10 +106,12 @@ def test_the_fixtures_give_a_real_run_batch_and_model(tiny_run, tiny_batch, tiny
 def test_new_plugin_refuses_a_name_whose_package_would_shadow_or_be_shadowed(tmp_path, capsys):
     from ltbench.cli import main
 
-    # ltbench's own built-in plugins live in ltbench_plugins: a package of that name would replace them
-    assert main(["new-plugin", "plugins", "--dir", str(tmp_path)]) == 2
-    assert "'ltbench_plugins' for method 'plugins' is taken" in capsys.readouterr().err
-    assert not (tmp_path / "ltbench-plugins").exists()
+    # ltbench's own built-in plugins live in ltbench_builtin: a package of that name would replace them
+    assert main(["new-plugin", "builtin", "--dir", str(tmp_path)]) == 2
+    assert "'ltbench_builtin' for method 'builtin' is taken by an installed module" in capsys.readouterr().err
+    assert not (tmp_path / "ltbench-builtin").exists()
+    assert main(["new-plugin", "plugins", "--dir", str(tmp_path)]) == 2  # the old name, reserved
+    assert "'ltbench_plugins' for method 'plugins' is taken by ltbench itself" in capsys.readouterr().err
 
 
 def test_new_plugin_writes_a_package_that_installs_and_passes_its_own_tests(tmp_path, capsys):

@@ -14,7 +14,7 @@ from ltbench.engine import build_run, predict_logits
 from ltbench.runner import plan_grid
 from ltbench.targets import mix_pairs
 from ltbench.testing import catalog_with, run_methods
-from ltbench_plugins import mislas, ride
+from ltbench_builtin import mislas, ride
 
 COUNTS = np.array([500, 300, 200, 100, 60, 40, 20, 10, 6, 5])
 

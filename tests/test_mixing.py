@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.engine import Batch
 from ltbench.targets import as_soft, mix_pairs
-from ltbench_plugins import losses, mixing
+from ltbench_builtin import losses, mixing
 from ltbench.testing import catalog_with, run_methods
 
 C = 10

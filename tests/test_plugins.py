@@ -30,7 +30,7 @@ def test_builtin_methods_load_through_the_entry_point_group():
     assert not catalog.broken
 
 
-def test_ltbench_plugins_lists_distribution_version_and_hooks(capsys):
+def test_ltbench_builtin_lists_distribution_version_and_hooks(capsys):
     assert main(["plugins", "--json"]) == 0
     rows = {r["plugin"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["cb-sampling"]["distribution"] == "ltbench"
@@ -50,7 +50,7 @@ def _fake_distribution(root: Path, name: str, entry_points: dict[str, str]) -> N
 def test_a_plugin_that_fails_to_import_is_reported_by_name_and_the_rest_load(tmp_path, monkeypatch):
     _fake_distribution(tmp_path, "ltbench-broken", {"broken-method": "module_that_does_not_exist"})
     (tmp_path / "dup_plugin.py").write_text(
-        "from ltbench import hookimpl\nfrom ltbench_plugins.ce import CrossEntropy\n"
+        "from ltbench import hookimpl\nfrom ltbench_builtin.ce import CrossEntropy\n"
         "@hookimpl\ndef ltbench_register_methods(register):\n    register(CrossEntropy)\n")
     _fake_distribution(tmp_path, "ltbench-dup", {"dup": "dup_plugin"})
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ltbench.backbones import CifarResNet
 from ltbench.model import LTModel
 from ltbench.testing import catalog_with, run_methods
-from ltbench_plugins.safa import SAFAModule, SAFAStage, pair_head_tail
+from ltbench_builtin.safa import SAFAModule, SAFAStage, pair_head_tail
 
 IS_HEAD = torch.tensor([True, True, False, False, False])
 

@@ -157,14 +157,14 @@ def test_a_third_party_plugin_cannot_take_a_builtin_method(tmp_path, monkeypatch
 
 
 def test_a_package_that_shadows_the_builtin_plugins_is_refused_not_run_as_ltbench(tmp_path, monkeypatch, capsys):
-    """Another distribution ships a top-level ltbench_plugins/ earlier on the path: ltbench's own entry point
+    """Another distribution ships a top-level ltbench_builtin/ earlier on the path: ltbench's own entry point
     'ce' would import its ce.py and record it as 'ltbench 0.2.0'."""
-    shadow = tmp_path / "site" / "ltbench_plugins"
+    shadow = tmp_path / "site" / "ltbench_builtin"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
     (shadow / "ce.py").write_text(IMPOSTOR.format(name="ce"))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [m for m in sys.modules if m == "ltbench_plugins" or m.startswith("ltbench_plugins.")]:
+    for name in [m for m in sys.modules if m == "ltbench_builtin" or m.startswith("ltbench_builtin.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(ltbench.catalog, "_CATALOG", None)
     monkeypatch.chdir(tmp_path)

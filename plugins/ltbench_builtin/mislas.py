@@ -29,7 +29,7 @@ from ltbench.engine import SecondStage
 from ltbench.errors import ConfigError, PluginContractError
 from ltbench.samplers import class_balanced
 from ltbench.targets import as_soft, soft_cross_entropy
-from ltbench_plugins.mixing import Mixup
+from ltbench_builtin.mixing import Mixup
 
 # --------------------------------------------------------------------------
 # Arithmetic

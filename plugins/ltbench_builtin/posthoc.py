@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.engine import SecondStage
-from ltbench_plugins.decoupling import TAU_GRID, choose_on_validation
-from ltbench_plugins.losses import log_prior
+from ltbench_builtin.decoupling import TAU_GRID, choose_on_validation
+from ltbench_builtin.losses import log_prior
 
 
 class LogitAdjustPosthoc(Method):

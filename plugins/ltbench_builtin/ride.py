@@ -33,7 +33,7 @@ from torch import nn
 
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.errors import ConfigError, PluginContractError
-from ltbench_plugins.losses import NormedLinear, class_balanced_weights, ldam_loss, ldam_margins
+from ltbench_builtin.losses import NormedLinear, class_balanced_weights, ldam_loss, ldam_margins
 
 # --------------------------------------------------------------------------
 # Arithmetic

@@ -436,9 +436,14 @@ def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
 
 
 def evaluate(run: Run, images: np.ndarray, labels: np.ndarray) -> EvalResult:
-    preds = predict_logits(run, images).argmax(1).cpu().numpy()  # one copy from the device
+    logits = predict_logits(run, images)
+    top = logits.argmax(1)
+    probs = torch.softmax(logits.float(), dim=1)
+    rows = torch.arange(len(top), device=probs.device)
+    on_device = torch.as_tensor(np.asarray(labels), device=probs.device, dtype=torch.long)
+    preds, confidence, true_p = (t.cpu().numpy() for t in (top, probs[rows, top], probs[rows, on_device]))
     result = evaluate_predictions(labels, preds, run.train_counts, run.data.group_thresholds)
-    result.predictions = preds
+    result.predictions, result.confidence, result.true_probability = preds, confidence, true_p
     return result
 
 

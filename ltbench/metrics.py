@@ -40,9 +40,41 @@ class EvalResult:
     group_sizes: dict[str, int] = field(default_factory=dict)
     #: the predicted class of each image, in the split's order (set by ``engine.evaluate``)
     predictions: np.ndarray | None = None
+    #: each image's softmax probability of its predicted class and of its true class (``engine.evaluate``)
+    confidence: np.ndarray | None = None
+    true_probability: np.ndarray | None = None
+
+    def calibration(self, labels: np.ndarray) -> dict[str, float] | None:
+        """Expected calibration error and negative log-likelihood of these predictions (:func:`calibration`)."""
+        if self.confidence is None or self.true_probability is None or self.predictions is None:
+            return None
+        return calibration(self.confidence, self.predictions == np.asarray(labels), self.true_probability)
 
     def metrics(self) -> dict[str, Any]:
         return {"overall": self.overall, "many": self.many, "medium": self.medium, "few": self.few}
+
+
+#: equal-width confidence bins of the expected calibration error (Guo et al. 2017; MiSLAS reports it so)
+ECE_BINS = 15
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, true_probability: np.ndarray,
+                bins: int = ECE_BINS) -> dict[str, float]:
+    """``ece``: the mean over ``bins`` equal-width confidence bins of |accuracy - mean confidence|, weighted by
+    the share of images in each, in percent; ``nll``: the mean of -log p(true class). Both from the softmax of
+    the logits a method predicts with: for a method whose logits are not scores (cosine or distance logits, e.g.
+    LDAM's or NCM's), they measure those logits as they are."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    nll = float(-np.log(np.clip(np.asarray(true_probability, dtype=np.float64), 1e-12, None)).mean())
+    return {"ece": 100.0 * float(ece), "nll": nll, "bins": bins}
 
 
 def evaluate_predictions(

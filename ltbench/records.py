@@ -81,7 +81,8 @@ def record_problems(rec: Any) -> list[str]:
         need("wall_time_s", finite(rec.get("wall_time_s")), "a number of seconds")
     else:
         need("metrics", metrics is None or isinstance(metrics, dict), "null or an object")
-    for field in ("stage_wall_time_s", "method_metadata", "group_sizes", "throughput_img_per_s", "second_stage"):
+    for field in ("stage_wall_time_s", "method_metadata", "group_sizes", "throughput_img_per_s", "second_stage",
+                  "calibration"):
         need(field, rec.get(field) is None or isinstance(rec.get(field), dict), "an object")
     history = rec.get("history", [])
     need("history", isinstance(history, list) and all(

@@ -382,6 +382,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "status": status,
         "error": error,
         "metrics": test.metrics() if test else None,
+        "calibration": test.calibration(cell.data.y_test) if test else None,
         "val_metrics": val.metrics() if val else None,
         "per_class_accuracy": test.per_class_accuracy if test else None,
         "train_counts": cell.data.train_counts.tolist(),
@@ -472,12 +473,15 @@ def _run_plots(out: Path, record: dict[str, Any]) -> list[str]:
 
 def save_predictions(path: Path, test: Any, labels: Any) -> None:
     """``predictions.npz`` beside a record: the test split's labels and predicted classes (so that comparisons
-    can pair methods image by image) and the confusion matrix [true, predicted]."""
+    can pair methods image by image), the confusion matrix [true, predicted], and each image's softmax
+    probability of its predicted and of its true class (so that ECE and NLL can be recomputed)."""
     import numpy as np
 
     tmp = path.with_name(f".{path.name}.tmp.npz")
+    extra = {} if test.confidence is None else {"confidence": test.confidence.astype(np.float32),
+                                                 "true_probability": test.true_probability.astype(np.float32)}
     np.savez_compressed(tmp, labels=np.asarray(labels, dtype=np.int32), predictions=test.predictions.astype(np.int32),
-                        confusion=test.confusion.astype(np.int32))
+                        confusion=test.confusion.astype(np.int32), **extra)
     tmp.replace(path)
 
 

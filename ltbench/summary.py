@@ -46,10 +46,12 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for rec in records:
         m = rec.get("metrics") or {}
+        cal = rec.get("calibration") or {}
         rows.append({"dataset": rec["dataset"], "budget": rec["budget"], "method": rec.get("variant", rec["method"]),
-                     "seed": rec["seed"], "status": rec["status"], **{g: m.get(g) for g in GROUPS}})
+                     "seed": rec["seed"], "status": rec["status"], **{g: m.get(g) for g in GROUPS},
+                     "ece": cal.get("ece"), "nll": cal.get("nll")})
     df = pd.DataFrame(rows)
-    for g in GROUPS:
+    for g in (*GROUPS, "ece", "nll"):
         df[g] = pd.to_numeric(df[g], errors="coerce")
     out = []
     for (dataset, budget, method), part in df.groupby(["dataset", "budget", "method"], sort=True):
@@ -58,6 +60,8 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
         for g in GROUPS:
             row[g] = done[g].mean() if len(done) else np.nan
             row[f"{g}_std"] = done[g].std() if len(done) > 1 else np.nan
+        for c in ("ece", "nll"):  # records from before calibration have none: – in the table
+            row[c] = done[c].mean() if len(done) and done[c].notna().all() else np.nan
         row["failed"] = int((part["status"] == "failed").sum())
         row["diverged"] = int((part["status"] == "diverged").sum())
         out.append(row)
@@ -80,9 +84,9 @@ def render(table: pd.DataFrame, fmt: str = "table") -> str:
         return table.to_csv(index=False)
     if fmt == "json":
         return json.dumps(json.loads(table.to_json(orient="records")), indent=2)
-    shown = [[r["dataset"], r["budget"], r["method"], *[_cell(r[g], r[f"{g}_std"]) for g in GROUPS], r["seeds"],
-              r["failed"], r["diverged"]] for _, r in table.iterrows()]
-    headers = ["dataset", "budget", "method", *GROUPS, "seeds", "failed", "diverged"]
+    shown = [[r["dataset"], r["budget"], r["method"], *[_cell(r[g], r[f"{g}_std"]) for g in GROUPS],
+              _cell(r["ece"], np.nan), r["seeds"], r["failed"], r["diverged"]] for _, r in table.iterrows()]
+    headers = ["dataset", "budget", "method", *GROUPS, "ECE", "seeds", "failed", "diverged"]
     text = tabulate(shown, headers=headers, tablefmt="github" if fmt == "markdown" else "simple",
                     disable_numparse=True)
     if (table["budget"] == "smoke").any():

@@ -35,3 +35,44 @@ def test_empty_group_is_none_not_zero():
 def test_confusion_is_indexed_true_then_predicted():
     cm = confusion_matrix(np.array([0, 0, 1]), np.array([1, 1, 1]), 2)
     assert cm.tolist() == [[0, 2], [0, 1]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration: expected calibration error (15 equal-width bins) and negative log-likelihood
+
+
+def test_ece_is_the_weighted_gap_between_accuracy_and_confidence_per_bin():
+    from ltbench.metrics import calibration
+
+    # 100 images at confidence 0.9, half right: one bin, |0.5 - 0.9| = 40 points
+    assert calibration(np.full(100, 0.9), np.arange(100) < 50, np.full(100, 0.9))["ece"] == pytest.approx(40.0)
+    # two bins: 0.3 (25 % right, gap 5) holding 40 % of the images, 0.95 (all right, gap 5) holding 60 %
+    conf = np.r_[np.full(40, 0.3), np.full(60, 0.95)]
+    right = np.r_[np.arange(40) < 10, np.ones(60, bool)]
+    assert calibration(conf, right, conf)["ece"] == pytest.approx(0.4 * 5 + 0.6 * 5)
+    # a confidence of exactly 1 falls in the last bin; bin edges are right-closed, as 15 equal widths
+    assert calibration(np.array([1.0, 1.0]), np.array([True, True]), np.ones(2))["ece"] == pytest.approx(0.0)
+
+
+def test_nll_is_the_mean_negative_log_probability_of_the_true_class():
+    from ltbench.metrics import calibration
+
+    out = calibration(np.array([0.5, 0.8]), np.array([True, False]), np.array([0.5, 0.1]))
+    assert out["nll"] == pytest.approx(-(np.log(0.5) + np.log(0.1)) / 2)
+    assert out["bins"] == 15
+
+
+def test_a_run_records_ece_and_nll_that_its_predictions_file_recomputes(tmp_path):
+    from ltbench.metrics import calibration
+    from ltbench.testing import catalog_with, run_methods
+
+    [rec] = run_methods(catalog_with(), ["ce"], tmp_path, epochs=2)
+    [npz] = list(tmp_path.rglob("predictions.npz"))
+    with np.load(npz) as d:
+        labels, preds, conf, true_p = d["labels"], d["predictions"], d["confidence"], d["true_probability"]
+    assert np.all(conf >= true_p - 1e-6) and (conf > true_p + 1e-3).any()  # the predicted class: the most probable
+    assert np.allclose(conf[preds == labels], true_p[preds == labels])
+    again = calibration(conf, preds == labels, true_p)
+    assert rec["calibration"]["ece"] == pytest.approx(again["ece"], abs=1e-4)
+    assert rec["calibration"]["nll"] == pytest.approx(again["nll"], abs=1e-4)
+    assert 0 <= rec["calibration"]["ece"] <= 100 and rec["calibration"]["nll"] > 0

@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from ltbench.errors import ConfigError
 from ltbench.launch import GRIDS_DIR
 from ltbench.catalog import get_catalog
-from ltbench.records import RESULT_FILE, changed_code, load_result
+from ltbench.records import RESULT_FILE, changed_code, read_record
 
 STATES = ("completed", "running", "interrupted", "failed", "diverged", "missing")
 
@@ -41,10 +41,9 @@ def _describe(runs: Path, run: Path) -> dict[str, Any]:
     parts = rel.parts  # dataset, budget, method, config_id, seed<k>
     row = {"run_dir": str(rel), "dataset": parts[0], "budget": parts[1], "variant": parts[2],
            "seed": int(parts[-1][4:]), "state": "", "detail": "", "code_changed": False}
-    try:
-        record = load_result(run / RESULT_FILE)
-    except Exception as exc:  # an unreadable record is reported, not fatal
-        record, row["detail"] = None, f"unreadable result.json: {exc}"
+    record, problem = read_record(run / RESULT_FILE) if (run / RESULT_FILE).exists() else (None, None)
+    if problem:  # a malformed record is reported by file and field, not fatal
+        row["detail"] = f"malformed result.json: {problem}"
     if _locked(run):
         row["state"] = "running"
         history = run / "metrics.jsonl"

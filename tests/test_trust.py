@@ -702,6 +702,16 @@ def test_a_build_over_malformed_records_builds_from_the_good_ones_and_names_each
     [copied] = list((out / "records").rglob("result.json"))  # the good record, and only it
     assert json.loads(copied.read_text())["config_id"] == rec["config_id"]
     assert main(["show", str(runs)]) == 0  # show, compare and plot read records the same way
+    capsys.readouterr()
+    for name in bad:  # and status, for run directories that hold one
+        planted = runs / "planted" / name
+        status_dir = runs / "d" / "b" / name / "cfg" / "seed0"
+        status_dir.mkdir(parents=True)
+        (status_dir / "config.json").write_text("{}")
+        (status_dir / "result.json").write_text((planted / "result.json").read_text())
+    main(["status", str(runs), "--all"])
+    said = capsys.readouterr().out
+    assert all(name in said for name in bad) and said.count("malformed result.json") == len(bad)
 
 
 def test_a_finished_run_whose_method_code_changed_is_named_not_silently_skipped(toy_cli, tmp_path, monkeypatch,

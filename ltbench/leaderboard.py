@@ -209,6 +209,7 @@ def build(runs_dir: Path | None, out_dir: Path) -> list[Path]:
         from ltbench import site
 
         staged = Path(tempfile.mkdtemp(prefix=".site-", dir=out_dir))
+        staged.chmod(0o755)  # mkdtemp makes it private; the published site is read by a web server
         try:
             site.build(records, staged)
         except BaseException:

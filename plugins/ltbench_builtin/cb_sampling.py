@@ -8,9 +8,7 @@ images (so it costs the same as an instance-balanced epoch).
 from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.samplers import class_balanced
 
-#: the setting of a number published at the LDAM-DRW recipe (the CIFAR `paper` budget): the board compares
-#: such numbers with ours only when a record was trained in it (ltbench.records.reference_setting)
-LDAM_SETTING = {"backbone": "resnet32", "epochs": 200}
+from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 
 
 class ClassBalancedSampling(Method):

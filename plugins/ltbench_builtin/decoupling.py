@@ -23,9 +23,7 @@ from ltbench.errors import ConfigError, PluginContractError
 from ltbench.metrics import evaluate_predictions
 from ltbench.samplers import class_balanced
 
-#: the setting of a number published at the LDAM-DRW recipe (the CIFAR `paper` budget): the board compares
-#: such numbers with ours only when a record was trained in it (ltbench.records.reference_setting)
-LDAM_SETTING = {"backbone": "resnet32", "epochs": 200}
+from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 
 PAPER = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition"
 CODE = "https://github.com/facebookresearch/classifier-balancing"

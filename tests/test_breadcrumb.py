@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ltbench.testing import catalog_with, run_methods
-from ltbench_builtin.breadcrumb import (BreadcrumbHead, SnapshotBank, default_n_b, emanate_class,
-                                        history_by_age, snapshot_lengths)
+from ltbench_builtin.breadcrumb import (Breadcrumb, BreadcrumbHead, BreadcrumbWeak, SnapshotBank, default_n_b,
+                                        emanate_class, history_by_age, snapshot_lengths)
 
 import toy_methods as toy
 
@@ -181,3 +181,110 @@ def test_the_history_by_age_measures_how_tight_and_how_separable_old_aligned_blo
     assert ages[1]["nearest_mean_accuracy"] == ages[2]["nearest_mean_accuracy"] == 1.0
     bank.alignment = "none"  # the same history unaligned: class 1's old rows are nearest class 0's newest mean
     assert [a["nearest_mean_accuracy"] for a in history_by_age(bank)] == [1.0, 0.0, 0.0]
+
+
+# ---- the hook wiring: what each hook hands to the next step ---------------------------------------------------
+#
+# The methods are driven through their own hooks on hook-level inputs (a stand-in run, batches of features), so
+# these tests run in milliseconds without CIFAR-100. Every feature row encodes (100 x class + row, epoch), so a
+# row of the assembled set says which class and which epoch it came from.
+
+WIRING_COUNTS = np.array([8, 2, 1])  # n_B = ceil(11 / 3) = 4: K = 1, 2, 4
+
+
+def _stand_in_run(batch_size=4):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train_counts=WIRING_COUNTS, seed=0, epoch=0, stage=1, config={"batch_size": batch_size},
+                           model=SimpleNamespace(num_features=2))
+
+
+def _epoch_rows(epoch):
+    labels = torch.cat([torch.full((int(n),), c) for c, n in enumerate(WIRING_COUNTS)])
+    feats = torch.stack([100.0 * labels + torch.arange(len(labels)) / 100, torch.full((len(labels),), float(epoch))], 1)
+    return labels, feats
+
+
+def _drive_epoch(method, run, epoch, head=None):
+    """One stage-1 epoch through the method's hooks: epoch start, one extra-loss call per batch, epoch end.
+    Returns what the extra-loss hook answered per batch."""
+    from types import SimpleNamespace
+
+    from ltbench.engine import Batch
+
+    run.epoch = epoch
+    method.ltbench_epoch_start(run=run, stage=1)
+    labels, feats = _epoch_rows(epoch)
+    bs = run.config["batch_size"]
+    answers = []
+    for i in range(0, len(labels), bs):
+        batch, output = Batch(labels=labels[i:i + bs]), SimpleNamespace(features=feats[i:i + bs])
+        if isinstance(method, Breadcrumb):
+            answers.append(method.ltbench_extra_losses(run=run, model=SimpleNamespace(classifier=head),
+                                                       batch=batch, output=output))
+        else:
+            answers.append(method.ltbench_extra_losses(run=run, batch=batch, output=output))
+    method.ltbench_epoch_end(run=run, stage=1)
+    return answers
+
+
+def test_strong_mode_shuffles_the_assembled_set_with_each_label_travelling_with_its_feature():
+    method, run = Breadcrumb(), _stand_in_run()
+    for epoch in range(1, 4):
+        _drive_epoch(method, run, epoch, BreadcrumbHead(2, 3))
+    labels = method.bank_labels
+    assert torch.equal(torch.div(method.bank_features[:, 0], 100, rounding_mode="floor").long(), labels)
+    assert not torch.equal(labels, labels.sort().values)  # shuffled, not class by class
+    assert torch.bincount(labels).tolist() == [4, 4, 4]
+
+
+@pytest.mark.parametrize("alignment", ["none", "mean"])
+def test_the_alignment_option_reaches_the_bank_and_changes_what_it_assembles(alignment):
+    method, run = Breadcrumb(alignment=alignment), _stand_in_run()
+    for epoch in range(1, 5):
+        _drive_epoch(method, run, epoch, BreadcrumbHead(2, 3))
+    assert method.bank.alignment == alignment
+    tail = method.bank_features[method.bank_labels == 2]  # K 4: one row from each of epochs 4, 3, 2, 1
+    if alignment == "none":  # each row keeps its own epoch
+        assert sorted(tail[:, 1].tolist()) == [1.0, 2.0, 3.0, 4.0]
+    else:  # moved onto the newest epoch's class mean
+        assert tail[:, 1].tolist() == [4.0] * 4
+
+
+def test_the_emanate_set_is_rebuilt_every_epoch_and_h_c_trains_on_the_newest_one():
+    torch.manual_seed(0)
+    method, run, head = Breadcrumb(alignment="none"), _stand_in_run(), BreadcrumbHead(2, 3)
+    assert _drive_epoch(method, run, 1, head) == [None] * 3  # no set before the first epoch ends
+    for epoch in range(2, 6):
+        built = (method.bank_features.clone(), method.bank_labels.clone())
+        assert built[0][built[1] == 0][:, 1].tolist() == [epoch - 1.0] * 4  # K 1: the epoch just ended, only
+        answers = _drive_epoch(method, run, epoch, head)
+        bs = run.config["batch_size"]
+        for i, answer in enumerate(answers):  # bank batch i goes with image batch i, through h_c (not h_r)
+            rows = slice(i * bs, (i + 1) * bs)
+            expected = torch.nn.functional.cross_entropy(head.balanced(built[0][rows]), built[1][rows])
+            assert torch.allclose(answer["breadcrumb"], expected)
+
+
+def test_weak_mode_back_tracks_its_stage_2_set_is_not_the_plain_newest_snapshot():
+    method, run = BreadcrumbWeak(alignment="none"), _stand_in_run()
+    for epoch in range(1, 6):
+        _drive_epoch(method, run, epoch)
+    plan = method.ltbench_second_stage(run=run)
+    labels = torch.as_tensor(plan.labels)
+    assert torch.bincount(labels).tolist() == [4, 4, 4]
+    assert sorted(plan.features[labels == 2][:, 1].tolist()) == [2.0, 3.0, 4.0, 5.0]  # K 4: four epochs back
+    assert plan.features[labels == 0][:, 1].tolist() == [5.0] * 4  # K 1: the final epoch only
+
+
+@pytest.mark.parametrize("warmup", ["partial-history", "class-balanced"])
+def test_the_warmup_option_decides_the_set_before_the_history_is_full(warmup):
+    method, run = Breadcrumb(alignment="none", warmup=warmup), _stand_in_run()
+    for epoch in (1, 2):
+        _drive_epoch(method, run, epoch, BreadcrumbHead(2, 3))
+    assert not method.bank.ready  # class 2 needs 4 epochs
+    tail_epochs = set(method.bank_features[method.bank_labels == 2][:, 1].tolist())
+    if warmup == "partial-history":  # back-tracks through the two epochs there are
+        assert tail_epochs == {1.0, 2.0}
+    else:  # the paper's rule: class-balanced draws from the newest snapshot
+        assert tail_epochs == {2.0}

@@ -150,3 +150,80 @@ def test_head_samples_are_drawn_class_first_by_default_and_per_image_on_request(
     shares = np.bincount(heads, minlength=3)[:3] / len(heads)
     expected = [1 / 3] * 3 if rule == "classes" else [400 / 520, 100 / 520, 20 / 520]
     np.testing.assert_allclose(shares, expected, atol=0.03)
+
+
+# ---- the hook wiring: what Phase II hands to the classifier ---------------------------------------------------
+#
+# Driven through ``ltbench_augment_batch`` with a stand-in backbone whose feature maps are the batch's "images"
+# (K = 2 channels, L = 2 x 2 locations), so every vector of every map is known. The CAM weight of every class
+# is (1, 0): a map's CAM is its channel 0. Tail maps hold s = (1, 10) at their one high-CAM location and
+# (0, 20) elsewhere; confusing maps hold (1, 30) at their high-CAM location and g = (0, 40) elsewhere. A fused
+# sample of the right regions, average-pooled, is a * s + (1 - a) * g = (a, 40 - 30 a), a a multiple of 1/4.
+
+
+def _wired_cam_fusion(n_t=4, n_f=2, classifier_weight=(1.0, 0.0)):
+    from types import SimpleNamespace
+
+    from ltbench.engine import Batch
+    from ltbench_builtin.cam_fusion import CAMFusion
+
+    method = CAMFusion(n_t=n_t, n_f=n_f)
+    method.cam_weight = torch.tensor([[1.0, 0.0]] * 3)  # the frozen Phase-I weights
+    method.generator.manual_seed(0)
+    classifier = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.tensor([list(classifier_weight)] * 3))  # the head being fine-tuned
+    backbone = SimpleNamespace(forward_features=lambda x: x, forward_pool=lambda f: f.mean((2, 3)))
+    model = SimpleNamespace(backbone=backbone, classifier=classifier)
+
+    def maps(n, high, low):
+        m = torch.tensor(low).view(1, 2, 1, 1).repeat(n, 1, 2, 2)
+        m[:, :, 0, 0] = torch.tensor(high)
+        return m
+
+    n_a = n_f
+    images = torch.cat([maps(n_t, (1.0, 10.0), (0.0, 20.0)), maps(n_t * n_a, (1.0, 30.0), (0.0, 40.0)),
+                        maps(n_t * (1 + n_a), (1.0, 50.0), (0.0, 60.0))])
+    labels = torch.cat([torch.full((n_t,), 2), torch.full((n_t * n_a,), 1), torch.full((n_t * (1 + n_a),), 0)])
+    batch = Batch(labels=labels, images=images)
+    method.ltbench_augment_batch(run=SimpleNamespace(stage=2), model=model, batch=batch)
+    return method, batch, images
+
+
+def test_a_fused_sample_pools_the_tail_images_specific_region_with_the_confusing_images_generic_region():
+    method, batch, images = _wired_cam_fusion()
+    n_t, n_a = 4, 2
+    fused = batch.features[n_t:n_t + n_t * n_a]
+    share = fused[:, 0]  # a: the share of the L locations drawn from the tail image's specific region
+    assert torch.allclose(fused[:, 1], 40 - 30 * share)  # only s and g, never the other regions
+    assert torch.allclose(share * 4, (share * 4).round())  # a mean over L = 4 vectors
+    assert ((share > 0) & (share < 1)).any()  # a fused slot really combines the two images
+    assert method.fused == n_t * n_a and batch.images is None
+    assert batch.labels[n_t:n_t + n_t * n_a].tolist() == [2] * (n_t * n_a)  # the tail label
+    # the real tail and head rows are their own maps, average-pooled
+    assert torch.equal(batch.features[:n_t], images[:n_t].mean((2, 3)))
+    assert torch.equal(batch.features[n_t + n_t * n_a:], images[n_t + n_t * n_a:].mean((2, 3)))
+
+
+def test_the_cams_come_from_the_frozen_phase_one_weights_not_the_head_being_fine_tuned():
+    # the head being fine-tuned has moved to (-1, 0): CAMs from it would pick the opposite regions
+    _, batch, _ = _wired_cam_fusion(classifier_weight=(-1.0, 0.0))
+    fused = batch.features[4:12]
+    assert torch.allclose(fused[:, 1], 40 - 30 * fused[:, 0])
+
+
+def test_the_default_phase_two_length_and_head_draw_are_the_papers_and_reach_the_sampler():
+    from types import SimpleNamespace
+
+    from ltbench_builtin.cam_fusion import CAMFusion
+
+    def sampler(method, epochs):
+        run = SimpleNamespace(config={"epochs": epochs}, generator=torch.Generator().manual_seed(0))
+        method.split = {"tail": [3, 4], "head": [0, 1, 2], "confusing": {3: [0], 4: [1]}}
+        return method.ltbench_build_sampler(run=run, stage=2, labels=np.repeat(np.arange(5), [9, 8, 7, 2, 1]))
+
+    default = sampler(CAMFusion(), 200)
+    assert default.iterations == 6400 and default.head_draw == "classes"  # the paper's 6,400 CIFAR iterations
+    assert default.n_t == 16 and default.n_a == 3 and default.batch_size == 128
+    assert sampler(CAMFusion(iterations=0), 150).iterations == 3200  # scaled to the Phase-I length over 300
+    assert sampler(CAMFusion(head_draw="images"), 200).head_draw == "images"

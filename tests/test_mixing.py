@@ -168,3 +168,75 @@ def test_appended_rows_get_one_hot_targets_and_a_wrong_width_is_a_contract_error
 
     record = run_one(catalog_with(WrongWidth), "wrong-width", tmp_path)
     assert record["status"] == "failed" and "soft targets have shape" in record["error"]
+
+
+# ---- the hook wiring: what each mixing method hands to the loss --------------------------------------------------
+
+
+def _replayed(cls, tiny_run, **options):
+    """A configured method and a twin that replays its random draws."""
+    method, twin = cls(**options), cls(**options)
+    method.ltbench_configure_model(tiny_run)
+    twin.rng.bit_generator.state = method.rng.bit_generator.state
+    return method, twin
+
+
+def _image_batch(n=16):
+    labels = torch.arange(n) % C
+    # every image is filled with its own row number: a mixed pixel says which rows it came from
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).repeat(1, 3, 8, 8)
+    return Batch(labels=labels, images=images.clone()), labels, images
+
+
+def test_remix_hands_eq_6_weights_on_the_image_pairs_to_the_targets(tiny_run):
+    tiny_run.stage = 1
+    counts = torch.as_tensor(tiny_run.train_counts)
+    assert counts.max() >= 3 * counts.min()  # some pairs are imbalanced enough for the rule to move labels
+    moved = False
+    for seed in range(5):
+        method, twin = _replayed(mixing.Remix, tiny_run)
+        method.rng, twin.rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        batch, labels, images = _image_batch()
+        method.ltbench_augment_batch(tiny_run, batch)
+        perm, lam = twin.draw(batch)
+        assert torch.allclose(batch.images, lam * images + (1 - lam) * images[perm])  # the pairs of the images
+        weights = mixing.remix_label_weights(labels, labels[perm], lam, counts, 3.0, 0.5)
+        assert torch.allclose(batch.targets, mix_pairs(labels, labels[perm], weights, C))
+        assert torch.equal(batch.labels, labels)
+        moved |= bool((weights != lam).any())
+    assert moved  # over these draws the rule moved some labels
+    # with kappa 1 and tau 1 every unequal pair goes to the minority: the targets are not plain mixup's
+    method, twin = _replayed(mixing.Remix, tiny_run, kappa=1.0, tau=1.0)
+    batch, labels, _ = _image_batch()
+    method.ltbench_augment_batch(tiny_run, batch)
+    perm, lam = twin.draw(batch)
+    assert not torch.allclose(batch.targets, mix_pairs(labels, labels[perm], lam, C))
+
+
+def test_cutmix_pastes_the_paired_image_and_weights_the_targets_by_the_area_kept(tiny_run):
+    tiny_run.stage = 1
+    method, twin = _replayed(mixing.CutMix, tiny_run, prob=1.0)
+    batch, labels, images = _image_batch()
+    method.ltbench_augment_batch(tiny_run, batch)
+    twin.rng.random()  # the probability draw
+    perm, lam = twin.draw(batch)
+    top, bottom, left, right = mixing.cut_box(8, 8, lam, twin.rng)
+    kept = 1 - (bottom - top) * (right - left) / 64
+    pasted = batch.images[:, 0, top:bottom, left:right]
+    assert torch.equal(pasted, images[perm][:, 0, top:bottom, left:right])  # the box is the label pair's image
+    own = (batch.images[:, 0] == images[:, 0]).float().mean((1, 2))
+    assert torch.allclose(own, torch.full((16,), kept))
+    assert torch.allclose(batch.targets, mix_pairs(labels, labels[perm], kept, C))
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
+def test_cutmix_mixes_a_batch_with_its_probability(tiny_run, prob):
+    tiny_run.stage = 1
+    method, _ = _replayed(mixing.CutMix, tiny_run, prob=prob)
+    mixed = 0
+    for _ in range(400):
+        batch, _, _ = _image_batch()
+        method.ltbench_augment_batch(tiny_run, batch)
+        mixed += batch.targets is not None
+    assert mixed == method.mixed_batches
+    assert mixed / 400 == pytest.approx(prob, abs=0.06)

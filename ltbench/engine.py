@@ -401,6 +401,21 @@ def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor)
 # --------------------------------------------------------------------------
 
 
+def model_cost(run: Run) -> dict[str, Any]:
+    """What the trained model costs: ``parameters``, every parameter it holds (backbone, classifier and the
+    heads a method added, e.g. RIDE's experts), and ``inference_macs_per_image``, the multiply-accumulates of
+    classifying one image along the method's own evaluation path (:func:`predict_logits`), counted by
+    ``torch.utils.flop_counter`` (which counts two FLOPs per multiply-accumulate of a convolution or matrix
+    product; element-wise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = run.data.x_val[:1] if len(run.data.x_val) else run.data.x_train[:1]
+    with FlopCounterMode(display=False) as counter:
+        predict_logits(run, images)
+    return {"parameters": int(sum(p.numel() for p in run.model.parameters())),
+            "inference_macs_per_image": int(counter.get_total_flops() // 2), "counted_by": "torch.utils.flop_counter"}
+
+
 @torch.no_grad()
 def predict_logits(run: Run, images: np.ndarray) -> torch.Tensor:
     model = run.model
@@ -785,17 +800,20 @@ def stage2_schedule(config: dict[str, Any], plan: SecondStage) -> Callable[[int,
     return lambda epoch, epochs: 1.0
 
 
+def head_lr_factor(plan: SecondStage, name: str) -> float:
+    """The stage-2 learning-rate multiplier of the classifier parameter ``name``: the first of
+    ``plan.head_lr_factors`` whose prefix it starts with, else 1."""
+    return next((f for prefix, f in plan.head_lr_factors.items() if name.startswith(prefix)), 1.0)
+
+
 def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
     config, model = run.config, run.model
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
     lr = config["stage2_lr"] if plan.lr is None else plan.lr
 
-    def factor(name: str) -> float:
-        return next((f for prefix, f in plan.head_lr_factors.items() if name.startswith(prefix)), 1.0)
-
     head = [(n, p) for n, p in model.classifier.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in head if factor(n) == f], "lr": lr * f}
-              for f in sorted({factor(n) for n, _ in head})]
+    factors = {n: head_lr_factor(plan, n) for n, _ in head}
+    groups = [{"params": [p for n, p in head if factors[n] == f], "lr": lr * f} for f in sorted(set(factors.values()))]
     if plan.train_backbone:
         groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
                        "lr": plan.backbone_lr if plan.backbone_lr is not None else lr})

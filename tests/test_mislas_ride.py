@@ -124,7 +124,132 @@ def test_ride_trains_every_expert_with_ldam_drw_and_the_diversity_loss(tmp_path)
     (record,) = run_methods(catalog_with(), ["ride"], tmp_path, epochs=3)
     assert record["status"] == "completed"
     assert record["extra"]["ride"] == {"experts": 3, "shared_until": "stem", "expert_stages": ["layer1"],
-                                       "drw_epoch": 2}
+                                       "drw_epoch": 2, "expert_width": 32}
     history = [e for e in record["history"] if e["stage"] == 1]
     assert all("loss_ride_experts" in e and "loss_ride_diversity" in e for e in history)
     assert all(e["loss_ride_diversity"] < 0 for e in history)  # -0.2 x a divergence
+
+
+# ---- the hook wiring, on hook-level inputs (no CIFAR-100, no training) ------------------------------------------
+
+
+def _stand_in_run(stage=1, epoch=0, epochs=10):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train_counts=COUNTS, num_classes=len(COUNTS), device=torch.device("cpu"), stage=stage,
+                           epoch=epoch, config={"epochs": epochs}, generator=torch.Generator().manual_seed(0))
+
+
+def test_mislas_stage_2_loss_is_label_aware_smoothing_with_more_smoothing_on_head_classes():
+    method, run = mislas.MiSLAS(), _stand_in_run(stage=2)
+    assert method.ltbench_build_loss(run=run, stage=1) is None  # stage 1: cross-entropy toward mixup's targets
+    loss = method.ltbench_build_loss(run=run, stage=2)
+    logits = torch.zeros(2, 10)
+    logits[:, 0] = logits[:, 9] = 5.0  # equally confident in the largest class (0) and the smallest (9)
+    head, tail = loss(logits[:1], torch.tensor([0])), loss(logits[1:], torch.tensor([9]))
+    log_p = F.log_softmax(logits[0], 0)
+    for got, eps, y in ((head, 0.4, 0), (tail, 0.1, 9)):  # eps 0.4 on the head class, 0.1 on the tail class
+        assert got.item() == pytest.approx(float((1 - eps) * -log_p[y] + eps * -log_p.mean()), rel=1e-5)
+    assert head > tail
+
+
+def test_mislas_stage_2_shifts_bn_retrains_the_classifier_at_a_fifth_of_the_lr_and_the_scales_at_full_lr():
+    from ltbench.engine import head_lr_factor
+
+    method = mislas.MiSLAS()
+    plan = method.ltbench_second_stage()
+    assert plan.update_bn_statistics and not plan.cached_features and not plan.train_backbone
+    assert plan.weight_decay == 2e-4
+    previous = torch.nn.Linear(4, 10)
+    head = method.ltbench_build_classifier(num_classes=10, stage=2, previous=previous)
+    assert head.head is previous  # the stage-1 classifier, retrained (not a fresh one)
+    factors = {name: head_lr_factor(plan, name) for name, _ in head.named_parameters()}
+    assert factors == {"head.weight": 0.2, "head.bias": 0.2, "scales": 1.0}
+    assert method.ltbench_build_classifier(num_classes=10, stage=1, previous=None) is None
+    assert mislas.MiSLAS(shift_bn=False).ltbench_second_stage().update_bn_statistics is False
+
+
+def test_mislas_stage_2_samples_class_balanced_and_stage_1_as_the_data_comes():
+    method, run = mislas.MiSLAS(), _stand_in_run(stage=2)
+    labels = np.repeat(np.arange(10), COUNTS * 20)  # 100 times as many images of class 0 as of class 9
+    assert method.ltbench_build_sampler(run=run, stage=1, labels=labels) is None
+    drawn = labels[np.array(list(method.ltbench_build_sampler(run=run, stage=2, labels=labels)))]
+    np.testing.assert_allclose(np.bincount(drawn, minlength=10) / len(drawn), 0.1, atol=0.01)
+
+
+def _ride_terms(method, run, logits, labels):
+    """RIDE's extra-loss terms for the experts' ``logits`` (expert 0's first)."""
+    from types import SimpleNamespace
+
+    from ltbench.engine import Batch
+
+    method.expert_logits = lambda model, output: logits  # the experts' forward passes are tested above
+    task = method.ltbench_build_loss(run=run, stage=1)
+    terms = method.ltbench_extra_losses(run=run, model=None, batch=Batch(labels=labels, images=torch.zeros(1)),
+                                        output=SimpleNamespace(logits=logits[0]))
+    return task, terms
+
+
+@pytest.mark.parametrize("epoch", [7, 8])  # the DRW epoch of 10 is round(0.8 x 10) = 8
+def test_ride_trains_every_expert_with_ldam_drw_from_the_drw_epoch_and_class_aware_temperatures(epoch):
+    from ltbench_builtin.losses import class_balanced_weights, ldam_loss, ldam_margins
+
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(16, 10, generator=g) * 10 for _ in range(3)]
+    labels = torch.randint(0, 10, (16,), generator=g)
+    method, run = ride.RIDE(), _stand_in_run(epoch=epoch)
+    task, terms = _ride_terms(method, run, logits, labels)
+    after = epoch >= 8
+    margins = ldam_margins(COUNTS, 0.5)
+    weights = class_balanced_weights(COUNTS, 0.9999) if after else None
+
+    def ldam_drw(z):
+        return ldam_loss(z / 30, labels, margins, 30.0, weights)
+
+    assert torch.allclose(task(logits[0], labels), ldam_drw(logits[0]))  # the task loss is expert 0's
+    assert torch.allclose(terms["ride_experts"], ldam_drw(logits[1]) + ldam_drw(logits[2]))
+    temperature = ride.diversity_temperatures(COUNTS, 1.0, 0.05) if after else 1.0
+    mean = torch.stack(logits).mean(0)
+    expected = sum(ride.diversity_loss(z, mean, temperature, method.opts["diversity_factor"]) for z in logits)
+    assert torch.allclose(terms["ride_diversity"], expected)
+    # the margins are there: the same logits without them give another loss
+    assert not torch.allclose(terms["ride_experts"], sum(ldam_loss(z / 30, labels, margins * 0, 30.0, weights)
+                                                         for z in logits[1:]))
+
+
+def _ride_model(tmp_path, **settings):
+    catalog = catalog_with()
+    (cell,) = plan_grid(["ride"], ["synthetic-lt"], [0], "smoke", catalog=catalog,
+                        settings={"backbone": "resnet8", **settings})
+    return build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
+                     log=lambda m: None)
+
+
+def test_ride_defaults_to_its_cifar_diversity_factor():
+    assert ride.RIDE().opts["diversity_factor"] == -0.45
+    assert ride.RIDE(diversity_factor=-0.2).opts["diversity_factor"] == -0.2
+
+
+def test_ride_reduced_width_makes_every_expert_three_quarters_as_wide(tmp_path):
+    from ltbench.engine import model_cost
+
+    full = _ride_model(tmp_path / "full")
+    reduced = _ride_model(tmp_path / "reduced", **{"ride.reduce_width": "true"})
+    model = reduced.model
+    experts = [model.backbone.layer2, model.backbone.layer3]  # expert 0's own stages
+    experts += [[model.heads[f"ride_expert{i}"].stages[0], model.heads[f"ride_expert{i}"].stages[1]] for i in (1, 2)]
+    for layer2, layer3 in [experts[:2], *experts[2:]]:  # 16 -> 24 -> 48 channels, as RIDE's reduce_dimension
+        assert (layer2[0].conv1.in_channels, layer2[-1].conv2.out_channels, layer3[-1].conv2.out_channels) == (16, 24, 48)
+    assert model.num_features == 48 and model.classifier.cosine.weight.shape[0] == 48
+    assert full.model.num_features == 64
+    x = torch.randn(2, 3, 16, 16)
+    method = reduced.methods[0]
+    assert [tuple(z.shape) for z in method.expert_logits(model, model.forward_all(x))] == [(2, 10)] * 3
+    cost_full, cost_reduced = model_cost(full), model_cost(reduced)
+    assert cost_reduced["parameters"] < 0.65 * cost_full["parameters"]
+    assert cost_reduced["inference_macs_per_image"] < 0.75 * cost_full["inference_macs_per_image"]
+
+
+def test_ride_reduced_width_needs_a_cifar_resnet(tmp_path):
+    (record,) = run_methods(catalog_with(), ["ride"], tmp_path, settings={"ride.reduce_width": "true"})
+    assert record["status"] == "failed" and "reduce_width needs a CIFAR ResNet" in record["error"]

@@ -50,9 +50,12 @@ class _PooledBackbone(nn.Module):
 
 
 class _LambdaShortcut(nn.Module):
-    def __init__(self, planes: int):
+    """Option A: subsample by 2 and zero-pad the channels, half of the new ones on each side (for a doubling
+    of the width, ``planes // 4`` a side, as LDAM-DRW; RIDE's reduced experts widen 16 -> 24 -> 48)."""
+
+    def __init__(self, in_planes: int, planes: int):
         super().__init__()
-        self.pad = planes // 4
+        self.pad = (planes - in_planes) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
@@ -67,7 +70,7 @@ class _CifarBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = _LambdaShortcut(planes)
+            self.shortcut = _LambdaShortcut(in_planes, planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -83,16 +86,21 @@ class CifarResNet(_PooledBackbone):
         planes = widths[0]
         stages = []
         for i, width in enumerate(widths):
-            layers = []
-            for j in range(blocks_per_stage):
-                layers.append(_CifarBlock(planes, width, 2 if (i > 0 and j == 0) else 1))
-                planes = width
-            stages.append(nn.Sequential(*layers))
+            stages.append(self.make_stage(planes, width, blocks_per_stage, 2 if i > 0 else 1))
+            planes = width
         self.layer1, self.layer2, self.layer3 = stages
         self.num_features = widths[-1]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
+
+    @staticmethod
+    def make_stage(in_planes: int, width: int, blocks: int, stride: int) -> nn.Sequential:
+        """A stage of ``blocks`` basic blocks ``in_planes -> width``, the first with ``stride`` (e.g. for a
+        method that builds narrower copies of a stage, as RIDE's reduced experts). Convolutions are left at
+        PyTorch's default initialisation; the backbone re-initialises its own kaiming-normal."""
+        return nn.Sequential(*[_CifarBlock(in_planes if j == 0 else width, width, stride if j == 0 else 1)
+                               for j in range(blocks)])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer3(self.layer2(self.layer1(self.stem(x))))

@@ -35,7 +35,8 @@ from ltbench import records as records_mod
 from ltbench.catalog import Catalog, get_catalog
 from ltbench.datasets import DatasetSpec, LTData, load_checked
 from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, canonical_order, evaluate,
-                            make_plugin_manager, method_states, prepare_stage2, stage1_key, train_stage1, train_stage2)
+                            make_plugin_manager, method_states, model_cost, prepare_stage2, stage1_key, train_stage1,
+                            train_stage2)
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError
 from ltbench.method import Method
 from ltbench.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
@@ -263,7 +264,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     eval_images = 0
     stage1_info: dict[str, Any] = {}
     run, plan = None, None
-    status, error, test, val = "completed", None, None, None
+    status, error, test, val, cost = "completed", None, None, None, None
     try:
         run = build_run(catalog, cell.dataset, cell.data, cell.config, cell.seed, device, out, log=log)
         if reporting is not None:
@@ -304,6 +305,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         test = evaluate(run, cell.data.x_test, cell.data.y_test)
         timing["eval"] = time.perf_counter() - t3
         eval_images = len(cell.data.y_val) + len(cell.data.y_test)
+        cost = model_cost(run)
     except Diverged as exc:
         status, error = "diverged", str(exc)
         log(f"{tag} diverged: {exc}")
@@ -332,7 +334,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
             log(f"{tag} failed: {error}")
     record = make_record(cell, device, catalog, status, error, run=run, plan=plan, test=test, val=val,
-                         stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra,
+                         stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra, cost=cost,
                          started=started, process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
     rank_failed = status == "failed" and distributed.is_distributed()
     if distributed.is_main() or rank_failed:  # a failing rank writes its own record: rank 0 may be waiting
@@ -359,7 +361,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
                 stage1_info: dict[str, Any] | None = None, timing: dict[str, float] | None = None,
                 eval_images: int = 0, extra: dict[str, Any] | None = None, started: datetime | None = None,
                 process_time: float = 0.0, peak: tuple[float, str] = (0.0, "none"),
-                epochs_completed: int | None = None) -> dict[str, Any]:
+                epochs_completed: int | None = None, cost: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run's ``result.json``; every field is present whatever the status."""
     timing = timing or {}
     started = started or datetime.now(timezone.utc)
@@ -383,6 +385,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "error": error,
         "metrics": test.metrics() if test else None,
         "calibration": test.calibration(cell.data.y_test) if test else None,
+        "cost": cost if test else None,
         "val_metrics": val.metrics() if val else None,
         "per_class_accuracy": test.per_class_accuracy if test else None,
         "train_counts": cell.data.train_counts.tolist(),

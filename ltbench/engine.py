@@ -402,17 +402,20 @@ def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor)
 
 
 def model_cost(run: Run) -> dict[str, Any]:
-    """What the trained model costs: ``parameters``, every parameter it holds (backbone, classifier and the
-    heads a method added, e.g. RIDE's experts), and ``inference_macs_per_image``, the multiply-accumulates of
-    classifying one image along the method's own evaluation path (:func:`predict_logits`), counted by
-    ``torch.utils.flop_counter`` (which counts two FLOPs per multiply-accumulate of a convolution or matrix
-    product; element-wise work is not counted)."""
+    """What the trained model costs: ``parameters``, every learned number it holds (the parameters of the
+    backbone, the classifier and the heads a method added, e.g. RIDE's experts, and the floating-point buffers
+    that stand in for parameters, e.g. tau-norm's weights and NCM's class means; batch-norm running statistics
+    are not counted), and ``inference_macs_per_image``, the multiply-accumulates of classifying one image along
+    the method's own evaluation path (:func:`predict_logits`), counted by ``torch.utils.flop_counter`` (two
+    FLOPs per multiply-accumulate of a convolution or matrix product; element-wise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     images = run.data.x_val[:1] if len(run.data.x_val) else run.data.x_train[:1]
     with FlopCounterMode(display=False) as counter:
         predict_logits(run, images)
-    return {"parameters": int(sum(p.numel() for p in run.model.parameters())),
+    held = [b for name, b in run.model.named_buffers()
+            if b.is_floating_point() and not name.endswith(("running_mean", "running_var"))]
+    return {"parameters": int(sum(p.numel() for p in run.model.parameters()) + sum(b.numel() for b in held)),
             "inference_macs_per_image": int(counter.get_total_flops() // 2), "counted_by": "torch.utils.flop_counter"}
 
 

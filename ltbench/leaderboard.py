@@ -98,6 +98,10 @@ def _paper(rec: dict[str, Any]) -> tuple[str, str]:
     return f"{ref['overall']:.2f}", ref.get("source", "")
 
 
+def _millions(value: Any, digits: int) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value / 1e6:.{digits}f}"
+
+
 def render(records: list[dict[str, Any]]) -> dict[str, str]:
     """Return {file name: markdown}, one file per dataset with a table per budget."""
     if not records:
@@ -118,9 +122,10 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                      "backbone": rec["config"]["backbone"],
                      "epochs": rec["config"]["epochs"], "groups": rec.get("group_sizes") or {},
                      "backbone_epochs": compute(rec)["backbone_epochs"],
+                     "params": compute(rec)["parameters"], "macs": compute(rec)["inference_macs_per_image"],
                      "thresholds": rec["group_thresholds"]})
     df = pd.DataFrame(rows)
-    for col in ("overall", "many", "medium", "few", "wall", "stage2", "ips1", "ips2"):
+    for col in ("overall", "many", "medium", "few", "wall", "stage2", "ips1", "ips2", "params", "macs"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     pages = {}
     for dataset, ddf in df.groupby("dataset", sort=True):
@@ -133,6 +138,10 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                   f"{t['few_below']} ({g.get('few', '?')} classes), medium the rest ({g.get('medium', '?')} classes). "
                   f"Backbone epochs count the epochs that trained the backbone's weights (stage 1, plus a stage 2 "
                   f"that fine-tunes it): rows with more had more compute than their baselines. "
+                  f"Params (M) counts every parameter of the trained model (with the heads a method adds, e.g. "
+                  f"RIDE's experts), MACs (M) the multiply-accumulates of classifying one test image along the "
+                  f"method's evaluation path (torch.utils.flop_counter; – where a record has no cost): rows "
+                  f"with more had more capacity than their baselines. "
                   f"Wall time is the mean per run, a reused stage 1 counted at what it cost to train; img/s is "
                   f"the images per second of each stage's training steps (from the records; – where a record "
                   f"predates it). Both were measured on whatever machine made the record, under whatever load, "
@@ -153,7 +162,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                 stage2=("stage2", "mean"), ips1=("ips1", "mean"), ips2=("ips2", "mean"),
                 paper=("paper", "first"), source=("source", "first"), setting=("setting", "first"),
                 backbone=("backbone", "first"), epochs=("epochs", "first"),
-                backbone_epochs=("backbone_epochs", "first"))
+                backbone_epochs=("backbone_epochs", "first"), params=("params", "first"), macs=("macs", "first"))
             agg = agg.sort_values(["overall"], ascending=False, kind="mergesort")
             compared = (agg["setting"] == "").any()
             table = []
@@ -161,7 +170,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                 n = int(r["seeds"])
                 table.append([_md(method), _fmt(r["overall"], r["overall_sd"], n), _fmt(r["many"], r["many_sd"], n),
                               _fmt(r["medium"], r["medium_sd"], n), _fmt(r["few"], r["few_sd"], n), n,
-                              str(int(r["backbone_epochs"])), f"{r['wall']:.0f}", "–" if pd.isna(r["stage2"]) else f"{r['stage2']:.1f}",
+                              str(int(r["backbone_epochs"])), _millions(r["params"], 3), _millions(r["macs"], 1),
+                              f"{r['wall']:.0f}", "–" if pd.isna(r["stage2"]) else f"{r['stage2']:.1f}",
                               "–" if pd.isna(r["ips1"]) else f"{r['ips1']:.0f}",
                               "–" if pd.isna(r["ips2"]) else f"{r['ips2']:.0f}", _md(r["paper"] or "–")])
                 if compared:  # ours - paper where the paper measured the same setting; else why not
@@ -171,7 +181,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                     sources[method] = r["source"]
             backbones = ", ".join(sorted(set(bdf["backbone"])))
             epochs = ", ".join(str(e) for e in sorted(set(bdf["epochs"])))
-            headers = ["method", "overall", "many", "medium", "few", "seeds", "backbone epochs", "wall (s)",
+            headers = ["method", "overall", "many", "medium", "few", "seeds", "backbone epochs", "params (M)",
+                       "MACs (M)", "wall (s)",
                        "stage 2 (s)", "stage 1 img/s", "stage 2 img/s", "paper overall"]
             lines += [f"## budget `{_md(budget)}` ({_md(backbones)}, {epochs} epochs)", ""]
             if compared:

@@ -235,8 +235,9 @@ def compute(record: dict[str, Any]) -> dict[str, Any]:
     """What a run trained, for compute-matched comparisons: ``backbone_epochs`` (epochs in which the backbone's
     weights were trained: stage 1, plus stage 2 when it fine-tunes the backbone) and, per stage, its epochs,
     whether it trained the backbone, and the training images it saw (from the record's history; ``None`` where
-    the history lacks the stage, e.g. a reused stage 1 or a record that predates histories). Derived from the
-    record, so it works for every schema."""
+    the history lacks the stage, e.g. a reused stage 1 or a record that predates histories); and the model's
+    ``parameters`` and ``inference_macs_per_image`` from the record's ``cost`` (``None`` where it has none).
+    Derived from the record, so it works for every schema."""
     config, plan = record["config"], record.get("second_stage")
     history = record.get("history") or []
     seen = {stage: sum(e.get("images", 0) for e in history if e["stage"] == stage) or None for stage in (1, 2)}
@@ -245,7 +246,9 @@ def compute(record: dict[str, Any]) -> dict[str, Any]:
         epochs = config["stage2_epochs"] if plan.get("epochs") is None else plan["epochs"]
         stages["2"] = {"epochs": epochs, "backbone": bool(plan.get("train_backbone")), "images": seen[2]}
     backbone = sum(s["epochs"] for s in stages.values() if s["backbone"])
-    return {"backbone_epochs": backbone, "stages": stages}
+    cost = record.get("cost") or {}
+    return {"backbone_epochs": backbone, "stages": stages, "parameters": cost.get("parameters"),
+            "inference_macs_per_image": cost.get("inference_macs_per_image")}
 
 
 def reference_setting(record: dict[str, Any]) -> str:

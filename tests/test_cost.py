@@ -1,0 +1,76 @@
+"""Cost on the board: every record carries the model's parameters and multiply-accumulates per image, and
+``ci/backfill_cost.py`` derives the same numbers for records that predate them."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltbench.catalog import build_catalog
+from ltbench.engine import model_cost
+from ltbench.leaderboard import render
+from ltbench.testing import catalog_with, run_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_macs_are_the_convolutions_and_the_classifier_of_one_image(tiny_run):
+    model = tiny_run.model
+    size = tiny_run.data.x_val.shape[1]
+    macs, side = 0, size
+    x = torch.zeros(1, 3, size, size)
+    for conv in [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]:
+        x = conv(x)  # each output value: in_channels x kernel area multiply-accumulates
+        macs += x.numel() * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    macs += model.classifier.in_features * model.classifier.out_features
+    cost = model_cost(tiny_run)
+    assert cost["inference_macs_per_image"] == macs
+    assert cost["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_parameters_count_buffers_that_stand_in_for_weights_but_not_batch_norm_statistics(tiny_run):
+    from ltbench_builtin.decoupling import TauNormHead
+
+    linear = tiny_run.model.classifier
+    before = model_cost(tiny_run)["parameters"]
+    tiny_run.model.classifier = TauNormHead(linear)  # the weight becomes a buffer, the bias goes
+    assert model_cost(tiny_run)["parameters"] == before - linear.out_features
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cost")
+    recs = run_methods(catalog_with(), ["ce", "ride", "ncm", "lws"], out)
+    assert all(r["status"] == "completed" for r in recs), [r["error"] for r in recs]
+    return {r["method"]: r for r in recs}
+
+
+def test_records_carry_their_cost_and_the_board_shows_it(records):
+    ce, ride = records["ce"]["cost"], records["ride"]["cost"]
+    assert ride["parameters"] > 2 * ce["parameters"]  # three experts' own stages and classifiers
+    assert ride["inference_macs_per_image"] > ce["inference_macs_per_image"]  # evaluation runs every expert
+    page = next(iter(render(list(records.values())).values()))
+    assert "params (M)" in page and "MACs (M)" in page
+    ride_row = next(line for line in page.splitlines() if line.startswith("| ride "))
+    assert f"{ride['parameters'] / 1e6:.3f}" in ride_row and f"{ride['inference_macs_per_image'] / 1e6:.1f}" in ride_row
+
+
+def test_a_record_without_cost_shows_a_dash(records):
+    old = {**records["ce"], "cost": None}
+    ce_row = next(line for line in next(iter(render([old]).values())).splitlines() if line.startswith("| ce "))
+    cells = [c.strip() for c in ce_row.strip("|").split("|")]
+    assert cells[7:9] == ["–", "–"]
+
+
+def test_the_backfill_derives_exactly_what_a_run_measures(records):
+    spec = importlib.util.spec_from_file_location("backfill_cost", ROOT / "ci" / "backfill_cost.py")
+    backfill = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = backfill
+    spec.loader.exec_module(backfill)
+    catalog = build_catalog()
+    for name, record in records.items():  # ride: experts in heads; ncm and lws: their stage-2 heads
+        derived = backfill.measure({**record, "cost": None}, catalog, None, {})
+        assert {k: derived[k] for k in record["cost"]} == record["cost"], name
+        assert "rebuilt from the record's config" in derived["derived"]

@@ -44,6 +44,19 @@ COMPARISONS = [
     ("blt", "blt-finetune", "hallucination alone (same backbone epochs)"),
     ("blt", "ce [epochs=40]", "BLT vs ce at the same backbone epochs"),
     ("blt-finetune", "ce [epochs=40]", "the class-balanced full fine-tune vs ce at the same backbone epochs"),
+    ("ldam", "ce", "LDAM's margins alone, without DRW"),
+    ("ldam-drw", "ldam", "what DRW adds to the margins"),
+    ("cb-focal", "ce", "class-balanced sigmoid focal loss"),
+    ("mislas", "ce", "MiSLAS (mixup stage 1 + its stage 2) vs plain training"),
+    ("mislas", "mixup", "MiSLAS's stage 2 over its own stage-1 recipe"),
+    ("mislas", "crt", "MiSLAS's stage 2 vs the plain class-balanced retrain"),
+    ("mixup", "ce", "mixup at 30 epochs"),
+    ("cutmix", "ce", "cutmix at 30 epochs"),
+    ("remix", "mixup", "remix's label rule over mixup"),
+    ("ldam-drw+remix", "ldam-drw", "remix on LDAM-DRW, the pairing Remix recommends"),
+    ("ride", "ldam-drw", "RIDE's experts over their own loss, one backbone"),
+    ("ride-reduced", "ldam-drw", "RIDE with its reduced-width experts over one backbone"),
+    ("ride", "ride-reduced", "full-width experts over RIDE's reduced ones"),
 ]
 
 ABLATIONS = [

@@ -98,6 +98,22 @@ def _paper(rec: dict[str, Any]) -> tuple[str, str]:
     return f"{ref['overall']:.2f}", ref.get("source", "")
 
 
+def _identical_rows(bdf: pd.DataFrame) -> list[list[str]]:
+    """Groups of rows whose every seed has the same per-class accuracies (e.g. balanced-softmax and
+    logit-adjust at tau 1, the same arithmetic): the board says so rather than show them as two results."""
+    by_result: dict[tuple, list[str]] = {}
+    for method, rows in bdf.groupby("method", sort=True):
+        if all(len(pc) for pc in rows["per_class"]):
+            key = tuple(sorted(zip(rows["seed"], rows["per_class"])))
+            by_result.setdefault(key, []).append(method)
+    return [names for names in by_result.values() if len(names) > 1]
+
+
+def _names(names: list[str]) -> str:
+    quoted = [f"`{_md(n)}`" for n in names]
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
 def _millions(value: Any, digits: int) -> str:
     return "–" if value is None or pd.isna(value) else f"{value / 1e6:.{digits}f}"
 
@@ -123,7 +139,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                      "epochs": rec["config"]["epochs"], "groups": rec.get("group_sizes") or {},
                      "backbone_epochs": compute(rec)["backbone_epochs"],
                      "params": compute(rec)["parameters"], "macs": compute(rec)["inference_macs_per_image"],
-                     "thresholds": rec["group_thresholds"]})
+                     "thresholds": rec["group_thresholds"],
+                     "per_class": tuple(rec.get("per_class_accuracy") or ())})
     df = pd.DataFrame(rows)
     for col in ("overall", "many", "medium", "few", "wall", "stage2", "ips1", "ips2", "params", "macs"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -191,8 +208,11 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                           "paper\" is our overall mean minus it. A row whose published number comes from "
                           "another setting says so instead of a difference.", ""]
                 headers.append("ours − paper")
-            lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "",
-                      "Measured on: " + "; ".join(f"{_md(d)} ({n} runs)" for d, n in
+            lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+            for group in _identical_rows(bdf):
+                lines += [f"Identical results: {_names(group)} score the same accuracy on every class at every "
+                          f"seed: one computation under {len(group)} names.", ""]
+            lines += ["Measured on: " + "; ".join(f"{_md(d)} ({n} runs)" for d, n in
                                                   sorted(bdf["device"].value_counts().items())), ""]
         if sources:
             lines += ["Paper numbers (for orientation only, except where a `paper` section compares them in the "

@@ -345,6 +345,9 @@ class LogitAdjustLoss(Method):
         summary="Cross-entropy on logits + tau * log(prior), tau 1.",
         reference_results={"cifar100-lt-if100": {"overall": 43.89, "source": "Menon et al. (as quoted by OpenLT; "
                                                  "ResNet-32)"}},
+        interpretations=("At tau 1 (the default) the arithmetic is balanced-softmax's, so the two rows give the "
+                         "same predictions (the board marks them as identical); they differ at tau != 1. The two "
+                         "papers report different numbers for the same loss, from different training recipes.",),
     )
 
     def check_options(self):

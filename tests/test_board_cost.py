@@ -1,5 +1,6 @@
 """Cost on the board: every record carries the model's parameters and multiply-accumulates per image, and
-``ci/backfill_cost.py`` derives the same numbers for records that predate them."""
+``ci/backfill_cost.py`` derives the same numbers for records that predate them; and the board marks rows that
+are one computation under two names."""
 
 import importlib.util
 import sys
@@ -74,3 +75,12 @@ def test_the_backfill_derives_exactly_what_a_run_measures(records):
         derived = backfill.measure({**record, "cost": None}, catalog, None, {})
         assert {k: derived[k] for k in record["cost"]} == record["cost"], name
         assert "rebuilt from the record's config" in derived["derived"]
+
+
+def test_rows_with_the_same_result_at_every_seed_are_marked_identical(records):
+    ce = records["ce"]
+    twin = {**ce, "method": "ce-twin", "variant": "ce-twin"}
+    page = next(iter(render([ce, twin, records["lws"]]).values()))
+    assert "Identical results: `ce` and `ce-twin` score the same accuracy on every class" in page
+    other = {**twin, "per_class_accuracy": [a + (i == 0) for i, a in enumerate(ce["per_class_accuracy"])]}
+    assert "Identical results" not in next(iter(render([ce, other]).values()))

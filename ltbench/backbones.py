@@ -79,6 +79,9 @@ class _CifarBlock(nn.Module):
 
 
 class CifarResNet(_PooledBackbone):
+    """The CIFAR ResNets (He et al.; LDAM-DRW's code): a 3x3 stem, three stages of ``blocks_per_stage`` basic
+    blocks (``layer1..3``, widths 16/32/64, option-A shortcuts) and global average pooling."""
+
     def __init__(self, blocks_per_stage: int, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),

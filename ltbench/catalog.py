@@ -94,6 +94,9 @@ def _foreign_module(module: ModuleType | None, dist: md.Distribution) -> str | N
 
 
 class Catalog:
+    """The installed plugins and what they registered: ``methods``, ``datasets``, ``backbones`` and
+    ``reporters`` by name, the ``plugins`` loaded and the ones ``broken`` (with why)."""
+
     def __init__(self) -> None:
         self.methods: dict[str, MethodEntry] = {}
         self.datasets: dict[str, DatasetSpec] = {}

@@ -35,14 +35,17 @@ from torch import nn
 
 
 def is_distributed() -> bool:
+    """Whether this process is one of several ranks (under torchrun with more than one process)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 in a single process)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """How many ranks run together (1 in a single process)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
@@ -132,6 +135,7 @@ def agree(value: Any) -> Any:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (nothing in a single process)."""
     if is_distributed():
         dist.barrier()
 

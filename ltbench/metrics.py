@@ -80,6 +80,8 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, true_probability: n
 def evaluate_predictions(
     targets: np.ndarray, preds: np.ndarray, train_counts: np.ndarray, thresholds: dict[str, int]
 ) -> EvalResult:
+    """Accuracy of ``preds`` against ``targets``: overall (the mean of per-class accuracies), per class, and per
+    shot group (many/medium/few by the training counts and the dataset's ``thresholds``)."""
     num_classes = len(train_counts)
     cm = confusion_matrix(targets, preds, num_classes)
     support = cm.sum(axis=1)

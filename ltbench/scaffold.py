@@ -38,8 +38,7 @@ MODULE = '''"""{name}: an ltbench method plugin. Replace the example's hooks wit
 
 import torch
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.errors import ConfigError
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl
 
 
 class {cls}(Method):
@@ -72,8 +71,7 @@ TEST = '''"""{name}'s own tests (pytest, with the package installed); the fixtur
 import pytest
 import torch
 
-from ltbench.catalog import build_catalog
-from ltbench.model import ModelOutput
+from ltbench.api import ModelOutput, build_catalog
 from {package} import {cls}
 
 

@@ -41,6 +41,8 @@ def catalog_with(*methods: type[Method], plugin_name: str = "test-plugin", repor
 def run_methods(catalog: Catalog, methods: list[str], output: Path, dataset: str = "synthetic-lt",
                 seeds: tuple[int, ...] = (0,), budget: str = "smoke", settings: dict[str, Any] | None = None,
                 epochs: int | None = None, rerun: bool = False, data_root: str | None = None) -> list[dict]:
+    """Run ``methods`` (names, compositions with ``+``) on ``dataset`` at ``budget`` into ``output`` on the CPU
+    and return their records, one per method and seed."""
     cells = plan_grid(methods, [dataset], list(seeds), budget, settings=settings, epochs=epochs,
                       data_root=data_root, catalog=catalog)
     return [execute(c, Path(output), torch.device("cpu"), rerun=rerun, log=lambda m: None, catalog=catalog)

@@ -34,10 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, distributed, hookimpl
-from ltbench.engine import SecondStage
-from ltbench.errors import ConfigError
-from ltbench.samplers import class_share_sampler
+from ltbench.api import (ConfigError, Method, MethodMetadata, SecondStage, all_reduce_sum, class_share_sampler,
+                         hookimpl, is_distributed)
 
 # --------------------------------------------------------------------------
 # Arithmetic (pinned by tests)
@@ -243,9 +241,9 @@ class BLT(Method):
         stage2 = sum(e["seconds"] for e in run.history if e["stage"] == 2)
         h = self.stats["seconds"]
         stats = dict(self.stats)
-        if distributed.is_distributed():  # under torchrun each rank hallucinated for its own rows: the sums
+        if is_distributed():  # under torchrun each rank hallucinated for its own rows: the sums
             counts = [k for k in stats if k != "seconds"]
-            total = distributed.all_reduce_sum(torch.tensor([float(stats[k]) for k in counts], device=run.device))
+            total = all_reduce_sum(torch.tensor([float(stats[k]) for k in counts], device=run.device))
             stats.update({k: int(v) for k, v in zip(counts, total.tolist())})
         return {**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items()},
                 "stage2_time_ratio_vs_no_hallucination": round(stage2 / max(stage2 - h, 1e-9), 3),

@@ -55,9 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, distributed, hookimpl
-from ltbench.engine import SecondStage
-from ltbench.errors import ConfigError
+from ltbench.api import (ConfigError, Method, MethodMetadata, SecondStage, gather_rows, hookimpl, is_distributed,
+                         shard_rows)
 
 ALIGNMENTS = ("mean", "var", "agnostic", "none")
 BACKTRACKS = ("class-specific", "fixed")
@@ -324,7 +323,7 @@ class _BreadcrumbBase(Method):
             return
         t0 = time.perf_counter()
         # under torchrun: every rank's features, in the order a single process would have them
-        self.bank.push(distributed.gather_rows(self.epoch_features), distributed.gather_rows(self.epoch_labels))
+        self.bank.push(gather_rows(self.epoch_features), gather_rows(self.epoch_labels))
         self.epoch_features, self.epoch_labels = [], []
         self.after_push(run)
         self.seconds += time.perf_counter() - t0
@@ -415,8 +414,8 @@ class Breadcrumb(_BreadcrumbBase):
         if self.bank_features is not None and self.step * bs < len(self.bank_features):
             rows = slice(self.step * bs, (self.step + 1) * bs)
             feats, labels = self.bank_features[rows], self.bank_labels[rows]
-            if distributed.is_distributed():  # under torchrun, this rank's rows of the global bank batch
-                mine = distributed.shard_rows(len(labels))
+            if is_distributed():  # under torchrun, this rank's rows of the global bank batch
+                mine = shard_rows(len(labels))
                 feats, labels = feats[mine], labels[mine]
             feats, labels = feats.to(output.features.device), labels.to(output.features.device)
             loss = F.cross_entropy(model.classifier.balanced(feats), labels)

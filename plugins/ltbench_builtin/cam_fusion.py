@@ -38,9 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.engine import SecondStage, extract_features
-from ltbench.errors import ConfigError, PluginContractError
+from ltbench.api import (ConfigError, Method, MethodMetadata, PluginContractError, SecondStage, extract_features,
+                         hookimpl)
 
 # --------------------------------------------------------------------------
 # Arithmetic (pinned by tests)

@@ -5,8 +5,7 @@ class, with replacement; an epoch is as many draws as there are training
 images (so it costs the same as an instance-balanced epoch).
 """
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.samplers import class_balanced
+from ltbench.api import Method, MethodMetadata, class_balanced, hookimpl
 
 from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 

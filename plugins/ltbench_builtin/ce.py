@@ -4,7 +4,7 @@ The baseline every long-tailed paper compares against. It implements no run
 hook: the core defaults (:mod:`ltbench.defaults`) are exactly this method.
 """
 
-from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.api import Method, MethodMetadata, hookimpl
 
 #: the setting of a number published at the LDAM-DRW recipe (the CIFAR `paper` budget): the board compares
 #: such numbers with ours only when a record was trained in it (ltbench.records.reference_setting)

@@ -17,11 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.engine import SecondStage, extract_features
-from ltbench.errors import ConfigError, PluginContractError
-from ltbench.metrics import evaluate_predictions
-from ltbench.samplers import class_balanced
+from ltbench.api import (ConfigError, Method, MethodMetadata, PluginContractError, SecondStage, class_balanced,
+                         evaluate_predictions, extract_features, hookimpl)
 
 from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 

@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.errors import ConfigError
-from ltbench.targets import is_soft, soft_cross_entropy, weighted_mean
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, is_soft, soft_cross_entropy, weighted_mean
 
 from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 

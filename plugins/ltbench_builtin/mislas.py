@@ -24,11 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.engine import SecondStage
-from ltbench.errors import ConfigError, PluginContractError
-from ltbench.samplers import class_balanced
-from ltbench.targets import as_soft, soft_cross_entropy
+from ltbench.api import (ConfigError, Method, MethodMetadata, PluginContractError, SecondStage, as_soft,
+                         class_balanced, hookimpl, soft_cross_entropy)
 from ltbench_builtin.mixing import Mixup
 
 # --------------------------------------------------------------------------

@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbench import Method, MethodMetadata, distributed, hookimpl
-from ltbench.errors import ConfigError
-from ltbench.targets import mix_pairs
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, mix_pairs, rank
 
 # --------------------------------------------------------------------------
 # Arithmetic
@@ -92,7 +90,7 @@ class _Mixing(Method):
     @hookimpl
     def ltbench_configure_model(self, run):
         # one stream per (seed, rank): ranks mix their own rows differently, and a seed repeats
-        self.rng = np.random.default_rng([run.seed, distributed.rank(), 7_001])
+        self.rng = np.random.default_rng([run.seed, rank(), 7_001])
 
     def draw(self, batch) -> tuple[torch.Tensor, float]:
         perm = torch.from_numpy(self.rng.permutation(len(batch.labels))).to(batch.labels.device)

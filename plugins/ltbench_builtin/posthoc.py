@@ -7,8 +7,7 @@ after it. tau is chosen on the validation split over 0, 0.1, ..., 2.
 
 from __future__ import annotations
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.engine import SecondStage
+from ltbench.api import Method, MethodMetadata, SecondStage, hookimpl
 from ltbench_builtin.decoupling import TAU_GRID, choose_on_validation
 from ltbench_builtin.losses import log_prior
 

@@ -15,10 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ltbench import hookimpl
-from ltbench.errors import ConfigError
-from ltbench.plots import per_class_figure
-from ltbench.reporting import Reporter, epoch_scalars, final_metrics, flat_config
+from ltbench.api import ConfigError, Reporter, epoch_scalars, final_metrics, flat_config, hookimpl, per_class_figure
 
 
 def _need(module: str, extra: str):

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, distributed, hookimpl
-from ltbench.errors import ConfigError, PluginContractError
+from ltbench.api import (ConfigError, Method, MethodMetadata, PluginContractError, all_reduce_sum, hookimpl,
+                         is_distributed)
 
 EPS = 1e-5
 POSITIONS = ("layer1", "layer2", "layer3")
@@ -97,10 +97,10 @@ class SAFAModule(nn.Module):
 
     def update_means(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         feats = feats.detach()
-        if distributed.is_distributed():  # the class means of the global batch, the same on every rank
+        if is_distributed():  # the class means of the global batch, the same on every rank
             sums = torch.zeros_like(self.class_means).index_add_(0, labels, feats)
             counts = torch.bincount(labels, minlength=len(self.class_means)).to(feats.dtype)
-            distributed.all_reduce_sum(sums), distributed.all_reduce_sum(counts)
+            all_reduce_sum(sums), all_reduce_sum(counts)
             present = counts > 0
             mean = sums[present] / counts[present].view(-1, *[1] * (feats.dim() - 1))
             old = self.class_means[present]
@@ -286,7 +286,7 @@ class SAFA(Method):
         tails, heads = pair_head_tail(batch.labels, self.is_head, self.generator)
         device = batch.labels.device
         plan = (batch.labels, tails.to(device), heads.to(device))
-        if self.memory is None and len(tails) and not distributed.is_distributed():  # (a probe on one rank
+        if self.memory is None and len(tails) and not is_distributed():  # (a probe on one rank
             # only would run collectives the others do not)
             self.memory = activation_memory(model, batch.images, plan)
         self.stage_module.plan = plan
@@ -315,7 +315,7 @@ class SAFA(Method):
         return {
             "start_epoch": start,
             "modules_start_epoch": self.modules_start_epoch(run),
-            "generated": int(distributed.all_reduce_sum(torch.tensor([float(self.generated_total)], device=run.device))),
+            "generated": int(all_reduce_sum(torch.tensor([float(self.generated_total)], device=run.device))),
             "parameters": sum(p.numel() for p in self.stage_module.safa.parameters()),
             # mean L1 distance between two head directions in the last batch: near 0, the directions collapsed
             "head_direction_spread_last_batch": (round(float(self.stage_module.last_head_spread), 5)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Sampler
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.samplers import class_share_sampler
+from ltbench.api import ConfigError, Method, MethodMetadata, class_share_sampler, hookimpl
 
 _KANG = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition"
 _KANG_CODE = "https://github.com/facebookresearch/classifier-balancing"
@@ -79,8 +78,6 @@ class ProgressiveSampling(Method):
 
     def check_options(self):
         if self.opts["progress"] not in PROGRESS_RULES:
-            from ltbench.errors import ConfigError
-
             raise ConfigError(f"progressive-sampling.progress must be one of {', '.join(PROGRESS_RULES)}, got "
                               f"{self.opts['progress']!r}")
 

@@ -2,8 +2,7 @@
 
 import torch.nn.functional as F
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.errors import ConfigError
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl
 
 
 class LabelSmoothing(Method):

@@ -7,9 +7,7 @@ It mixes the images and sets ``batch.targets``; whatever loss the run uses (cros
 import numpy as np
 import torch
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.errors import ConfigError
-from ltbench.targets import mix_pairs
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, mix_pairs
 
 
 class ExampleMixup(Method):

@@ -4,7 +4,7 @@ run's own and averaged with it at evaluation (a two-expert ensemble in a few lin
 import torch
 import torch.nn.functional as F
 
-from ltbench import Method, MethodMetadata, hookimpl
+from ltbench.api import Method, MethodMetadata, hookimpl
 
 
 class ExampleSecondHead(Method):

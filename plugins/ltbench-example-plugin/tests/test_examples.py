@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from ltbench.engine import Batch
+from ltbench.api import Batch
 
 
 @pytest.mark.parametrize("name", ["example-mixup", "example-second-head"])
 def test_the_examples_pass_the_conformance_check(name, method_check):
-    from ltbench.catalog import build_catalog
+    from ltbench.api import build_catalog
 
     assert method_check(build_catalog().method(name).cls)["status"] == "completed"
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltbench.catalog import build_catalog
-from ltbench.errors import ConfigError
+from ltbench.api import ConfigError, build_catalog
 
 
 def test_discovered_through_the_ltbench_entry_point_group():

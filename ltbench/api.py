@@ -1,0 +1,62 @@
+"""ltbench's public plugin API: everything a method, reporter, dataset or backbone plugin may use.
+
+Plugins import from here (``from ltbench.api import Method, SecondStage, hookimpl``) and nowhere else in
+``ltbench``; every other module is internal and may move or change between versions, as ``_pytest`` does
+behind ``pytest``. The built-in methods in ``plugins/ltbench_builtin`` follow the same rule (a test checks it).
+
+The names below are versioned by :data:`API_VERSION`. A change that removes or breaks one of them first
+deprecates it: for one minor version the old name keeps working and warns (``DeprecationWarning``) with its
+replacement, then it goes.
+"""
+
+from __future__ import annotations
+
+from ltbench import hookimpl
+from ltbench.backbones import BackboneSpec, CifarResNet
+from ltbench.catalog import Catalog, build_catalog
+from ltbench.datasets import Budget, DatasetSpec
+from ltbench.distributed import (agree, all_reduce_sum, barrier, gather_rows, is_distributed, rank, shard_rows,
+                                 world_size)
+from ltbench.engine import Batch, Run, SecondStage, extract_features
+from ltbench.errors import ConfigError, LtbenchError, PluginContractError
+from ltbench.method import Method, MethodMetadata
+from ltbench.metrics import evaluate_predictions
+from ltbench.model import LTModel, ModelOutput
+from ltbench.plots import per_class_figure
+from ltbench.reporting import Reporter, epoch_scalars, final_metrics, flat_config
+from ltbench.samplers import class_balanced, class_share_sampler, instance_balanced
+from ltbench.targets import as_soft, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
+
+#: the version of this surface: a major step removes or breaks names (after a deprecation), a minor one adds
+API_VERSION = "1.0"
+
+__all__ = [
+    "API_VERSION",
+    # markers and base classes
+    "hookimpl", "Method", "MethodMetadata", "Reporter", "BackboneSpec", "DatasetSpec", "Budget",
+    # what hooks receive and return
+    "Run", "Batch", "SecondStage", "ModelOutput", "LTModel",
+    # helpers
+    "extract_features", "class_balanced", "class_share_sampler", "instance_balanced",
+    "as_soft", "is_soft", "mix_pairs", "soft_cross_entropy", "weighted_mean",
+    "evaluate_predictions", "per_class_figure", "epoch_scalars", "final_metrics", "flat_config",
+    "CifarResNet",
+    # under torchrun
+    "is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree", "barrier",
+    # errors
+    "LtbenchError", "ConfigError", "PluginContractError",
+    # the installed plugins
+    "build_catalog", "Catalog",
+    # the testing kit (imported on first use: it imports pytest)
+    "check_method", "catalog_with", "run_methods",
+]
+
+_TESTING_KIT = ("check_method", "catalog_with", "run_methods")
+
+
+def __getattr__(name: str):
+    if name in _TESTING_KIT:
+        from ltbench import testing
+
+        return getattr(testing, name)
+    raise AttributeError(f"module 'ltbench.api' has no attribute {name!r}")

@@ -1,0 +1,65 @@
+"""Plugin API 1.0: one public surface, ``ltbench.api``, that the built-in and example plugins use alone."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import ltbench.api as api
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "plugins"
+
+
+def private_imports(path: Path, root: Path = ROOT) -> list[str]:
+    """The imports of ltbench internals in one file: anything of ``ltbench`` but ``ltbench.api``."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "ltbench":
+                bad += [f"from ltbench import {a.name}" for a in node.names if a.name != "api"]
+            elif node.module.startswith("ltbench.") and node.module != "ltbench.api":
+                bad.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            bad += [f"import {a.name}" for a in node.names
+                    if a.name.startswith("ltbench.") and a.name != "ltbench.api"]
+    return [f"{path.relative_to(root)}: {line}" for line in bad]
+
+
+def plugin_sources() -> list[Path]:
+    return [p for p in sorted(PLUGINS.rglob("*.py")) if not {"build", ".eggs"} & set(p.parts)
+            and not any(part.endswith(".egg-info") for part in p.parts)]
+
+
+def test_the_plugins_import_nothing_private():
+    files = plugin_sources()
+    assert len(files) > 15
+    assert [line for f in files for line in private_imports(f)] == []
+
+
+def test_the_check_catches_a_private_import(tmp_path):
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("from ltbench.api import Method\nfrom ltbench.engine import Run\nimport ltbench.samplers\n"
+                      "from ltbench import hookimpl, api\n")
+    assert private_imports(sneaky, tmp_path) == ["sneaky.py: from ltbench.engine import ...",
+                                                 "sneaky.py: import ltbench.samplers",
+                                                 "sneaky.py: from ltbench import hookimpl"]
+
+
+def test_every_public_name_resolves_and_says_what_it_is():
+    assert api.API_VERSION == "1.0"
+    for name in api.__all__:
+        obj = getattr(api, name)
+        if name != "API_VERSION":
+            assert (getattr(obj, "__doc__", None) or "").strip(), f"ltbench.api.{name} has no docstring"
+
+
+def test_the_testing_kit_is_imported_on_first_use_only():
+    import subprocess
+    import sys
+
+    code = "import sys, ltbench.api as a; assert 'ltbench.testing' not in sys.modules; a.check_method; " \
+           "assert 'ltbench.testing' in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        api.nothing  # noqa: B018

@@ -55,8 +55,8 @@ COMPARISONS = [
     ("remix", "mixup", "remix's label rule over mixup"),
     ("ldam-drw+remix", "ldam-drw", "remix on LDAM-DRW, the pairing Remix recommends"),
     ("ride", "ldam-drw", "RIDE's experts over their own loss, one backbone"),
-    ("ride-reduced", "ldam-drw", "RIDE with its reduced-width experts over one backbone"),
-    ("ride", "ride-reduced", "full-width experts over RIDE's reduced ones"),
+    ("ride [reduce_width=True]", "ldam-drw", "RIDE with its reduced-width experts over one backbone"),
+    ("ride", "ride [reduce_width=True]", "full-width experts over RIDE's reduced ones"),
 ]
 
 ABLATIONS = [

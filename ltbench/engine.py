@@ -410,7 +410,9 @@ def model_cost(run: Run) -> dict[str, Any]:
     FLOPs per multiply-accumulate of a convolution or matrix product; element-wise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    images = run.data.x_val[:1] if len(run.data.x_val) else run.data.x_train[:1]
+    images = run.data.x_val if len(run.data.x_val) else run.data.x_train
+    # one image: an array's first row, or (streaming) the image files' first path
+    images = dataclasses.replace(images, paths=list(images.paths[:1])) if hasattr(images, "paths") else images[:1]
     with FlopCounterMode(display=False) as counter:
         predict_logits(run, images)
     held = [b for name, b in run.model.named_buffers()

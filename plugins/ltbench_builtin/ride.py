@@ -35,9 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.backbones import CifarResNet
-from ltbench.errors import ConfigError, PluginContractError
+from ltbench.api import CifarResNet, ConfigError, Method, MethodMetadata, PluginContractError, hookimpl
 from ltbench_builtin.losses import NormedLinear, class_balanced_weights, ldam_loss, ldam_margins
 
 # --------------------------------------------------------------------------

@@ -305,7 +305,10 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         test = evaluate(run, cell.data.x_test, cell.data.y_test)
         timing["eval"] = time.perf_counter() - t3
         eval_images = len(cell.data.y_val) + len(cell.data.y_test)
-        cost = model_cost(run)
+        try:
+            cost = model_cost(run)
+        except Exception as exc:  # noqa: BLE001 - a cost the counter cannot take is left out, the run stands
+            log(f"{tag} parameters and MACs not counted: {type(exc).__name__}: {exc}")
     except Diverged as exc:
         status, error = "diverged", str(exc)
         log(f"{tag} diverged: {exc}")

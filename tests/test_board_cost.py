@@ -84,3 +84,14 @@ def test_rows_with_the_same_result_at_every_seed_are_marked_identical(records):
     assert "Identical results: `ce` and `ce-twin` score the same accuracy on every class" in page
     other = {**twin, "per_class_accuracy": [a + (i == 0) for i, a in enumerate(ce["per_class_accuracy"])]}
     assert "Identical results" not in next(iter(render([ce, other]).values()))
+
+
+def test_a_cost_the_counter_cannot_take_leaves_the_run_standing(tmp_path, monkeypatch):
+    from ltbench import runner
+
+    def broken(run):
+        raise RuntimeError("an operator the counter does not know")
+
+    monkeypatch.setattr(runner, "model_cost", broken)
+    (record,) = run_methods(catalog_with(), ["ce"], tmp_path)
+    assert record["status"] == "completed" and record["cost"] is None

@@ -128,6 +128,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
         stages = rec.get("stage_wall_time_s", {})
         speed = rec.get("throughput_img_per_s") or {}
         paper, source = _paper(rec)
+        cost = compute(rec)
         rows.append({"dataset": rec["dataset"], "budget": rec["budget"], "method": rec["variant"],
                      "config_id": rec["config_id"],
                      "seed": rec["seed"], "overall": m["overall"], "many": m["many"], "medium": m["medium"],
@@ -137,8 +138,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                      "paper": paper, "source": source, "setting": reference_setting(rec),
                      "backbone": rec["config"]["backbone"],
                      "epochs": rec["config"]["epochs"], "groups": rec.get("group_sizes") or {},
-                     "backbone_epochs": compute(rec)["backbone_epochs"],
-                     "params": compute(rec)["parameters"], "macs": compute(rec)["inference_macs_per_image"],
+                     "backbone_epochs": cost["backbone_epochs"],
+                     "params": cost["parameters"], "macs": cost["inference_macs_per_image"],
                      "thresholds": rec["group_thresholds"],
                      "per_class": tuple(rec.get("per_class_accuracy") or ())})
     df = pd.DataFrame(rows)

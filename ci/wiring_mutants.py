@@ -36,7 +36,8 @@ class Mutant:
     select: str  # its -k expression
 
 
-BC, CAM, MIS, RIDE, MIX = (f"ltbench_builtin.{m}" for m in ("breadcrumb", "cam_fusion", "mislas", "ride", "mixing"))
+BC, CAM, MIS, RIDE, MIX, LOSS = (f"ltbench_builtin.{m}" for m in ("breadcrumb", "cam_fusion", "mislas", "ride",
+                                                                  "mixing", "losses"))
 T_BC, T_CAM, T_MR, T_MIX = (f"tests/test_{t}.py" for t in ("breadcrumb", "cam_fusion", "mislas_ride", "mixing"))
 
 MUTANTS = [
@@ -141,6 +142,12 @@ MUTANTS = [
            "batch.targets = mix_pairs(batch.labels, batch.labels[perm], lam, run.num_classes)\n        self.mixed",
            "batch.targets = mix_pairs(batch.labels, batch.labels.roll(1), lam, run.num_classes)\n        self.mixed",
            T_MIX, "mixes_images_and_targets"),
+    # cb-focal
+    Mutant("cb-focal: the classifier bias keeps PyTorch's default, not the prior", LOSS,
+           "bias.fill_(-math.log((1 - prior) / prior))", "pass", "tests/test_baselines.py", "cb_focal_starts"),
+    Mutant("cb-focal: the prior option never reaches the bias", LOSS,
+           "bias.fill_(-math.log((1 - prior) / prior))", "bias.fill_(-math.log(9.0))", "tests/test_baselines.py",
+           "cb_focal_starts"),
 ]
 
 

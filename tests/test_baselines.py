@@ -221,3 +221,30 @@ def test_crt_keeps_stage_1_batch_norm_by_default_and_re_estimates_it_with_shift_
         before, after = checkpoints.load(stage1)["model"], checkpoints.load(final)["model"]
         moved = [not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean")]
         assert all(moved) if shift else not any(moved)
+
+
+def _built_model(tmp_path, method: str, **settings):
+    from ltbench.engine import build_run
+    from ltbench.runner import plan_grid
+
+    catalog = catalog_with()
+    (cell,) = plan_grid([method], ["synthetic-lt"], [0], "smoke", catalog=catalog,
+                        settings={k: str(v) for k, v in settings.items()})
+    return build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
+                     log=lambda m: None).model
+
+
+def test_cb_focal_starts_every_sigmoid_at_the_prior_as_cui_et_al(tmp_path):
+    # Cui et al. Sec. 4.3: b = -log((1 - pi) / pi), pi = 0.1, so every class's sigmoid starts at pi
+    bias = _built_model(tmp_path, "cb-focal").classifier.bias
+    assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.1))
+    for settings in ({"cb-focal.prior": 0}, {"cb-focal.kind": "softmax"}):  # PyTorch's default bias, not constant
+        assert _built_model(tmp_path, "cb-focal", **settings).classifier.bias.std() > 0
+    assert torch.allclose(torch.sigmoid(_built_model(tmp_path, "cb-focal", **{"cb-focal.prior": 0.25})
+                                        .classifier.bias), torch.tensor(0.25))
+
+
+@pytest.mark.parametrize("prior", [1.0, -0.1, "high", True])
+def test_cb_focal_rejects_a_prior_outside_0_1(prior):
+    with pytest.raises(ConfigError, match=r"cb-focal.prior must be a number in \[0, 1\)"):
+        ClassBalancedFocal(prior=prior)

@@ -15,6 +15,8 @@ loss(b)``), and class weights normalise by ``sum q_c w_c``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -191,7 +193,7 @@ FOCAL_KINDS = ("sigmoid", "softmax")
 
 class ClassBalancedFocal(Method):
     name = "cb-focal"
-    options = {"beta": 0.9, "gamma": 1.0, "kind": "sigmoid"}
+    options = {"beta": 0.9, "gamma": 1.0, "kind": "sigmoid", "prior": 0.1}
     metadata = MethodMetadata(
         family="loss",
         title="Class-balanced focal loss (sigmoid)", paper=_CB_PAPER, venue="CVPR", year=2019,
@@ -204,8 +206,10 @@ class ClassBalancedFocal(Method):
                          "binary focal term, divided by the number of rows; kind=softmax is the earlier ltbench "
                          "form (a softmax focal loss normalised by the batch's weight sum).",
                          "beta 0.9, as BagofTricks-LT's CIFAR-100 configs.",
-                         "The classifier bias keeps its default initialisation (Cui et al. initialise it to "
-                         "-log((1 - pi) / pi), pi 0.1, for the sigmoid's stability).",),
+                         "With kind=sigmoid the classifier bias starts at -log((1 - pi) / pi), pi = prior = 0.1, as "
+                         "Cui et al. (Sec. 4.3) do for every sigmoid-based loss, so that each class's sigmoid "
+                         "starts near pi instead of 0.5; prior=0 keeps PyTorch's default bias (the board's "
+                         "earlier rows). The softmax form keeps the default, as theirs.",),
     )
 
     def check_options(self):
@@ -213,6 +217,21 @@ class ClassBalancedFocal(Method):
         _check_gamma(self)
         if self.opts["kind"] not in FOCAL_KINDS:
             raise ConfigError(f"cb-focal.kind must be one of {', '.join(FOCAL_KINDS)}, got {self.opts['kind']!r}")
+        prior = self.opts["prior"]
+        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 <= prior < 1:
+            raise ConfigError(f"cb-focal.prior must be a number in [0, 1) (0 keeps the default bias), got {prior!r}")
+
+    @hookimpl
+    def ltbench_configure_model(self, run, model):
+        prior = self.opts["prior"]
+        if self.opts["kind"] != "sigmoid" or prior == 0:
+            return
+        bias = getattr(model.classifier, "bias", None)
+        if not isinstance(bias, torch.Tensor):
+            raise ConfigError(f"cb-focal.prior={prior} initialises the classifier's bias, but the classifier "
+                              f"{type(model.classifier).__name__} has none; set cb-focal.prior=0")
+        with torch.no_grad():
+            bias.fill_(-math.log((1 - prior) / prior))
 
     @hookimpl
     def ltbench_build_loss(self, run):

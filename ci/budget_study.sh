@@ -15,6 +15,6 @@ for epochs in "${@:-20 30 45}"; do
     ltbench run --methods "${METHODS:-ce,balanced-softmax,crt,tau-norm,ldam-drw}" --datasets cifar100-lt \
       --data-root "${DATA:-../shared/data}" --budget cpu --epochs "$e" --seeds 0,1,2 \
       --set backbone=resnet8 --set lr_decay=0.01 --set lr_milestones=0.8,0.9 --set weight_decay=2e-4 \
-      --output leaderboards/budget-study
+      ${THREADS:+--threads "$THREADS"} --output leaderboards/budget-study
   done
 done

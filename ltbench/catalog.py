@@ -267,6 +267,14 @@ def _check_method_class(cls: Any) -> None:
         raise TypeError(f"method {cls.name!r} has no MethodMetadata 'metadata'")
     if "+" in cls.name or "," in cls.name:
         raise TypeError(f"method name {cls.name!r} may not contain '+' or ','")
+    from ltbench.config import CORE_KEYS
+
+    # `--set momentum=...` sets the core key, so an option of that name could never be set: refuse it here.
+    colliding = sorted(set(getattr(cls, "options", {})) & set(CORE_KEYS))
+    if colliding:
+        raise TypeError(f"method {cls.name!r}: option {', '.join(map(repr, colliding))} is a core configuration "
+                        f"key, so `--set` would never reach it; rename it (e.g. {cls.name.replace('-', '_')}_"
+                        f"{colliding[0]}). Core keys: {', '.join(CORE_KEYS)}")
     # A hook without @hookimpl would be silently ignored (the run would fall back to the core defaults).
     unmarked = sorted(n for n in dir(cls) if n.startswith("ltbench_") and hasattr(hookspecs, n)
                       and callable(getattr(cls, n)) and not hasattr(getattr(cls, n), "ltbench_impl"))

@@ -23,7 +23,7 @@ from typing import Any
 
 from ltbench.datasets import Budget, DatasetSpec
 from ltbench.errors import ConfigError, UnknownNameError
-from ltbench.method import Method
+from ltbench.method import Method, current_option_name, identity_option_names
 
 CORE_KEYS = [f.name for f in dataclasses.fields(Budget) if f.name != "description"] + ["imbalance_factor"]
 
@@ -128,6 +128,9 @@ def resolve(
             config[key] = coerce(key, raw, base[key])
             continue
         owner, _, opt = key.rpartition(".")
+        for cls in method_classes + list(grid_classes or []):
+            if cls.name == owner:
+                opt = current_option_name(cls, opt, warn=True)
 
         def owns(c: type[Method]) -> bool:
             return (c.name == owner or not owner) and opt in c.options
@@ -166,9 +169,12 @@ LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretra
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that identifies a run: all of it but :data:`EXECUTION_KEYS` and
-    :data:`LATER_KEYS` at their neutral values."""
-    return {k: v for k, v in canonical(config).items()
-            if k not in EXECUTION_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    :data:`LATER_KEYS` at their neutral values, and renamed method options under their former names."""
+    out = {k: v for k, v in canonical(config).items()
+           if k not in EXECUTION_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    if isinstance(out.get("methods"), dict):
+        out["methods"] = {m: identity_option_names(m, o) for m, o in out["methods"].items()}
+    return out
 
 
 def config_id(config: dict[str, Any]) -> str:

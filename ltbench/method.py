@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +49,11 @@ class Method:
     run (tensors, numpy arrays, numbers, strings, ``None`` and
     dicts/lists/tuples of them: checkpoints never unpickle other objects),
     and ``check_options`` to reject bad values.
+
+    ``renamed_options`` maps an option's former name to its current one. The
+    former name is still accepted, with a ``DeprecationWarning`` (the API's
+    deprecation policy), and a run's identity keeps using it, so records made
+    under the former name keep their run directories.
     """
 
     name: ClassVar[str]
@@ -57,8 +63,16 @@ class Method:
     #: it (decoupled methods). Such methods share one stage-1 model per
     #: (dataset, budget, seed) instead of each training its own.
     plain_stage1: ClassVar[bool] = False
+    #: former option name -> current name (see the class docstring)
+    renamed_options: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.renamed_options and isinstance(getattr(cls, "name", None), str):
+            RENAMED_OPTIONS[cls.name] = dict(cls.renamed_options)
 
     def __init__(self, **options: Any) -> None:
+        options = {current_option_name(type(self), k, warn=True): v for k, v in options.items()}
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ConfigError(
@@ -79,3 +93,25 @@ class Method:
 
     def __repr__(self) -> str:
         return f"<method {self.name} {self.opts}>"
+
+
+#: method name -> {former option name: current name}, from every ``Method`` subclass's ``renamed_options``
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {}
+
+
+def current_option_name(cls: type[Method], option: str, warn: bool = False) -> str:
+    """``option``'s current name for ``cls`` (a former name is translated, with a ``DeprecationWarning`` when
+    ``warn``)."""
+    new = cls.renamed_options.get(option)
+    if new is None or option in cls.options:
+        return option
+    if warn:
+        warnings.warn(f"option {cls.name}.{option} is now {cls.name}.{new}; the old name will stop working in "
+                      f"the next minor version", DeprecationWarning, stacklevel=3)
+    return new
+
+
+def identity_option_names(method: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` under the names a run's identity uses: renamed options under their former names."""
+    former = {new: old for old, new in RENAMED_OPTIONS.get(method, {}).items()}
+    return {former.get(k, k): v for k, v in opts.items()}

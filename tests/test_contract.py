@@ -49,6 +49,19 @@ def test_a_wrong_type_from_extra_losses_is_a_contract_error_naming_method_and_ho
     assert expected in rec["error"]
 
 
+def _register_broken(cls):
+    """A catalog that ``cls``'s plugin tried to join, and its broken plugins."""
+    catalog = build_catalog()
+
+    class Plugin:
+        @hookimpl
+        def ltbench_register_methods(self, register):
+            register(cls)
+
+    catalog.add_plugin(Plugin(), PluginInfo("a-plugin", __name__, "a-plugin-dist", "0"))
+    return catalog, catalog.broken
+
+
 def test_a_hook_without_the_marker_is_refused_at_registration():
     class Forgot(Method):
         name = "forgot-marker"
@@ -57,17 +70,34 @@ def test_a_hook_without_the_marker_is_refused_at_registration():
         def ltbench_build_loss(self):  # no @hookimpl: would silently train plain CE
             return lambda logits, targets: logits.sum()
 
-    catalog = build_catalog()
-
-    class Plugin:
-        @hookimpl
-        def ltbench_register_methods(self, register):
-            register(Forgot)
-
-    catalog.add_plugin(Plugin(), PluginInfo("forgetful", __name__, "forgetful-dist", "0"))
-    (broken,) = catalog.broken
+    catalog, (broken,) = _register_broken(Forgot)
     assert "ltbench_build_loss lack the @ltbench.hookimpl marker" in broken.error
     assert "forgot-marker" not in catalog.methods
+
+
+def test_an_option_named_like_a_core_key_is_refused_at_registration():
+    class Collides(Method):
+        name = "heavy-ball"
+        metadata = META
+        options = {"momentum": 0.5, "beta": 0.9}  # `--set momentum=` sets the optimizer's, never this one
+
+    catalog, (broken,) = _register_broken(Collides)
+    assert "method 'heavy-ball': option 'momentum' is a core configuration key" in broken.error
+    assert "heavy-ball" not in catalog.methods
+
+
+def test_a_renamed_option_keeps_its_former_name_working_with_a_warning_and_its_runs_identity():
+    # blt's `epochs` and cam-fusion's `lr` were core-key names; they are `finetune_epochs` and `phase2_lr` now
+    from ltbench import config as config_mod
+    from ltbench_builtin.blt import BLT
+
+    with pytest.warns(DeprecationWarning, match="blt.epochs is now blt.finetune_epochs"):
+        assert BLT(epochs=4).opts["finetune_epochs"] == 4
+    new = {"epochs": 30, "methods": {"blt": {"finetune_epochs": 4}, "cam-fusion": {"phase2_lr": 0.01}}}
+    old = {"epochs": 30, "methods": {"blt": {"epochs": 4}, "cam-fusion": {"lr": 0.01}}}
+    assert config_mod.config_id(new) == config_mod.config_id(old)  # records made before the rename keep their dirs
+    assert config_mod.config_id(new) != config_mod.config_id({**new, "methods": {"blt": {"finetune_epochs": 5},
+                                                                                 "cam-fusion": {"phase2_lr": 0.01}}})
 
 
 def test_broadcast_hooks_run_in_the_order_the_run_names_the_methods(tmp_path):

@@ -130,7 +130,9 @@ class BLT(Method):
     name = "blt"
     plain_stage1 = True
     options = {"p": 0.25, "gamma": 0.9, "alpha": 16.0, "beta": 0.5, "tail_max": 20, "step": 0.7, "max_iters": 15,
-               "score_low": 0.15, "score_high": 0.25, "backbone_lr_ratio": 0.1, "epochs": 0, "hallucinate": True}
+               "score_low": 0.15, "score_high": 0.25, "backbone_lr_ratio": 0.1, "finetune_epochs": 0,
+               "hallucinate": True}
+    renamed_options = {"epochs": "finetune_epochs"}  # `epochs` is a core key: `--set epochs=` never reached it
     metadata = MethodMetadata(
         family="seed paper",
         title="BLT: gradient-ascent tail-class hard examples, gamma-balancer, squashing-cosine classifier",
@@ -157,7 +159,7 @@ class BLT(Method):
             "the official code's.",
             "The ceil(p k) hallucinated samples are a random subset of the batch's k tail samples (the official "
             "code takes floor(p k)).",
-            "Stage 2 length is the budget's stage2_epochs (option epochs overrides) with a cosine schedule; "
+            "Stage 2 length is the budget's stage2_epochs (option finetune_epochs overrides) with a cosine schedule; "
             "classifier lr = stage2_lr, backbone lr = backbone_lr_ratio x stage2_lr (the official code: 0.1 and "
             "0.01); cross-entropy on the squashing-cosine logits (the official code's logit margin is 0).",
         ),
@@ -171,7 +173,7 @@ class BLT(Method):
             raise ConfigError(f"blt: need 0 < score_low <= score_high < 1, got {o['score_low']}, {o['score_high']}")
         if o["alpha"] <= 0 or o["beta"] <= 0 or o["step"] <= 0 or o["max_iters"] < 1:
             raise ConfigError(f"blt: alpha, beta and step must be > 0 and max_iters >= 1, got {o}")
-        if o["gamma"] < 0 or o["tail_max"] < 0 or o["epochs"] < 0 or o["backbone_lr_ratio"] < 0:
+        if o["gamma"] < 0 or o["tail_max"] < 0 or o["finetune_epochs"] < 0 or o["backbone_lr_ratio"] < 0:
             raise ConfigError(f"blt: gamma, tail_max, epochs and backbone_lr_ratio must be >= 0, got {o}")
 
     def __init__(self, **options: Any) -> None:
@@ -185,7 +187,7 @@ class BLT(Method):
     def ltbench_second_stage(self, run):
         self.generator.manual_seed(30_000 + run.seed)
         lr = run.config["stage2_lr"]
-        return SecondStage(epochs=self.opts["epochs"] or None, lr=lr, train_backbone=True,
+        return SecondStage(epochs=self.opts["finetune_epochs"] or None, lr=lr, train_backbone=True,
                            backbone_lr=lr * self.opts["backbone_lr_ratio"], cached_features=False,
                            note="whole network fine-tuned from stage 1 with BLT's techniques on")
 

@@ -165,8 +165,9 @@ RESNET34 = "Table 2, ResNet-34 (not comparable to ResNet-32/8)"
 class CAMFusion(Method):
     name = "cam-fusion"
     plain_stage1 = True
-    options = {"h_r": 0.9, "n_f": 3, "n_t": 16, "tau_s": 0.8, "tau_g": 0.2, "lr": 0.001, "iterations": 6400,
+    options = {"h_r": 0.9, "n_f": 3, "n_t": 16, "tau_s": 0.8, "tau_g": 0.2, "phase2_lr": 0.001, "iterations": 6400,
                "head_draw": "classes", "confusing_from_head_only": False}
+    renamed_options = {"lr": "phase2_lr"}  # `lr` is a core key: `--set lr=` never reached it
     #: the Phase-II batch sampler (an ablation may lay out its batches differently)
     sampler_class: type[FusionBatchSampler] = FusionBatchSampler
     metadata = MethodMetadata(
@@ -220,8 +221,8 @@ class CAMFusion(Method):
         for key in ("n_f", "n_t"):
             if o[key] < 1:
                 raise ConfigError(f"cam-fusion.{key} must be >= 1, got {o[key]}")
-        if o["iterations"] < 0 or not o["lr"] > 0:
-            raise ConfigError(f"cam-fusion: iterations must be >= 0 (0 = scaled to the budget) and lr > 0, got {o}")
+        if o["iterations"] < 0 or not o["phase2_lr"] > 0:
+            raise ConfigError(f"cam-fusion: iterations must be >= 0 (0 = scaled to the budget) and phase2_lr > 0, got {o}")
         if o["head_draw"] not in ("classes", "images"):
             raise ConfigError(f"cam-fusion.head_draw must be one of classes, images, got {o['head_draw']!r}")
 
@@ -262,7 +263,7 @@ class CAMFusion(Method):
             raise ConfigError(f"cam-fusion: h_r {self.opts['h_r']} leaves {len(head)} head and {len(tail)} tail "
                               f"classes; both must be non-empty")
         batch = 2 * self.opts["n_t"] * (1 + self.n_a)
-        return SecondStage(epochs=1, lr=self.opts["lr"], batch_size=batch, cosine=False, cached_features=False,
+        return SecondStage(epochs=1, lr=self.opts["phase2_lr"], batch_size=batch, cosine=False, cached_features=False,
                            data_parallel=False,  # an Algorithm-1 batch is one structure: every rank takes all of it
                            note=f"{self.iterations(run)} iterations of Algorithm-1 batches ({batch} items) on the "
                            f"frozen backbone")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ltbench import hookimpl
 from ltbench.backbones import BackboneSpec, CifarResNet
-from ltbench.catalog import Catalog, build_catalog
+from ltbench.catalog import Catalog, build_catalog, list_methods
 from ltbench.datasets import Budget, DatasetSpec
 from ltbench.distributed import (agree, all_reduce_sum, barrier, gather_rows, is_distributed, rank, shard_rows,
                                  world_size)
@@ -46,7 +46,7 @@ __all__ = [
     # errors
     "LtbenchError", "ConfigError", "PluginContractError",
     # the installed plugins
-    "build_catalog", "Catalog",
+    "build_catalog", "Catalog", "list_methods",
     # the testing kit (imported on first use: it imports pytest)
     "check_method", "catalog_with", "run_methods",
 ]

@@ -310,6 +310,23 @@ def build_catalog(entry_points: bool = True) -> Catalog:
     return cat
 
 
+def list_methods(pattern: str = "*", catalog: Catalog | None = None) -> list[str]:
+    """The names of the installed methods that match ``pattern``, sorted (as ``timm.list_models``).
+
+    ``pattern`` is a shell-style glob (``"ldam*"``, ``"*-sampling"``); several may be given separated by
+    commas (``"ce,crt"``). Built-in and third-party methods alike; ``catalog`` defaults to the installed one.
+    """
+    return match_names(pattern, (catalog or get_catalog()).methods)
+
+
+def match_names(pattern: str, names: Any) -> list[str]:
+    """The sorted ``names`` that match any of the comma-separated globs in ``pattern``."""
+    import fnmatch
+
+    globs = [p.strip() for p in str(pattern).split(",") if p.strip()] or ["*"]
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs))
+
+
 def get_catalog() -> Catalog:
     """The process-wide catalog, built on first use."""
     global _CATALOG

@@ -343,14 +343,25 @@ def _print_table(rows: list[dict[str, Any]], as_json: bool) -> None:
 def cmd_ls(args: argparse.Namespace) -> int:
     from ltbench.catalog import get_catalog
 
+    from ltbench.catalog import match_names
+
     cat = get_catalog()
     _warn_broken()
+    table = {"methods": cat.methods, "datasets": cat.datasets, "backbones": cat.backbones,
+             "reporters": cat.reporters}[args.what]
+    names = match_names(args.pattern, table)
+    if not names:
+        from ltbench.errors import ConfigError
+
+        raise ConfigError(f"no {args.what} match {args.pattern!r}; `ltbench ls {args.what}` lists all "
+                          f"{len(table)} of them")
     if args.what == "reporters":
-        rows = [{"name": n, "description": cls.description, "plugin": f"{cat.owners['reporter', n].distribution}"}
-                for n, cls in sorted(cat.reporters.items())]
+        rows = [{"name": n, "description": cat.reporters[n].description,
+                 "plugin": f"{cat.owners['reporter', n].distribution}"} for n in names]
     elif args.what == "methods":
         rows = []
-        for name, entry in sorted(cat.methods.items()):
+        for name in names:
+            entry = cat.methods[name]
             meta = entry.cls.metadata
             row = {"name": name, "title": meta.title, "venue": meta.venue, "year": meta.year,
                    "plugin": f"{entry.plugin.distribution} {entry.plugin.version}"}
@@ -359,10 +370,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
             rows.append(row)
     elif args.what == "datasets":
         rows = [{"name": n, "description": s.description, "budgets": ",".join(s.budgets),
-                 "default_if": s.default_imbalance_factor} for n, s in sorted(cat.datasets.items())]
+                 "default_if": s.default_imbalance_factor} for n, s in ((n, cat.datasets[n]) for n in names)]
     else:
-        rows = [{"name": n, "description": s.description} for n, s in sorted(cat.backbones.items())]
-        rows.append({"name": "timm/<model>", "description": "any timm model by name (random init)"})
+        rows = [{"name": n, "description": cat.backbones[n].description} for n in names]
+        if args.pattern == "*":
+            rows.append({"name": "timm/<model>", "description": "any timm model by name (random init)"})
     _print_table(rows, args.json)
     return 0
 
@@ -540,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list methods, datasets or backbones")
     ls.add_argument("what", choices=["methods", "datasets", "backbones", "reporters"])
+    ls.add_argument("pattern", nargs="?", default="*",
+                    help="shell-style glob(s) on the names, comma-separated, e.g. 'ldam*' or '*-sampling,crt'")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_ls)
 

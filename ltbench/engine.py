@@ -322,17 +322,13 @@ class Run:
 # --------------------------------------------------------------------------
 
 
-def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
-    """A fresh manager: the core defaults plus this run's method instances.
-
-    Raises :class:`CompositionError` when two methods implement the same
-    first-result hook.
-    """
+def check_composition(classes: list[type[Method]]) -> None:
+    """Raise :class:`CompositionError` when two of ``classes`` implement the same first-result hook."""
     claims: dict[str, list[str]] = {}
-    for m in methods:
+    for cls in classes:
         for hook in FIRST_RESULT_HOOKS:
-            if callable(getattr(m, hook, None)):
-                claims.setdefault(hook, []).append(m.name)
+            if callable(getattr(cls, hook, None)):
+                claims.setdefault(hook, []).append(cls.name)
     conflicts = {h: names for h, names in claims.items() if len(names) > 1}
     if conflicts:
         hook, names = sorted(conflicts.items())[0]
@@ -340,6 +336,15 @@ def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
             f"methods {' and '.join(repr(n) for n in names)} both implement {hook}, which only one method of a "
             f"composed run may answer; compose methods that change different stages"
         )
+
+
+def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
+    """A fresh manager: the core defaults plus this run's method instances.
+
+    Raises :class:`CompositionError` when two methods implement the same
+    first-result hook.
+    """
+    check_composition([type(m) for m in methods])
     pm = pluggy.PluginManager("ltbench")
     pm.add_hookspecs(hookspecs)
     pm.register(CoreDefaults(), name="core")
@@ -629,6 +634,14 @@ def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.
     return sums, steps
 
 
+def epoch_losses(entry: dict[str, Any]) -> str:
+    """The epoch line's losses: the task loss, then every extra term by name, e.g.
+    ``loss 2.3012 (+ diversity -0.0130, supcon 0.4410)``."""
+    extra = ", ".join(f"{k[len('loss_'):]} {v:.4f}" for k, v in entry.items()
+                      if k.startswith("loss_") and k != "loss_task")
+    return f"loss {entry.get('loss_task', float('nan')):.4f}" + (f" (+ {extra})" if extra else "")
+
+
 def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     """The epoch's loss sums as floats; under torchrun, the mean over ranks (every rank gets the same, so a
     NaN on one rank stops them all)."""
@@ -703,7 +716,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         if run.on_epoch_entry is not None:
             run.on_epoch_entry(entry)
         run.log(f"[{run.method_name} seed {run.seed}] stage {stage} epoch {epoch + 1}/{epochs} "
-                f"loss {entry.get('loss_task', float('nan')):.4f} ({entry['seconds']:.1f}s)")
+                f"{epoch_losses(entry)} ({entry['seconds']:.1f}s)")
         if distributed.is_main():
             _checkpoint(run, ckpt_path, optimizer)
         if on_epoch_end:

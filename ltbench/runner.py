@@ -34,9 +34,9 @@ from ltbench import config as config_mod
 from ltbench import records as records_mod
 from ltbench.catalog import Catalog, get_catalog
 from ltbench.datasets import DatasetSpec, LTData, load_checked
-from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, canonical_order, evaluate,
-                            make_plugin_manager, method_states, model_cost, prepare_stage2, stage1_key, train_stage1,
-                            train_stage2)
+from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, canonical_order,
+                            check_composition, evaluate, make_plugin_manager, method_states, model_cost,
+                            prepare_stage2, stage1_key, train_stage1, train_stage2)
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError
 from ltbench.method import Method
 from ltbench.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
@@ -102,7 +102,9 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     composed: dict[str, list] = {}
     for written in methods:
-        classes = canonical_order([catalog.method(part.strip()).cls for part in written.split("+")])
+        written_classes = [catalog.method(part.strip()).cls for part in written.split("+")]
+        check_composition(written_classes)  # before saying anything about its order
+        classes = canonical_order(written_classes)
         name = "+".join(cls.name for cls in classes)
         if log and name != written.replace(" ", ""):
             log(f"{written} runs as {name}: no run hook is implemented by more than one of them, so the order "

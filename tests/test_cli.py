@@ -27,6 +27,7 @@ from ltbench.cli import main
         pytest.param(["run", "--methods", "ce", "--budget", "smoke", "--device", "cuda"], "no CUDA device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
         (["ls", "methods", "--json"], None),
+        (["ls", "methods", "zzz*"], "no methods match 'zzz*'; `ltbench ls methods` lists all"),
     ],
 )
 def test_bad_input_fails_before_training_with_a_message_naming_it(argv, message, capsys, tmp_path, monkeypatch):
@@ -37,6 +38,19 @@ def test_bad_input_fails_before_training_with_a_message_naming_it(argv, message,
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_ls_and_list_methods_filter_names_by_glob(capsys):
+    from ltbench.api import list_methods
+
+    assert list_methods("ldam*") == ["ldam", "ldam-drw"]
+    assert list_methods("*-sampling,crt") == ["cb-sampling", "crt", "progressive-sampling", "sqrt-sampling"]
+    assert {"ce", "breadcrumb", "blt"} <= set(list_methods()) and list_methods("nothing-like-this") == []
+    assert main(["ls", "methods", "ldam*"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert names == ["ldam", "ldam-drw"]
+    assert main(["ls", "datasets", "cifar*"]) == 0
+    assert all(line.split()[0].startswith("cifar") for line in capsys.readouterr().out.splitlines()[2:])
 
 
 def test_a_method_option_is_set_by_name_and_typed(tmp_path, monkeypatch):

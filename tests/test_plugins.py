@@ -109,6 +109,19 @@ def test_conflicting_first_result_hooks_are_an_error_before_training(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing ran
 
 
+def test_a_composition_error_is_not_preceded_by_a_note_on_its_order(tmp_path):
+    # ldam+focal: both answer ltbench_build_loss; the note "runs as focal+ldam: no run hook is implemented by
+    # more than one of them" would contradict the error that follows it
+    from ltbench.runner import plan_grid
+
+    said: list[str] = []
+    with pytest.raises(CompositionError, match="'ldam' and 'focal' both implement ltbench_build_loss"):
+        plan_grid(["ldam+focal"], ["synthetic-lt"], [0], "smoke", catalog=catalog_with(), log=said.append)
+    assert not any("runs as" in line for line in said)
+    plan_grid(["remix+ldam-drw"], ["synthetic-lt"], [0], "smoke", catalog=catalog_with(), log=said.append)
+    assert any("remix+ldam-drw runs as ldam-drw+remix" in line for line in said)  # where the note holds, it stays
+
+
 def test_composed_methods_each_take_part(tmp_path):
     catalog = catalog_with(*toy.ALL)
     (rec,) = run_methods(catalog, ["cb-sampling+counter"], tmp_path)
@@ -116,6 +129,20 @@ def test_composed_methods_each_take_part(tmp_path):
     assert rec["methods"] == ["cb-sampling", "counter"]
     assert rec["extra"]["counter"]["epochs_seen"] == rec["config"]["epochs"]
     assert len(list((tmp_path / "synthetic-lt-if30" / "smoke" / "cb-sampling+counter").glob("*/seed0/result.json"))) == 1
+
+
+def test_the_epoch_line_shows_every_loss_term(tmp_path):
+    from ltbench.runner import execute, plan_grid
+
+    import torch
+
+    catalog = catalog_with(*toy.ALL)
+    (cell,) = plan_grid(["counter"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
+    said: list[str] = []
+    rec = execute(cell, tmp_path, torch.device("cpu"), log=said.append, catalog=catalog)
+    lines = [line for line in said if " epoch 1/" in line and line.startswith("[counter seed 0] stage 1")]
+    task = rec["history"][0]["loss_task"]
+    assert len(lines) == 1 and f"loss {task:.4f} (+ zero 0.0000) (" in lines[0]  # task loss, then each extra term
 
 
 def test_each_run_gets_fresh_method_instances_and_only_selected_methods_run(tmp_path):

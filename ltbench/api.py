@@ -48,10 +48,11 @@ __all__ = [
     # the installed plugins
     "build_catalog", "Catalog", "list_methods",
     # the testing kit (imported on first use: it imports pytest)
-    "check_method", "catalog_with", "run_methods",
+    "check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods", "build_tiny_run",
 ]
 
-_TESTING_KIT = ("check_method", "catalog_with", "run_methods")
+_TESTING_KIT = ("check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods",
+                "build_tiny_run")
 
 
 def __getattr__(name: str):

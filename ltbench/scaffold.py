@@ -80,8 +80,8 @@ def test_ltbench_finds_it_through_its_entry_point():
     assert catalog.method("{name}").cls is {cls} and not catalog.broken
 
 
-def test_it_passes_ltbench_conformance_check(method_check):
-    assert method_check({cls})["status"] == "completed"
+def test_it_passes_ltbench_conformance_check(ltbench_method_check):
+    assert ltbench_method_check({cls})["status"] == "completed"
 
 
 def test_the_bonus_is_the_entropy_of_the_predictions_times_beta():

@@ -1,6 +1,6 @@
-"""Helpers for testing ltbench and method plugins without installing them, and a pytest plugin for method
-authors: fixtures (``tiny_run``, ``tiny_batch``, ``tiny_model``, ``ltbench_catalog``, ``method_check``) and
-:func:`check_method`, the conformance check every built-in method passes."""
+"""Helpers for testing ltbench and method plugins without installing them, and :func:`check_method`, the
+conformance check every built-in method passes. The pytest fixtures built on them live in
+:mod:`ltbench.pytest_plugin`, which imports this module (and torch) only when a fixture is used."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from ltbench import hookimpl
 from ltbench.catalog import Catalog, PluginInfo, build_catalog
-from ltbench.method import Method
+from ltbench.method import Method, MethodMetadata
 from ltbench.runner import execute, plan_grid
 
 
@@ -49,6 +49,20 @@ def run_methods(catalog: Catalog, methods: list[str], output: Path, dataset: str
             for c in cells]
 
 
+def build_tiny_run(output: Path, method: str = "ce", settings: dict[str, Any] | None = None,
+                   catalog: Catalog | None = None):
+    """A built, untrained ``Run`` of ``method`` (a name or a ``+`` composition) on ``synthetic-lt`` at the smoke
+    budget, on the CPU: real data, model (its ``ltbench_configure_model`` applied) and plugin manager, for
+    calling a hook directly. ``settings`` are ``--set`` keys (``{"focal.gamma": 1}``)."""
+    from ltbench.engine import build_run
+
+    catalog = catalog or catalog_with()
+    (cell,) = plan_grid([method], ["synthetic-lt"], [0], "smoke", catalog=catalog,
+                        settings={k: str(v) for k, v in (settings or {}).items()})
+    return build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), Path(output),
+                     log=lambda m: None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The conformance check and the pytest plugin for method authors
 
@@ -61,7 +75,8 @@ def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | None = None,
-                 compose_with: str | None = "focal", catalog: Catalog | None = None) -> dict[str, Any]:
+                 compose_with: str | None = "focal", catalog: Catalog | None = None, ranks: int = 0,
+                 streaming: bool = False) -> dict[str, Any]:
     """Run ``cls`` through the smoke stages on ``synthetic-lt`` and check what every method must do; raises
     ``AssertionError`` naming what failed, and returns the record of the plain run.
 
@@ -70,15 +85,18 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
     3. a run interrupted after a stage-1 epoch resumes to the identical result;
     4. its record fields are JSON;
     5. ``ltbench_augment_batch`` leaves parameters, gradients and batch-norm statistics as they were;
-    6. where it does not answer the loss itself, it composes with ``compose_with`` (a loss method).
+    6. it composes with :class:`BroadcastProbe`, a method that only broadcasts, to the identical result (so a
+       method that answers the loss is checked too); where it does not answer the loss itself, it also
+       composes with ``compose_with`` (a loss method);
+    7. ``ranks=2``: :func:`check_distributed` (two gloo processes against one);
+    8. ``streaming=True``: :func:`check_streaming` (images decoded from files against the in-memory store).
     """
     from ltbench import checkpoints, engine
     from ltbench.engine import build_run, image_batch
 
     output = Path(output)
     if catalog is None:  # an installed method (a built-in one) is already in the catalog
-        installed = build_catalog()
-        catalog = installed if getattr(installed.methods.get(cls.name), "cls", None) is cls else catalog_with(cls)
+        catalog = _catalog_for(cls)
     settings = dict(settings or {})
     (record,) = run_methods(catalog, [cls.name], output / "plain", settings=settings)
     assert record["status"] == "completed", f"{cls.name}: the smoke run {record['status']}: {record['error']}"
@@ -131,17 +149,149 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
         engine._checkpoint = real_checkpoint
     assert calls["n"] == 1, f"{cls.name}: the run was not interrupted after its first epoch"
     (resumed,) = run_methods(catalog, [cls.name], output / "resumed", settings=settings)
-    losses = [[(k, v) for k, v in sorted(e.items()) if k.startswith("loss_")] for e in record["history"]]
-    assert resumed["per_class_accuracy"] == record["per_class_accuracy"] and losses == [
-        [(k, v) for k, v in sorted(e.items()) if k.startswith("loss_")] for e in resumed["history"]], \
+    assert resumed["per_class_accuracy"] == record["per_class_accuracy"] and _losses(record) == _losses(resumed), \
         f"{cls.name}: a run resumed after an interrupted epoch differs from an uninterrupted one"
 
-    # 6. composes with a loss method, unless it answers the loss itself
+    # 6. composes with a method that only broadcasts, to the same result; with a loss method, unless it answers
+    #    the loss itself
+    if BroadcastProbe.name not in catalog.methods:
+        catalog.add_plugin(_ProbePlugin(), PluginInfo("ltbench-kit-probe", __name__, "ltbench", "0"))
+    (probed,) = run_methods(catalog, [f"{cls.name}+{BroadcastProbe.name}"], output / "probed", settings=settings)
+    assert probed["status"] == "completed", f"{cls.name}+{BroadcastProbe.name}: {probed['status']}: {probed['error']}"
+    assert probed["extra"][BroadcastProbe.name]["epochs_seen"] == len(record["history"]), \
+        f"{cls.name}+{BroadcastProbe.name}: the composed method's epoch hooks were not all called"
+    assert _losses(probed) == _losses(record) and probed["per_class_accuracy"] == record["per_class_accuracy"], \
+        f"{cls.name}+{BroadcastProbe.name}: composed with a method that changes nothing, it trains differently"
     if compose_with and not callable(getattr(cls, "ltbench_build_loss", None)):
         (composed,) = run_methods(catalog, [f"{cls.name}+{compose_with}"], output / "composed", settings=settings)
         assert composed["status"] == "completed", \
             f"{cls.name}+{compose_with}: {composed['status']}: {composed['error']}"
+    if ranks:
+        check_distributed(cls, output / "ranks", settings=settings, ranks=ranks, catalog=catalog)
+    if streaming:
+        check_streaming(cls, output / "streaming", settings=settings, catalog=catalog)
     return record
+
+
+def _losses(record: dict[str, Any]) -> list[list[tuple[str, float]]]:
+    return [[(k, v) for k, v in sorted(e.items()) if k.startswith("loss_")] for e in record["history"]]
+
+
+class BroadcastProbe(Method):
+    """A method that implements broadcast hooks only and changes nothing: it counts the epochs it sees. The
+    conformance check composes every method with it; composed, a method must train exactly as alone."""
+
+    name = "ltbench-kit-probe"
+    metadata = MethodMetadata(title="The conformance kit's probe: broadcast hooks only, changes nothing",
+                              family="test")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.epochs_seen = 0
+
+    @hookimpl
+    def ltbench_epoch_end(self, run, stage, epoch):
+        self.epochs_seen += 1
+
+    @hookimpl
+    def ltbench_record(self, run):
+        return {"epochs_seen": self.epochs_seen}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_seen": self.epochs_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_seen = int(state["epochs_seen"])
+
+
+class _ProbePlugin:
+    @hookimpl
+    def ltbench_register_methods(self, register):
+        register(BroadcastProbe)
+
+
+def _catalog_for(cls: type[Method]) -> Catalog:
+    installed = build_catalog()
+    return installed if getattr(installed.methods.get(cls.name), "cls", None) is cls else catalog_with(cls)
+
+
+def _run_in_rank(rank: int, world: int, port: int, cls: type[Method], output: Path,
+                 settings: dict[str, Any]) -> None:
+    import os
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=10))
+    try:
+        run_methods(_catalog_for(cls), [cls.name], output, settings=settings)
+    finally:
+        dist.destroy_process_group()
+
+
+def check_distributed(cls: type[Method], output: Path, settings: dict[str, Any] | None = None, ranks: int = 2,
+                      catalog: Catalog | None = None, rtol: float = 1e-4) -> dict[str, Any]:
+    """Run ``cls`` in ``ranks`` gloo processes (as ``ltbench run --nproc`` starts them under torchrun, each
+    with its share of every global batch) and in one process, with synced BatchNorm, and require the same
+    losses (to ``rtol``) and the same test predictions' per-class accuracy to within one image per class. A
+    method whose state must be global (class statistics, banks, counters) and is kept per rank fails here.
+    ``cls`` must be importable by name (defined at a module's top level): the processes are spawned. Returns
+    rank 0's record."""
+    import socket
+
+    import numpy as np
+
+    output = Path(output)
+    settings = {"sync_bn": "true", **(settings or {})}
+    catalog = catalog or _catalog_for(cls)
+    (single,) = run_methods(catalog, [cls.name], output / "one", settings=settings)
+    assert single["status"] == "completed", f"{cls.name}: the one-process run {single['status']}: {single['error']}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_run_in_rank, args=(ranks, port, cls, output / "ranks", settings), nprocs=ranks,
+                                join=True)
+    (path,) = (output / "ranks").rglob("result.json")
+    several = json.loads(path.read_text())
+    assert several["status"] == "completed" and several["world_size"] == ranks, \
+        f"{cls.name}: the {ranks}-process run {several['status']}: {several['error']}"
+    a, b = _losses(single), _losses(several)
+    assert [[k for k, _ in e] for e in a] == [[k for k, _ in e] for e in b], \
+        f"{cls.name}: {ranks} processes log other loss terms or epochs than one"
+    x, y = np.array([v for e in a for _, v in e]), np.array([v for e in b for _, v in e])
+    worst = float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-6))) if len(x) else 0.0
+    assert np.allclose(x, y, rtol=rtol, atol=1e-6), \
+        f"{cls.name}: {ranks} processes train differently from one (largest relative loss difference {worst:.2e})"
+    return several
+
+
+def check_streaming(cls: type[Method], output: Path, settings: dict[str, Any] | None = None,
+                    catalog: Catalog | None = None, workers: int = 0) -> dict[str, Any]:
+    """Run ``cls`` on ``synthetic-lt`` from the in-memory store and from image files decoded by the streaming
+    store (``workers`` DataLoader processes), and require the identical result: the streaming path trains
+    bit for bit as the in-memory one, so a difference is the method's (it reads ``run.train_images`` as an
+    array, or assumes the images are in memory). Returns the streamed run's record."""
+    import dataclasses
+
+    from ltbench.filedatasets import export_list_dataset, load_image_folder_lt
+
+    output = Path(output)
+    catalog = catalog or _catalog_for(cls)
+    (memory,) = plan_grid([cls.name], ["synthetic-lt"], [0], "smoke", settings=settings, catalog=catalog)
+    root = export_list_dataset(memory.data, output / "files", "synthetic_lt", memory.dataset.crop_padding,
+                               memory.dataset.flip, log=lambda m: None)
+    files = load_image_folder_lt(str(root), 0.0)
+    files = dataclasses.replace(files, group_thresholds=memory.data.group_thresholds)
+    streamed = dataclasses.replace(memory, data=files, config={**memory.config, "workers": workers})
+    a = execute(memory, output / "memory", torch.device("cpu"), log=lambda m: None, catalog=catalog)
+    b = execute(streamed, output / "streamed", torch.device("cpu"), log=lambda m: None, catalog=catalog)
+    assert a["status"] == "completed", f"{cls.name}: the in-memory run {a['status']}: {a['error']}"
+    assert b["status"] == "completed", f"{cls.name}: the streaming run {b['status']}: {b['error']}"
+    assert _losses(a) == _losses(b) and a["per_class_accuracy"] == b["per_class_accuracy"], \
+        f"{cls.name}: trained from image files, it trains differently from the in-memory store"
+    return b
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -156,46 +306,3 @@ def _same(a: Any, b: Any) -> bool:
 
         return np.array_equal(a, b)
     return a == b or (a != a and b != b)  # NaN equals NaN here
-
-
-# pytest plugin (entry point pytest11 = "ltbench = ltbench.testing"): fixtures for method authors
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - pytest is not a runtime dependency
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.fixture
-    def ltbench_catalog():
-        """A fresh catalog of every installed plugin; add your own classes with ``catalog_with(MyMethod)``."""
-        return catalog_with()
-
-    @pytest.fixture
-    def tiny_run(tmp_path):
-        """A built (untrained) run of ``ce`` on ``synthetic-lt`` at the smoke budget: a real ``Run`` with a
-        tiny model, data and plugin manager, for testing a hook directly."""
-        from ltbench.engine import build_run
-
-        catalog = catalog_with()
-        (cell,) = plan_grid(["ce"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
-        return build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
-                         log=lambda m: None)
-
-    @pytest.fixture
-    def tiny_batch(tiny_run):
-        """A training ``Batch`` of 16 augmented images (and labels) from ``tiny_run``."""
-        from ltbench.engine import image_batch
-
-        return image_batch(tiny_run, tiny_run.train_labels)(torch.arange(16))
-
-    @pytest.fixture
-    def tiny_model(tiny_run):
-        """The ``LTModel`` of ``tiny_run`` (a tiny CNN with a linear head)."""
-        return tiny_run.model
-
-    @pytest.fixture
-    def method_check(tmp_path):
-        """``method_check(MyMethod, settings=None)`` runs :func:`check_method` in a temporary directory."""
-        return lambda cls, **kwargs: check_method(cls, tmp_path, **kwargs)

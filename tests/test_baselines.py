@@ -224,14 +224,9 @@ def test_crt_keeps_stage_1_batch_norm_by_default_and_re_estimates_it_with_shift_
 
 
 def _built_model(tmp_path, method: str, **settings):
-    from ltbench.engine import build_run
-    from ltbench.runner import plan_grid
+    from ltbench.testing import build_tiny_run
 
-    catalog = catalog_with()
-    (cell,) = plan_grid([method], ["synthetic-lt"], [0], "smoke", catalog=catalog,
-                        settings={k: str(v) for k, v in settings.items()})
-    return build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
-                     log=lambda m: None).model
+    return build_tiny_run(tmp_path, method, settings).model
 
 
 def test_cb_focal_starts_every_sigmoid_at_the_prior_as_cui_et_al(tmp_path):

@@ -17,27 +17,27 @@ from ltbench.testing import catalog_with, run_methods
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_macs_are_the_convolutions_and_the_classifier_of_one_image(tiny_run):
-    model = tiny_run.model
-    size = tiny_run.data.x_val.shape[1]
+def test_macs_are_the_convolutions_and_the_classifier_of_one_image(ltbench_tiny_run):
+    model = ltbench_tiny_run.model
+    size = ltbench_tiny_run.data.x_val.shape[1]
     macs, side = 0, size
     x = torch.zeros(1, 3, size, size)
     for conv in [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]:
         x = conv(x)  # each output value: in_channels x kernel area multiply-accumulates
         macs += x.numel() * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     macs += model.classifier.in_features * model.classifier.out_features
-    cost = model_cost(tiny_run)
+    cost = model_cost(ltbench_tiny_run)
     assert cost["inference_macs_per_image"] == macs
     assert cost["parameters"] == sum(p.numel() for p in model.parameters())
 
 
-def test_parameters_count_buffers_that_stand_in_for_weights_but_not_batch_norm_statistics(tiny_run):
+def test_parameters_count_buffers_that_stand_in_for_weights_but_not_batch_norm_statistics(ltbench_tiny_run):
     from ltbench_builtin.decoupling import TauNormHead
 
-    linear = tiny_run.model.classifier
-    before = model_cost(tiny_run)["parameters"]
-    tiny_run.model.classifier = TauNormHead(linear)  # the weight becomes a buffer, the bias goes
-    assert model_cost(tiny_run)["parameters"] == before - linear.out_features
+    linear = ltbench_tiny_run.model.classifier
+    before = model_cost(ltbench_tiny_run)["parameters"]
+    ltbench_tiny_run.model.classifier = TauNormHead(linear)  # the weight becomes a buffer, the bias goes
+    assert model_cost(ltbench_tiny_run)["parameters"] == before - linear.out_features
 
 
 @pytest.fixture(scope="module")

@@ -88,19 +88,106 @@ class _Forgetful(Method):
         return {"scaled": output.logits.float().pow(2).mean() * 0.01 * self.seen}
 
 
+class _ByRunName(Method):
+    """A loss method that finds its options under the run's name: right alone, wrong in any composition."""
+
+    name = "by-run-name"
+    metadata = MethodMetadata(title="reads its options under run.method_name")
+    options = {"gamma": 2.0}
+
+    @hookimpl
+    def ltbench_build_loss(self, run):
+        gamma = run.config["methods"].get(run.method_name, {"gamma": 0.0})["gamma"]
+        return lambda logits, targets: losses.focal_loss(logits, targets, gamma)
+
+
 @pytest.mark.parametrize("cls, message", [
     (_Meddler, "ltbench_augment_batch changed the model: buffer:"),
     (_Forgetful, "a run resumed after an interrupted epoch differs"),
+    (_ByRunName, "by-run-name\\+ltbench-kit-probe: composed with a method that changes nothing, it trains differently"),
 ])
 def test_the_conformance_check_catches_a_broken_method(cls, message, tmp_path):
     with pytest.raises(AssertionError, match=message):
         check_method(cls, tmp_path)
 
 
-def test_the_fixtures_give_a_real_run_batch_and_model(tiny_run, tiny_batch, tiny_model):
-    assert tiny_batch.images.shape[0] == len(tiny_batch.labels) == 16
-    assert tiny_model is tiny_run.model
-    assert tiny_model(tiny_batch.images).shape == (16, tiny_run.num_classes)
+class PerRankRows(Method):
+    """Scales its extra loss by the rows it has seen: per rank, half of what one process sees (the state a
+    distributed method must reduce over ranks). At module level: the kit spawns processes that import it."""
+
+    name = "per-rank-rows"
+    metadata = MethodMetadata(title="keeps a per-rank count that changes the loss")
+    options = {"reduce": False}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.rows = 0
+
+    @hookimpl
+    def ltbench_augment_batch(self, batch):
+        from ltbench.api import all_reduce_sum
+
+        rows = torch.tensor(float(len(batch.labels)))
+        self.rows += int(all_reduce_sum(rows).item() if self.opts["reduce"] else rows.item())
+
+    @hookimpl
+    def ltbench_extra_losses(self, output):
+        return {"rows": output.logits.float().pow(2).mean() * 1e-4 * self.rows}
+
+    def state_dict(self):
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state):
+        self.rows = int(state["rows"])
+
+
+def test_the_distributed_check_compares_two_processes_with_one(tmp_path):
+    from ltbench.testing import check_distributed
+
+    record = check_distributed(PerRankRows, tmp_path / "reduced", settings={"per-rank-rows.reduce": "true"})
+    assert record["world_size"] == 2 and record["status"] == "completed"
+    with pytest.raises(AssertionError, match="per-rank-rows: 2 processes train differently from one"):
+        check_distributed(PerRankRows, tmp_path / "per-rank")
+
+
+class _HoldsTheImages(Method):
+    """Keeps a copy of the training images at the start, which the streaming store does not have."""
+
+    name = "holds-the-images"
+    metadata = MethodMetadata(title="assumes the training images are an in-memory array")
+
+    @hookimpl
+    def ltbench_configure_model(self, run):
+        self.pixels = float(run.train_images.x.float().mean())
+
+
+def test_the_streaming_check_runs_a_method_from_image_files(tmp_path):
+    from ltbench.testing import check_streaming
+
+    assert check_streaming(get_catalog().method("cb-sampling").cls, tmp_path / "ok")["status"] == "completed"
+    with pytest.raises(AssertionError, match="holds-the-images: the streaming run failed: .*'FileImageStore' object has no attribute 'x'"):
+        check_streaming(_HoldsTheImages, tmp_path / "bad")
+
+
+def test_the_fixtures_give_a_real_run_batch_and_model(ltbench_tiny_run, ltbench_tiny_batch, ltbench_tiny_model):
+    assert ltbench_tiny_batch.images.shape[0] == len(ltbench_tiny_batch.labels) == 16
+    assert ltbench_tiny_model is ltbench_tiny_run.model
+    assert ltbench_tiny_model(ltbench_tiny_batch.images).shape == (16, ltbench_tiny_run.num_classes)
+
+
+def test_the_pytest_plugin_loads_without_torch_and_its_old_fixture_names_warn(tmp_path):
+    import subprocess
+
+    code = "import sys, ltbench.pytest_plugin; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # pytest starts without importing torch
+    (tmp_path / "test_old.py").write_text(
+        "import pytest\n"
+        "def test_old(tiny_run):\n"
+        "    assert tiny_run.model is not None\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
+                           "error::DeprecationWarning", str(tmp_path / "test_old.py")], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "'tiny_run' is now 'ltbench_tiny_run'" in done.stdout
 
 
 def test_new_plugin_refuses_a_name_whose_package_would_shadow_or_be_shadowed(tmp_path, capsys):

@@ -13,7 +13,7 @@ from ltbench import checkpoints
 from ltbench.engine import build_run, predict_logits
 from ltbench.runner import plan_grid
 from ltbench.targets import mix_pairs
-from ltbench.testing import catalog_with, run_methods
+from ltbench.testing import build_tiny_run, catalog_with, run_methods
 from ltbench_builtin import mislas, ride
 
 COUNTS = np.array([500, 300, 200, 100, 60, 40, 20, 10, 6, 5])
@@ -84,10 +84,7 @@ def test_ride_diversity_temperatures_and_loss_are_rides_arithmetic():
 
 @pytest.fixture
 def ride_run(tmp_path):
-    catalog = catalog_with()
-    (cell,) = plan_grid(["ride"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
-    return build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), tmp_path,
-                     log=lambda m: None)
+    return build_tiny_run(tmp_path, "ride")
 
 
 def test_ride_experts_share_the_early_layers_and_own_their_last_stages(ride_run):

@@ -130,14 +130,14 @@ def test_mixup_composes_with_a_loss_method_and_extra_losses_see_the_mixed_target
     assert any(((t > 0) & (t < 1)).any() for t in mixed)  # really mixed, not one-hot
 
 
-def test_mixup_mixes_images_and_targets_with_one_weight_and_leaves_the_labels(tiny_run):
+def test_mixup_mixes_images_and_targets_with_one_weight_and_leaves_the_labels(ltbench_tiny_run):
     method, twin = mixing.Mixup(), mixing.Mixup()
-    method.ltbench_configure_model(tiny_run)
+    method.ltbench_configure_model(ltbench_tiny_run)
     twin.rng.bit_generator.state = method.rng.bit_generator.state  # replays the same draws
     g = torch.Generator().manual_seed(1)
     images, labels = torch.randn(8, 3, 4, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     batch = Batch(labels=labels.clone(), images=images.clone())
-    method.ltbench_augment_batch(tiny_run, batch)
+    method.ltbench_augment_batch(ltbench_tiny_run, batch)
     perm, lam = twin.draw(batch)
     assert 0 < lam < 1 and not torch.equal(perm, torch.arange(8))
     assert torch.equal(batch.labels, labels)
@@ -146,11 +146,11 @@ def test_mixup_mixes_images_and_targets_with_one_weight_and_leaves_the_labels(ti
     assert torch.allclose(batch.targets, expected.float())
 
 
-def test_mixing_is_only_for_stage_1_image_batches(tiny_run):
+def test_mixing_is_only_for_stage_1_image_batches(ltbench_tiny_run):
     method = mixing.Mixup()
     batch = Batch(labels=torch.tensor([0, 1]), features=torch.randn(2, 4))
-    tiny_run.stage = 2
-    method.ltbench_augment_batch(tiny_run, batch)
+    ltbench_tiny_run.stage = 2
+    method.ltbench_augment_batch(ltbench_tiny_run, batch)
     assert batch.targets is None
 
 
@@ -173,10 +173,10 @@ def test_appended_rows_get_one_hot_targets_and_a_wrong_width_is_a_contract_error
 # ---- the hook wiring: what each mixing method hands to the loss --------------------------------------------------
 
 
-def _replayed(cls, tiny_run, **options):
+def _replayed(cls, ltbench_tiny_run, **options):
     """A configured method and a twin that replays its random draws."""
     method, twin = cls(**options), cls(**options)
-    method.ltbench_configure_model(tiny_run)
+    method.ltbench_configure_model(ltbench_tiny_run)
     twin.rng.bit_generator.state = method.rng.bit_generator.state
     return method, twin
 
@@ -188,16 +188,16 @@ def _image_batch(n=16):
     return Batch(labels=labels, images=images.clone()), labels, images
 
 
-def test_remix_hands_eq_6_weights_on_the_image_pairs_to_the_targets(tiny_run):
-    tiny_run.stage = 1
-    counts = torch.as_tensor(tiny_run.train_counts)
+def test_remix_hands_eq_6_weights_on_the_image_pairs_to_the_targets(ltbench_tiny_run):
+    ltbench_tiny_run.stage = 1
+    counts = torch.as_tensor(ltbench_tiny_run.train_counts)
     assert counts.max() >= 3 * counts.min()  # some pairs are imbalanced enough for the rule to move labels
     moved = False
     for seed in range(5):
-        method, twin = _replayed(mixing.Remix, tiny_run)
+        method, twin = _replayed(mixing.Remix, ltbench_tiny_run)
         method.rng, twin.rng = np.random.default_rng(seed), np.random.default_rng(seed)
         batch, labels, images = _image_batch()
-        method.ltbench_augment_batch(tiny_run, batch)
+        method.ltbench_augment_batch(ltbench_tiny_run, batch)
         perm, lam = twin.draw(batch)
         assert torch.allclose(batch.images, lam * images + (1 - lam) * images[perm])  # the pairs of the images
         weights = mixing.remix_label_weights(labels, labels[perm], lam, counts, 3.0, 0.5)
@@ -206,18 +206,18 @@ def test_remix_hands_eq_6_weights_on_the_image_pairs_to_the_targets(tiny_run):
         moved |= bool((weights != lam).any())
     assert moved  # over these draws the rule moved some labels
     # with kappa 1 and tau 1 every unequal pair goes to the minority: the targets are not plain mixup's
-    method, twin = _replayed(mixing.Remix, tiny_run, kappa=1.0, tau=1.0)
+    method, twin = _replayed(mixing.Remix, ltbench_tiny_run, kappa=1.0, tau=1.0)
     batch, labels, _ = _image_batch()
-    method.ltbench_augment_batch(tiny_run, batch)
+    method.ltbench_augment_batch(ltbench_tiny_run, batch)
     perm, lam = twin.draw(batch)
     assert not torch.allclose(batch.targets, mix_pairs(labels, labels[perm], lam, C))
 
 
-def test_cutmix_pastes_the_paired_image_and_weights_the_targets_by_the_area_kept(tiny_run):
-    tiny_run.stage = 1
-    method, twin = _replayed(mixing.CutMix, tiny_run, prob=1.0)
+def test_cutmix_pastes_the_paired_image_and_weights_the_targets_by_the_area_kept(ltbench_tiny_run):
+    ltbench_tiny_run.stage = 1
+    method, twin = _replayed(mixing.CutMix, ltbench_tiny_run, prob=1.0)
     batch, labels, images = _image_batch()
-    method.ltbench_augment_batch(tiny_run, batch)
+    method.ltbench_augment_batch(ltbench_tiny_run, batch)
     twin.rng.random()  # the probability draw
     perm, lam = twin.draw(batch)
     top, bottom, left, right = mixing.cut_box(8, 8, lam, twin.rng)
@@ -230,13 +230,13 @@ def test_cutmix_pastes_the_paired_image_and_weights_the_targets_by_the_area_kept
 
 
 @pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
-def test_cutmix_mixes_a_batch_with_its_probability(tiny_run, prob):
-    tiny_run.stage = 1
-    method, _ = _replayed(mixing.CutMix, tiny_run, prob=prob)
+def test_cutmix_mixes_a_batch_with_its_probability(ltbench_tiny_run, prob):
+    ltbench_tiny_run.stage = 1
+    method, _ = _replayed(mixing.CutMix, ltbench_tiny_run, prob=prob)
     mixed = 0
     for _ in range(400):
         batch, _, _ = _image_batch()
-        method.ltbench_augment_batch(tiny_run, batch)
+        method.ltbench_augment_batch(ltbench_tiny_run, batch)
         mixed += batch.targets is not None
     assert mixed == method.mixed_batches
     assert mixed / 400 == pytest.approx(prob, abs=0.06)

@@ -30,29 +30,25 @@ from ltbench.targets import as_soft, is_soft, mix_pairs, soft_cross_entropy, wei
 #: the version of this surface: a major step removes or breaks names (after a deprecation), a minor one adds
 API_VERSION = "1.0"
 
-__all__ = [
-    "API_VERSION",
-    # markers and base classes
-    "hookimpl", "Method", "MethodMetadata", "Reporter", "BackboneSpec", "DatasetSpec", "Budget",
-    # what hooks receive and return
-    "Run", "Batch", "SecondStage", "ModelOutput", "LTModel",
-    # helpers
-    "extract_features", "class_balanced", "class_share_sampler", "instance_balanced",
-    "as_soft", "is_soft", "mix_pairs", "soft_cross_entropy", "weighted_mean",
-    "evaluate_predictions", "per_class_figure", "epoch_scalars", "final_metrics", "flat_config",
-    "CifarResNet",
-    # under torchrun
-    "is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree", "barrier",
-    # errors
-    "LtbenchError", "ConfigError", "PluginContractError",
-    # the installed plugins
-    "build_catalog", "Catalog", "list_methods",
-    # the testing kit (imported on first use: it imports pytest)
-    "check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods", "build_tiny_run",
-]
+#: the public names by what they are for (the sections of ``docs/api.md``)
+SECTIONS: dict[str, list[str]] = {
+    "Markers and base classes": ["hookimpl", "Method", "MethodMetadata", "Reporter", "BackboneSpec", "DatasetSpec",
+                                 "Budget"],
+    "What hooks receive and return": ["Run", "Batch", "SecondStage", "ModelOutput", "LTModel"],
+    "Helpers": ["extract_features", "class_balanced", "class_share_sampler", "instance_balanced", "as_soft",
+                "is_soft", "mix_pairs", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
+                "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet"],
+    "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree",
+                       "barrier"],
+    "Errors": ["LtbenchError", "ConfigError", "PluginContractError"],
+    "The installed plugins": ["build_catalog", "Catalog", "list_methods"],
+    "The testing kit (ltbench.testing, imported on first use)": [
+        "check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods", "build_tiny_run"],
+}
 
-_TESTING_KIT = ("check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods",
-                "build_tiny_run")
+__all__ = ["API_VERSION", *(name for names in SECTIONS.values() for name in names)]
+
+_TESTING_KIT = tuple(SECTIONS["The testing kit (ltbench.testing, imported on first use)"])
 
 
 def __getattr__(name: str):

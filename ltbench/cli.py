@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_plot)
 
     dc = sub.add_parser("docs", help="check (or --write) the generated plugin reference in docs/")
-    dc.add_argument("--write", action="store_true", help="rewrite docs/hooks.md and docs/objects.md")
+    dc.add_argument("--write", action="store_true", help="rewrite docs/hooks.md and docs/api.md")
     dc.add_argument("--out", default="docs")
     dc.set_defaults(func=cmd_docs)
 

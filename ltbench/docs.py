@@ -1,10 +1,10 @@
 """The plugin reference in ``docs/``, generated from the code so that it cannot go stale.
 
 ``docs/hooks.md`` is rendered from :mod:`ltbench.hookspecs` (signature, first-result or broadcast, when it is
-called, and, as its example, the implementation of a built-in plugin where one exists); ``docs/objects.md``
-from the objects hooks receive (``Run``, ``Batch``, ``LTModel``, ``ModelOutput``, ``SecondStage``, the backbone
-interface). ``ltbench docs --write`` rewrites them, ``ltbench docs --check`` (and a test) fails when they
-differ from what the code produces. ``docs/writing-a-method.md`` is the hand-written guide.
+called, and, as its example, the implementation of a built-in plugin where one exists); ``docs/api.md``
+from every public name of :mod:`ltbench.api` (its docstring; for classes their fields, with their ``#:``
+comments, and methods). ``ltbench docs --write`` rewrites them, ``ltbench docs --check`` (and a test) fails
+when they differ from what the code produces or when a public name has no docstring. ``docs/writing-a-method.md`` is the hand-written guide.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import dataclasses
 import inspect
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import pluggy
 
 from ltbench import hookspecs
 
@@ -79,13 +82,35 @@ def hook_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``#:`` comments above a class's fields in its source, by field name."""
+    try:
+        source = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in source:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        name = text.split(":", 1)[0].strip()
+        if pending and name.isidentifier() and ":" in text:
+            comments[name] = " ".join(pending)
+        pending = []
+    return comments
+
+
 def _fields(cls: type) -> list[str]:
     out = []
     if dataclasses.is_dataclass(cls):
+        comments = _field_comments(cls)
         for f in dataclasses.fields(cls):
             if f.name.startswith("_"):
                 continue
-            out.append(f"- `{f.name}: {f.type}`")
+            note = comments.get(f.name)
+            out.append(f"- `{f.name}: {f.type}`" + (f": {note}" if note else ""))
     return out
 
 
@@ -102,41 +127,64 @@ def _members(cls: type) -> list[str]:
     return out
 
 
-def object_reference() -> str:
-    from ltbench import backbones, engine, model
+def own_docstring(obj: Any) -> str:
+    """``obj``'s own docstring ("" for none; a dataclass's generated ``Name(field, ...)`` counts as none)."""
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+    if not doc or (inspect.isclass(obj) and doc.startswith(f"{obj.__name__}(")):
+        return ""
+    return inspect.cleandoc(doc)
 
-    objects = [("Run", engine.Run), ("Batch", engine.Batch), ("SecondStage", engine.SecondStage),
-               ("LTModel", model.LTModel), ("ModelOutput", model.ModelOutput), ("BackboneSpec", backbones.BackboneSpec)]
-    lines = [HEADER, "", "# Objects hooks receive", "",
-             "Fields and methods of the objects passed to hooks, from the code. Attributes whose names start "
-             "with `_` are private and may change.", ""]
-    for title, cls in objects:
-        lines += [f"## `{title}`", "", f"`{cls.__module__}.{cls.__qualname__}`", "",
-                  textwrap.dedent(inspect.getdoc(cls) or "").strip(), ""]
-        fields, members = _fields(cls), _members(cls)
+
+def undocumented() -> list[str]:
+    """The public names (``ltbench.api.__all__``) without a docstring of their own."""
+    from ltbench import api
+
+    return [name for name in api.__all__ if name != "API_VERSION"
+            and not isinstance(getattr(api, name), pluggy.HookimplMarker) and not own_docstring(getattr(api, name))]
+
+
+def _entry(name: str, obj: Any) -> list[str]:
+    where = f"`{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', name)}`"
+    if isinstance(obj, pluggy.HookimplMarker):
+        return [f"### `{name}`", "", "`ltbench.hookimpl`", "",
+                "The marker of hook implementations (`pluggy.HookimplMarker(\"ltbench\")`): decorate every hook "
+                "a method class or plugin module implements with `@hookimpl`. A hook without it is refused at "
+                "registration.", ""]
+    if inspect.isclass(obj):
+        lines = [f"### `{name}`", "", f"class {where}", "", own_docstring(obj), ""]
+        fields, members = _fields(obj), _members(obj)
         if fields:
             lines += ["Fields:", "", *fields, ""]
         if members:
             lines += ["Methods and properties:", "", *members, ""]
+        return lines
+    return [f"### `{name}`", "", "```python", f"{name}{inspect.signature(obj)}", "```", "", f"{where}", "",
+            own_docstring(obj), ""]
+
+
+def api_reference() -> str:
+    from ltbench import api, targets
+
+    lines = [HEADER, "", f"# The public API: `ltbench.api` {api.API_VERSION}", "",
+             inspect.cleandoc(api.__doc__ or ""), "",
+             f'`ltbench.api.API_VERSION` is `"{api.API_VERSION}"`. The order in which ltbench calls the hooks '
+             "within a run, a stage, an epoch and a step is in [the hook reference](hooks.md#the-contract). "
+             "Attributes whose names start with `_` are private and may change.", ""]
+    for section, names in api.SECTIONS.items():
+        lines += [f"## {section}", ""]
+        for name in names:
+            lines += _entry(name, getattr(api, name))
     lines += ["## The backbone interface", "",
               "A backbone is an `nn.Module` built by `BackboneSpec.build(in_chans)` with `num_features` (the "
               "width of the pooled feature), `forward_features(x)` (the last feature map, `(B, C, H, W)`) and "
               "`forward_pool(fmap)` (pooled features, `(B, num_features)`). The CIFAR ResNets also expose "
               "their stages as `layer1`, `layer2`, `layer3` (SAFA inserts itself after one).", ""]
-    from ltbench import targets
-
-    lines += ["## Mixed targets (`ltbench.targets`)", "", textwrap.dedent(inspect.getdoc(targets) or "").strip(), "",
-              "Functions:", ""]
-    for name, fn in inspect.getmembers(targets, inspect.isfunction):
-        if fn.__module__ == targets.__name__ and not name.startswith("_"):
-            doc = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
-            lines.append(f"- `{name}{inspect.signature(fn)}`: {doc}")
-    lines.append("")
+    lines += ["## Mixed targets", "", textwrap.dedent(inspect.getdoc(targets) or "").strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def pages() -> dict[str, str]:
-    return {"hooks.md": hook_reference(), "objects.md": object_reference()}
+    return {"hooks.md": hook_reference(), "api.md": api_reference()}
 
 
 def write(docs_dir: Path) -> list[Path]:
@@ -149,7 +197,8 @@ def write(docs_dir: Path) -> list[Path]:
 
 
 def check(docs_dir: Path) -> list[str]:
-    problems = []
+    problems = [f"public name ltbench.api.{name} has no docstring: document it (docs/api.md is generated from it)"
+                for name in undocumented()]
     for name, text in pages().items():
         path = docs_dir / name
         if not path.exists():

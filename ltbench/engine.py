@@ -83,7 +83,14 @@ class Batch:
     feature banks use). ``targets`` is what the task loss trains toward when a method mixed the targets
     (mixup, cutmix, remix): soft targets ``(B, C)``, one distribution per row (see :mod:`ltbench.targets`);
     ``None`` means the hard labels. :meth:`loss_targets` gives whichever applies, and is what the task loss
-    receives; extra-loss hooks that train toward the labels should use it too."""
+    receives; extra-loss hooks that train toward the labels should use it too.
+
+    ``indices`` (int64, on the CPU) are the rows' positions in the stage's training set, the order the
+    sampler drew: indices into ``run.train_labels`` and ``run.train_images`` (into ``SecondStage.labels``
+    and ``SecondStage.features`` when a second stage supplies its own set, into ``run.train_features`` on a
+    cached-feature stage). They identify an image across epochs, so per-sample state (a memory bank, a
+    per-image weight) is keyed by them. Under torchrun a rank's batch holds its rows of the global batch and
+    their indices."""
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
@@ -254,24 +261,44 @@ def lr_at(config: dict[str, Any], epoch: int) -> float:
 class Run:
     """Everything a hook may look at during a run."""
 
+    #: the dataset's registration: name, budgets, normalisation, crop padding and flip
     dataset: DatasetSpec
+    #: the long-tailed split (class counts, shot groups, validation split); its test images are sealed away
+    #: during training
     data: LTData
+    #: the resolved configuration: the budget's keys and ``methods`` (each method's options, defaults included)
     config: dict[str, Any]
     seed: int
+    #: the training device (a method puts its own tensors there)
     device: torch.device
+    #: this run's method instances, in the order the run names them (``a+b``: a, then b)
     methods: list[Method]
+    #: the run's plugin manager (the engine calls hooks through it; a method does not need it)
     pm: pluggy.PluginManager
+    #: the run's directory (checkpoints, record); a method may write files of its own here
     out_dir: Path
+    #: ``log(message)``: writes a line to the console
     log: Any = print
+    #: the run's random generator on the CPU, seeded by ``seed``: samplers and anything every rank draws alike
     generator: torch.Generator = field(default_factory=torch.Generator)
     #: augmentation randomness, on the training device (on the CPU it is ``generator`` itself)
     aug_generator: torch.Generator | None = None
+    #: 1 or 2, the stage being trained (2 also during stage-2 evaluation)
     stage: int = 1
+    #: the epoch being trained, from 0 within its stage
     epoch: int = 0
+    #: the network (``backbone``, ``classifier``, ``heads``), on ``device`` once the run is built
     model: LTModel | None = None
+    #: the training images as a store: ``get(indices, augment, generator)`` returns those images normalised
+    #: (augmented: the dataset's crop and flip, drawn from ``generator``), ``eval_batches(n)`` the split in order
+    #: un-augmented, ``image_hw`` their size, ``len()`` their number. It holds the uint8 images on the device
+    #: (in memory) or decodes image files in DataLoader workers (streaming datasets: nothing is held, so do not
+    #: read it as an array). The step loop's own batches are prefetched; a method's extra ``get`` is decoded
+    #: on demand and leaves that read-ahead alone
     train_images: ImageStore | None = None
     #: stage 2 on a frozen backbone: pooled training features (eval mode, no augmentation)
     train_features: torch.Tensor | None = None
+    #: one entry per finished epoch: stage, epoch, lr, seconds, images, ``loss_<term>`` means, ``val_overall``
     history: list[dict[str, Any]] = field(default_factory=list)
     _validation_cache: tuple[tuple[int, int], EvalResult] | None = None
     #: under torchrun, each rank trains on its rows of the global batch; False: every rank on all of it

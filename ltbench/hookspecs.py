@@ -46,6 +46,42 @@ when it needs no image augmentation), or fine-tunes the whole network. A
 method that leaves stage 1 as the core defaults train it sets
 ``Method.plain_stage1``; its stage 1 is then trained once per (dataset,
 budget, seed) and shared with every such method.
+
+**Order of calls in a run** (every method's implementation of a broadcast
+hook, in the order the run names the methods, before the next hook):
+
+1. *Building the run*, once: the backbone is built, then
+   :func:`ltbench_build_classifier` (stage 1) makes the head, ``run.train_images``
+   is made, then :func:`ltbench_configure_model`. The model is still on the
+   CPU at that point; after it, BatchNorm becomes SyncBatchNorm (``sync_bn``),
+   the model moves to ``run.device``, to channels-last and is compiled (when
+   the config says so). A resumed run loads its checkpoint later, into the
+   configured model: modules a method adds here must be added the same way on
+   every build, and their weights come from the checkpoint.
+2. *Each stage*, at its start: :func:`ltbench_build_sampler`, then
+   :func:`ltbench_build_loss` (a resumed stage calls both again, then restores
+   the model, optimizer, method states and random generators).
+3. *Each epoch*: :func:`ltbench_epoch_start`; then for every step
+   :func:`ltbench_augment_batch` (in place on the ``Batch``), the forward pass
+   (``model.forward_all``), the task loss, :func:`ltbench_extra_losses` (given
+   the forward's ``ModelOutput``), one backward pass through their sum and one
+   optimizer step; after the epoch's last step :func:`ltbench_epoch_end`, then
+   validation when ``val_every`` asks for it, the epoch's history entry (the
+   console line, the reporters' :func:`ltbench_report_epoch_end`) and the
+   checkpoint. After the stage's last epoch: :func:`ltbench_stage_end`.
+4. *After stage 1*: :func:`ltbench_second_stage`. When a method answers, stage
+   2 is prepared (the backbone frozen unless the plan trains it, the training
+   features extracted when the plan caches them, then
+   :func:`ltbench_build_classifier` for stage 2 with the stage-1 head as
+   ``previous``) and runs steps 2 and 3 as stage 2.
+5. *Evaluation* (validation and test, in eval mode, per batch):
+   :func:`ltbench_eval_logits` when a method implements it (else the model's
+   logits), then :func:`ltbench_adjust_logits`.
+6. *At the end*: :func:`ltbench_record`, each method's fields under its name.
+
+A stage 1 that is already complete (a run resumed in stage 2, or the shared
+stage 1 of a ``plain_stage1`` method) is loaded with the method states saved
+with it, not trained: that run calls no stage-1 hook of steps 2 and 3.
 """
 
 from __future__ import annotations

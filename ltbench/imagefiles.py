@@ -192,10 +192,11 @@ class FileImageStore:
         self._ahead = iter(self._loader([_skip_others(chunk, local(chunk)) for chunk in items]))
 
     def _take(self, idx: list[int]) -> torch.Tensor | None:
+        """The next prefetched batch when ``idx`` is it; None otherwise (a method's own ``get``), which leaves
+        the read-ahead for the step loop's next batch."""
         if self._ahead is not None and self._expected and self._expected[0] == idx:
             self._expected.pop(0)
             return next(self._ahead)
-        self._ahead, self._expected = None, []
         return None
 
     def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None,

@@ -10,18 +10,30 @@ from torch import nn
 
 @dataclass
 class ModelOutput:
+    """What one forward pass computed (``LTModel.forward_all``), handed to ``ltbench_extra_losses`` and
+    ``ltbench_eval_logits`` so that a method reuses it instead of running the model again. On a stage
+    trained on cached features, ``features`` and ``feature_map`` are both the cached pooled features."""
+
+    #: the classifier's output, ``(B, C)``
     logits: torch.Tensor
-    features: torch.Tensor  # pooled embedding (B, D)
-    feature_map: torch.Tensor  # last block's output before pooling (B, C, H, W)
+    #: the pooled embedding, ``(B, num_features)``
+    features: torch.Tensor
+    #: the last block's output before pooling, ``(B, C', H, W)``
+    feature_map: torch.Tensor
 
 
 class LTModel(nn.Module):
     """``backbone`` (see :mod:`ltbench.backbones`) followed by ``classifier``.
 
+    Fields: ``backbone`` (an ``nn.Module`` with ``forward_features``, ``forward_pool`` and
+    ``num_features``: the backbone interface), ``classifier`` (the head: pooled features ``(B,
+    num_features)`` to logits ``(B, C)``; :func:`ltbench_build_classifier` makes it, and stage 2 replaces
+    it) and ``heads`` (an ``nn.ModuleDict``, empty unless a method adds auxiliary modules in
+    :func:`ltbench_configure_model`: they are trained by the stage-1 optimizer with the rest, saved in
+    checkpoints, and unused for the logits unless the method's ``ltbench_eval_logits`` uses them).
+
     ``forward(x)`` returns logits; ``forward_all(x)`` also returns the pooled
-    features and the feature map so that methods can reuse them. ``heads`` is
-    where a method adds auxiliary modules (trained with the model, unused for
-    the logits unless the method says otherwise).
+    features and the feature map so that methods can reuse them.
     """
 
     def __init__(self, backbone: nn.Module, classifier: nn.Module):

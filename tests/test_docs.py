@@ -15,6 +15,35 @@ def test_the_generated_reference_matches_the_code():
     assert docs.check(DOCS) == []
 
 
+def test_every_public_name_is_in_the_api_reference_and_an_undocumented_one_fails_the_check(monkeypatch, tmp_path):
+    import ltbench.api as api
+    from ltbench import docs
+
+    page = docs.api_reference()
+    assert all(f"### `{name}`" in page for name in api.__all__ if name != "API_VERSION")
+    assert "DeprecationWarning" in page and f'API_VERSION` is `"{api.API_VERSION}"`' in page
+    docs.write(tmp_path)
+    assert docs.check(tmp_path) == []
+    monkeypatch.setattr(api.list_methods, "__doc__", None)
+    assert docs.check(tmp_path)[0].startswith("public name ltbench.api.list_methods has no docstring")
+
+
+def test_the_docs_state_the_hook_order_and_what_batch_indices_index():
+    from ltbench import docs
+
+    hooks, page = docs.hook_reference(), docs.api_reference()
+    order = ["ltbench_build_classifier", "ltbench_configure_model", "ltbench_build_sampler", "ltbench_build_loss",
+             "ltbench_epoch_start", "ltbench_augment_batch", "ltbench_extra_losses", "ltbench_epoch_end",
+             "ltbench_stage_end", "ltbench_second_stage", "ltbench_eval_logits", "ltbench_adjust_logits",
+             "ltbench_record"]
+    section = hooks[hooks.index("**Order of calls in a run**"):]
+    positions = [section.index(name) for name in order]
+    assert positions == sorted(positions)
+    assert "``indices`` (int64, on the CPU) are the rows' positions in the stage's training set" in page
+    assert "- `train_images: ImageStore | None`: the training images as a store" in page
+    assert "Fields: ``backbone``" in page  # LTModel's
+
+
 def test_the_reference_names_every_hook_with_its_kind():
     text = (DOCS / "hooks.md").read_text()
     from ltbench import hookspecs

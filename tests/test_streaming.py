@@ -61,6 +61,11 @@ def test_the_streaming_store_never_holds_the_split_and_decodes_ahead(exported):
     g = torch.Generator().manual_seed(0)
     first = store.get(order[:32], augment=True, generator=g)
     assert first.shape == (32, 3, 16, 16) and store._expected and store._expected[0] == list(range(32, 64))
+    # a method's own draw (other images) is decoded on demand and leaves the read-ahead to the step loop
+    own = store.get(torch.tensor([5, 70, 3]), augment=True, generator=torch.Generator().manual_seed(1))
+    assert own.shape == (3, 3, 16, 16) and store._expected[0] == list(range(32, 64))
+    store.get(order[32:64], augment=True, generator=g)
+    assert store._expected == [list(range(64, 96)), list(range(96, 100))]  # served from the read-ahead
     batches = list(store.eval_batches(200))
     assert [len(b) for b in batches] == [200, 200, 62]
 

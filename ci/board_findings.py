@@ -66,7 +66,17 @@ ABLATIONS = [
     ("breadcrumb-weak", "crt-capped-train-mode", "what the back-tracked history adds on top of both"),
     ("cam-fusion", "cam-fusion-real", "fused features against real images of the same tail class"),
     ("cam-fusion-real", "crt", "CAM fusion's Phase II on real images against crt"),
+    ("cb-focal", "cb-focal (default bias)", "Cui et al.'s prior bias initialisation against PyTorch's default"),
+    ("cb-focal (default bias)", "ce", "the board's earlier cb-focal row, without the prior bias"),
 ]
+
+
+def default_bias(record: dict[str, Any]) -> dict[str, Any]:
+    """cb-focal's records from before the prior bias option (kept in the ablations), under their own label."""
+    opts = record["config"]["methods"].get("cb-focal")
+    if record["method"] == "cb-focal" and opts is not None and "prior" not in opts:
+        return {**record, "variant": "cb-focal (default bias)"}
+    return record
 
 
 def by_method(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -178,7 +188,8 @@ def main(argv: list[str]) -> int:
     print_mechanisms(records)
     print_cam_fusion_sets(records)
     if ablations_dir.exists():  # the ablations' own crt copy is the board's: the board's rows are used
-        ablations = [r for r in summary.load_records(ablations_dir) if r.get("variant", r["method"]) != "crt"]
+        ablations = [default_bias(r) for r in summary.load_records(ablations_dir)
+                     if r.get("variant", r["method"]) != "crt"]
         print_comparisons(records + ablations, ABLATIONS, "Ablations")
         print_cam_fusion_sets(records + ablations, "cam-fusion-real")
     return 0

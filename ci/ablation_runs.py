@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
-from ltbench.catalog import Catalog
-from ltbench.runner import execute, plan_grid, stage1_dir
+from ltbench.grid.plan import plan_grid, stage1_dir
+from ltbench.grid.runner import execute
+from ltbench.plugins.catalog import Catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD, OUT = ROOT / "leaderboards" / "records", ROOT / "leaderboards" / "ablations"

@@ -2,7 +2,7 @@
 
 Neither depends on the trained weights, only on the model's structure, so each is measured exactly on the
 model rebuilt from the record's own config (its dataset, backbone and every method option) with
-:func:`ltbench.engine.model_cost`, the function a new run uses; where the record has a second stage, the
+:func:`ltbench.training.evaluate.model_cost`, the function a new run uses; where the record has a second stage, the
 stage-2 classifier is built by the method's own ``ltbench_build_classifier`` first. The record gains
 ``cost`` with ``"derived"`` saying so; nothing else in it changes.
 
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ltbench.catalog import build_catalog
-from ltbench.datasets import load_checked
-from ltbench.engine import build_classifier, build_run, extract_features, model_cost
-from ltbench.records import atomic_write_json, read_record
+from ltbench.data.split import load_checked
+from ltbench.plugins.catalog import build_catalog
+from ltbench.results.records import atomic_write_json, read_record
+from ltbench.training.evaluate import extract_features, model_cost
+from ltbench.training.hooks import build_classifier
+from ltbench.training.run import build_run
 
 DERIVED = ("rebuilt from the record's config by ci/backfill_cost.py (counts depend on the model's structure, "
            "not its weights)")

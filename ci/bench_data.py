@@ -23,9 +23,9 @@ import torch
 
 CHILD = """
 import resource, sys, torch
-from ltbench.catalog import get_catalog
-from ltbench.datasets import load_checked
-from ltbench.engine import make_store
+from ltbench.plugins.catalog import get_catalog
+from ltbench.data.datasets import load_checked
+from ltbench.training import make_store
 spec = get_catalog().dataset(sys.argv[1])
 data = load_checked(spec, sys.argv[2], spec.default_imbalance_factor)
 store = make_store(data.x_train, spec, data, torch.device("cpu"), {"workers": 0})
@@ -60,10 +60,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from ltbench.catalog import get_catalog
-    from ltbench.datasets import load_checked
-    from ltbench.engine import make_store
-    from ltbench.filedatasets import export_list_dataset, load_image_folder_lt
+    from ltbench.plugins.catalog import get_catalog
+    from ltbench.data.split import load_checked
+    from ltbench.data.stores import make_store
+    from ltbench.data.files import export_list_dataset, load_image_folder_lt
 
     spec = get_catalog().dataset(args.dataset)
     data = load_checked(spec, args.data_root, spec.default_imbalance_factor)

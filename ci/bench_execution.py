@@ -4,7 +4,7 @@
                                  [--option channels_last=true] [--steps 5] [--rounds 8]
 
 Two runs of the same cell are built, the budget as it is and the budget with ``--option`` (an execution option:
-it changes how a run is computed, not what); ltbench's own step loop (:func:`ltbench.engine.run_steps`) trains
+it changes how a run is computed, not what); ltbench's own step loop (:func:`ltbench.training.loop.run_steps`) trains
 each for ``--steps`` steps, alternating in rounds so that the load of a shared machine hits both alike. The
 printed ratio (images/s with the option over without) is the median over rounds. The paper budget's
 experiment file uses what this shows to be faster (README, "The paper budget").
@@ -18,9 +18,11 @@ import time
 import numpy as np
 import torch
 
-from ltbench.catalog import get_catalog
-from ltbench.engine import build_loss, build_run, image_batch, run_steps
-from ltbench.runner import plan_grid, resolve_device
+from ltbench.grid.plan import plan_grid, resolve_device
+from ltbench.plugins.catalog import get_catalog
+from ltbench.training.hooks import build_loss
+from ltbench.training.loop import image_batch, run_steps
+from ltbench.training.run import build_run
 
 
 def stepper(args: argparse.Namespace, settings: dict[str, str], device: torch.device):

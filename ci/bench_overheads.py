@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ltbench.catalog import get_catalog
-from ltbench.runner import execute, plan_grid
+from ltbench.grid.plan import plan_grid
+from ltbench.grid.runner import execute
+from ltbench.plugins.catalog import get_catalog
 
 
 def run(methods, args, out, settings=None):

@@ -3,9 +3,9 @@
     python ci/bench_throughput.py [--dataset cifar100-lt --data-root ../shared/data] [--backbone resnet8,resnet32]
                                   [--method ce] [--batch-size 128] [--steps 10] [--rounds 12] [--device auto]
 
-Training: ltbench's own step loop (:func:`ltbench.engine.run_steps`: sampler order, batch assembly and
+Training: ltbench's own step loop (:func:`ltbench.training.loop.run_steps`: sampler order, batch assembly and
 augmentation from the uint8 store, the method's hooks, loss, backward, SGD) against the bare model (forward +
-cross-entropy + backward + SGD on one pre-made, normalised batch). Evaluation: :func:`ltbench.engine.evaluate`
+cross-entropy + backward + SGD on one pre-made, normalised batch). Evaluation: :func:`ltbench.training.evaluate.evaluate`
 on the test set against a bare ``no_grad`` forward over pre-made batches. The two alternate in rounds, so that
 the load of a shared machine hits both alike. The ratio (ltbench img/s / bare img/s) is the median over
 rounds, so that a burst of load on one round does not decide it; it is what to read, not the absolute numbers.
@@ -20,10 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltbench.catalog import get_catalog
-from ltbench.engine import build_loss, build_run, evaluate, image_batch, run_steps
-from ltbench.model import LTModel
-from ltbench.runner import plan_grid, resolve_device
+from ltbench.grid.plan import plan_grid, resolve_device
+from ltbench.plugins.catalog import get_catalog
+from ltbench.training.evaluate import evaluate
+from ltbench.training.hooks import build_loss
+from ltbench.training.loop import image_batch, run_steps
+from ltbench.training.model import LTModel
+from ltbench.training.run import build_run
 
 
 def _sync(device: torch.device) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ltbench import summary
-from ltbench.metrics import shot_groups
+from ltbench.results import summary
+from ltbench.results.metrics import shot_groups
 
 DATASET, BUDGET, SEEDS = "cifar100-lt-if100", "cpu", 3
 

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from ltbench import MethodMetadata, hookimpl
-from ltbench.engine import SecondStage, extract_features
-from ltbench.samplers import class_balanced
-from ltbench.testing import catalog_with
+from ltbench.data.samplers import class_balanced
+from ltbench.plugins.testing import catalog_with
+from ltbench.training.evaluate import extract_features
+from ltbench.training.run import SecondStage
 from ltbench_builtin.breadcrumb import default_n_b
 from ltbench_builtin.decoupling import CRT
 

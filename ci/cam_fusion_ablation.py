@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ltbench import MethodMetadata, hookimpl
-from ltbench.testing import catalog_with
+from ltbench.plugins.testing import catalog_with
 from ltbench_builtin.cam_fusion import CAMFusion, FusionBatchSampler
 
 from ablation_runs import run_ablation  # ci/ablation_runs.py, beside this script

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltbench.records import reference_result, reference_setting
-from ltbench.summary import load_records
+from ltbench.results.records import reference_result, reference_setting
+from ltbench.results.summary import load_records
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET, BUDGET, TOLERANCE = "cifar100-lt-if100", "paper", 1.5

@@ -40,13 +40,14 @@ FINAL_STAGE1 = ("stage1.pt", "stage1.json")
 
 def needed(records: Path, experiment: Path, data_root: str | None) -> dict[Path, tuple[str, ...]]:
     """{directory under ``records``: the file names to carry} for the experiment's unfinished runs."""
-    from ltbench.cli import _run_options, build_parser, plan_cells
-    from ltbench.records import RESULT_FILE, load_result
-    from ltbench.runner import stage1_dir
+    from ltbench.cli import build_parser
+    from ltbench.grid.orchestrate import plan_cells, run_options
+    from ltbench.results.records import RESULT_FILE, load_result
+    from ltbench.grid.plan import stage1_dir
 
     flags = ["run", "--config", str(experiment), "--output", str(records)] + (
         ["--data-root", data_root] if data_root else [])
-    args = _run_options(build_parser().parse_args(flags))
+    args = run_options(build_parser().parse_args(flags))
     out: dict[Path, tuple[str, ...]] = {}
     for cell in plan_cells(args):
         own = cell.out_dir(records)

@@ -15,7 +15,7 @@ __version__ = "0.2.0"
 #: Marker for hook implementations, in plugin modules and on Method classes.
 hookimpl = pluggy.HookimplMarker("ltbench")
 
-from ltbench.errors import LtbenchError  # noqa: E402
-from ltbench.method import Method, MethodMetadata  # noqa: E402
+from ltbench.errors import LtbenchError
+from ltbench.plugins.method import Method, MethodMetadata
 
 __all__ = ["hookimpl", "Method", "MethodMetadata", "LtbenchError", "__version__"]

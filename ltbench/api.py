@@ -12,20 +12,22 @@ replacement, then it goes.
 from __future__ import annotations
 
 from ltbench import hookimpl
-from ltbench.backbones import BackboneSpec, CifarResNet
-from ltbench.catalog import Catalog, build_catalog, list_methods
-from ltbench.datasets import Budget, DatasetSpec
-from ltbench.distributed import (agree, all_reduce_sum, barrier, gather_rows, is_distributed, rank, shard_rows,
-                                 world_size)
-from ltbench.engine import Batch, Run, SecondStage, extract_features
+from ltbench.data.samplers import class_balanced, class_share_sampler, instance_balanced
+from ltbench.data.split import Budget, DatasetSpec
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError
-from ltbench.method import Method, MethodMetadata
-from ltbench.metrics import evaluate_predictions
-from ltbench.model import LTModel, ModelOutput
-from ltbench.plots import per_class_figure
-from ltbench.reporting import Reporter, epoch_scalars, final_metrics, flat_config
-from ltbench.samplers import class_balanced, class_share_sampler, instance_balanced
-from ltbench.targets import as_soft, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
+from ltbench.plugins.catalog import Catalog, build_catalog, list_methods
+from ltbench.plugins.method import Method, MethodMetadata
+from ltbench.plugins.reporter import Reporter
+from ltbench.plugins.reporting import epoch_scalars, final_metrics, flat_config
+from ltbench.results.metrics import evaluate_predictions
+from ltbench.results.plots import per_class_figure
+from ltbench.training.backbones import BackboneSpec, CifarResNet
+from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather_rows, is_distributed, rank,
+                                          shard_rows, world_size)
+from ltbench.training.evaluate import extract_features
+from ltbench.training.model import LTModel, ModelOutput
+from ltbench.training.run import Batch, Run, SecondStage
+from ltbench.training.targets import as_soft, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
 
 #: the version of this surface: a major step removes or breaks names (after a deprecation), a minor one adds
 API_VERSION = "1.0"
@@ -42,18 +44,18 @@ SECTIONS: dict[str, list[str]] = {
                        "barrier"],
     "Errors": ["LtbenchError", "ConfigError", "PluginContractError"],
     "The installed plugins": ["build_catalog", "Catalog", "list_methods"],
-    "The testing kit (ltbench.testing, imported on first use)": [
+    "The testing kit (ltbench.plugins.testing, imported on first use)": [
         "check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods", "build_tiny_run"],
 }
 
 __all__ = ["API_VERSION", *(name for names in SECTIONS.values() for name in names)]
 
-_TESTING_KIT = tuple(SECTIONS["The testing kit (ltbench.testing, imported on first use)"])
+_TESTING_KIT = tuple(SECTIONS["The testing kit (ltbench.plugins.testing, imported on first use)"])
 
 
 def __getattr__(name: str):
     if name in _TESTING_KIT:
-        from ltbench import testing
+        from ltbench.plugins import testing
 
         return getattr(testing, name)
     raise AttributeError(f"module 'ltbench.api' has no attribute {name!r}")

@@ -9,259 +9,27 @@ from pathlib import Path
 from typing import Any
 
 from ltbench.errors import ConfigError, LtbenchError
+from ltbench.grid.orchestrate import _check_out_dir
+from ltbench.plugins.catalog import warn_broken
 
 DEFAULT_DATASET = "fashion-mnist-lt"
 
 
-RUN_FLAGS = ("methods", "datasets", "seeds", "budget", "epochs", "imbalance_factor", "data_root", "download",
-             "output", "device", "rerun", "quiet", "jobs", "threads", "shard", "nproc", "launcher", "wait", "report")
-SLURM_FLAGS = {"partition": "slurm_partition", "account": "slurm_account", "gpus_per_job": "slurm_gpus_per_job",
-               "cpus_per_task": "slurm_cpus_per_task", "mem_gb": "slurm_mem_gb", "time": "slurm_time",
-               "array_parallelism": "slurm_array_parallelism"}
-
-
-def _run_options(args: argparse.Namespace) -> argparse.Namespace:
-    """The command line over the --config file over the defaults, written back onto ``args``."""
-    from ltbench import config as config_mod
-    from ltbench import experiment
-
-    exp = experiment.load(args.config) if args.config else {}
-    flags = {key: getattr(args, key) for key in RUN_FLAGS}
-    flags["set"] = config_mod.parse_set(args.set or [])
-    options = experiment.merge(exp, flags)
-    for key in RUN_FLAGS:
-        setattr(args, key, options[key])
-    args.settings, args.variants = options["set"], options["variants"]
-    for key, flag in SLURM_FLAGS.items():
-        if getattr(args, flag) is None and key in options["slurm"]:
-            setattr(args, flag, options["slurm"][key])
-    return args
-
-
-def plan_cells(args: argparse.Namespace, log=None) -> list:
-    """Every cell of the grid: methods x datasets x seeds, then each named variant's."""
-    from ltbench import experiment
-    from ltbench.catalog import get_catalog
-    from ltbench.runner import plan_grid
-
-    common = dict(epochs=args.epochs, imbalance_factor=args.imbalance_factor, data_root=args.data_root,
-                  download=args.download, log=log)
-    cells = []
-    if args.methods:
-        cells += plan_grid(args.methods, args.datasets, args.seeds, args.budget, settings=args.settings, **common)
-    for name, variant in args.variants.items():
-        method = variant["method"]
-        options = {o for part in method.split("+") for o in get_catalog().method(part).cls.options}
-        settings = experiment.variant_settings(options, method.split("+")[0], args.settings, variant.get("set", {}))
-        cells += plan_grid([method], args.datasets, args.seeds, args.budget, settings=settings, **common)
-    return _distinct(cells)
-
-
-def _distinct(cells: list) -> list:
-    """The cells with each run once: a method, seed or variant given twice (or a variant that resolves to the
-    same run as another) would train one run twice; the later ones go, with a line naming them."""
-    seen: dict[tuple, str] = {}
-    out = []
-    for cell in cells:
-        key = (cell.dataset_key, cell.budget, cell.method, cell.config_id, cell.seed)
-        if key in seen:
-            print(f"note: {cell.label} seed {cell.seed} on {cell.dataset_key} is the same run as {seen[key]}: "
-                  f"it runs once", file=sys.stderr)
-            continue
-        seen[key] = f"{cell.label} seed {cell.seed}"
-        out.append(cell)
-    return out
-
-
-def _check_out_dir(path: Path, flag: str) -> None:
-    """``path`` must be a directory, or creatable as one: neither it nor a folder above it is a file."""
-    for where in (path, *path.parents):
-        if where.exists():
-            if not where.is_dir():
-                what = "is a file" if where == path else f"lies under {where}, which is a file"
-                raise ConfigError(f"{flag} {path} {what}; give a directory for the output")
-            return
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from ltbench import distributed, launch
-    from ltbench.runner import resolve_device, run_grid, stderr_log
+    from ltbench.grid import orchestrate
 
-    args = _run_options(args)
-    device = resolve_device(args.device)
-    output = Path(args.output)
-    _check_out_dir(output, "--output")
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs must be a positive integer, got {args.jobs}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
-    if args.launcher and args.jobs > 1:
-        raise ConfigError("--jobs and --launcher do not combine: the launcher runs one job per stage-1 group; "
-                          "use --slurm-array-parallelism to bound how many run at once")
-    if args.launcher is not None and args.launcher not in launch.LAUNCHERS:
-        raise ConfigError(f"--launcher must be one of {', '.join(launch.LAUNCHERS)}, got {args.launcher!r}")
-    if args.nproc is not None:
-        return _torchrun(args)
-    if distributed.launched_by_torchrun() and (args.jobs > 1 or args.launcher or args.shard):
-        raise ConfigError("under torchrun every process trains the same run: --jobs, --launcher and --shard "
-                          "do not apply")
-    _warn_broken()
-    cells = plan_cells(args, log=None if args.quiet or not distributed.is_main() else stderr_log)
-    how = f"launcher {args.launcher}" if args.launcher else f"jobs {args.jobs}"
-    if args.shard:
-        planned = len(cells)
-        mine = launch.shard(cells, args.shard, output)
-        grid_id = launch.write_manifest(cells, output, how=f"shards, {how}").stem  # the whole grid: status names
-        cells = mine  # the other shards' runs
-        print(f"shard {args.shard}: {len(cells)} of the grid's {planned} runs", file=sys.stderr)
-    else:
-        grid_id = launch.write_manifest(cells, output, how=how).stem
-    log = (lambda msg: None) if args.quiet else stderr_log
-    if args.launcher:
-        return _submit(args, cells, output, log, grid_id)
-    if distributed.launched_by_torchrun():
-        return _run_distributed(args, cells, output, device, log)
-    if args.jobs > 1:
-        records = launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
-                                      log=log, quiet=args.quiet, report=args.report, grid=grid_id)
-    else:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads or threads)
-        try:
-            records = run_grid(cells, output, device, rerun=args.rerun, log=log, reporting=_reporting(args, output),
-                               grid_id=grid_id)
-        finally:
-            torch.set_num_threads(threads)
-    return _report(records, args.output)
-
-
-def _reporting(args: argparse.Namespace, output: Path):
-    """The reporters ``--report`` selects (None for none); unknown names fail here, before anything runs."""
-    if not args.report:
-        return None
-    from ltbench.reporting import Reporting
-
-    return Reporting(args.report, output)
-
-
-def _torchrun(args: argparse.Namespace) -> int:
-    """``ltbench run --nproc K ...``: the same command under ``torchrun --standalone --nproc_per_node K``."""
-    import subprocess
-
-    if args.nproc < 1:
-        raise ConfigError(f"--nproc must be a positive integer, got {args.nproc}")
-    if args.jobs > 1 or args.launcher or args.shard:
-        raise ConfigError("--nproc trains each run in several processes: --jobs, --launcher and --shard do not "
-                          "combine with it")
-    from ltbench.runner import resolve_device
-
-    if resolve_device(args.device).type == "cuda":
-        import torch
-
-        if torch.cuda.device_count() < args.nproc:
-            raise ConfigError(f"--nproc {args.nproc}: only {torch.cuda.device_count()} GPUs are visible "
-                              f"(one per process); use --device cpu for gloo on the CPU")
-    argv, skip = [], False
-    for i, a in enumerate(args.argv):
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "ltbench", *argv]
-    print("running: " + " ".join(cmd[1:]), file=sys.stderr)
-    return subprocess.call(cmd)
-
-
-def _run_distributed(args: argparse.Namespace, cells: list, output: Path, device, log) -> int:
-    """One rank of a torchrun job: every rank trains every run of the grid together (README: Running at scale)."""
-    import os
-
-    import torch
-
-    from ltbench import distributed
-    from ltbench.runner import run_grid
-
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
-    from ltbench.launch import available_cores
-
-    torch.set_num_threads(args.threads or max(1, available_cores() // local))
-    device = distributed.init_from_env(device)
-    from ltbench.runner import RANKS_DIR
-
-    distributed.start_heartbeat(output / RANKS_DIR)
-    main_rank = distributed.is_main()
-    try:
-        records = run_grid(cells, output, device, rerun=args.rerun, log=log if main_rank else (lambda m: None),
-                           reporting=_reporting(args, output) if main_rank else None)
-    finally:
-        torch.distributed.destroy_process_group()
-    return _report(records, args.output) if main_rank else _exit_status(records)
-
-
-def _exit_status(records: list[dict[str, Any]]) -> int:
-    return 1 if any(r["status"] != "completed" for r in records) else 0
-
-
-def _report(records: list[dict[str, Any]], output: str) -> int:
-    from ltbench import summary
-
-    if records and all("dataset" in r and "budget" in r for r in records):
-        print(summary.render(summary.summarise(records)))
-        print()
-    bad = [r for r in records if r["status"] != "completed"]
-    print(f"{len(records) - len(bad)} of {len(records)} runs completed; records under {output}/")
-    for r in bad:
-        print(f"  {r['variant']} seed {r['seed']} on {r['dataset']}: {r['status']}: "
-              f"{(r['error'] or '').splitlines()[0]}")
-    return _exit_status(records)  # 0 only when every asked-for run completed
-
-
-def _submit(args: argparse.Namespace, cells: list, output: Path, log, grid_id: str) -> int:
-    from ltbench import launch
-    from ltbench.records import RESULT_FILE, load_result
-
-    options = {key: value for key, value in {
-        "slurm_partition": args.slurm_partition, "slurm_account": args.slurm_account,
-        "gpus_per_node": args.slurm_gpus_per_job, "cpus_per_task": args.slurm_cpus_per_task,
-        "timeout_min": args.slurm_time, "mem_gb": args.slurm_mem_gb,
-        "slurm_array_parallelism": args.slurm_array_parallelism}.items() if value is not None}
-    if args.launcher == "local":  # the local executor knows no SLURM keys
-        options = {k: v for k, v in options.items() if not k.startswith("slurm_")}
-    jobs = launch.submit(cells, output, args.launcher, args.device, options, rerun=args.rerun, log=log,
-                         quiet=args.quiet, report=args.report, grid=grid_id)
-    ids = ", ".join(job.job_id for job in jobs)
-    print(f"submitted {len(cells)} runs as {len(jobs)} {args.launcher} jobs: {ids}")
-    print(f"logs: {output / launch.SUBMITIT_DIR}/<job id>_<task>_log.out/err; follow with: ltbench status {output}")
-    if args.launcher == "slurm" and not args.wait:
-        return 0
-    for job in jobs:  # local jobs are children of this process: wait for them (and for slurm with --wait)
-        try:
-            job.result()
-        except Exception as exc:  # the record says what happened; a job that died has none
-            print(f"job {job.job_id} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
-                  file=sys.stderr)
-    records = []
-    for cell in cells:
-        record = load_result(cell.out_dir(output) / RESULT_FILE)
-        records.append(record or {"variant": cell.label, "seed": cell.seed, "dataset": cell.dataset_key,
-                                  "status": "failed", "error": "its job ended without a record"})
-    return _report(records, str(output))
+    return orchestrate.run(args)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ltbench import summary
+    from ltbench.results import summary
 
     print(summary.render(summary.summarise(summary.load_records(Path(args.runs_dir))), args.format))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ltbench import summary
+    from ltbench.results import summary
 
     if args.bootstrap < 100:
         raise ConfigError(f"--bootstrap is the number of bootstrap draws, at least 100 for a 95 % interval, "
@@ -274,7 +42,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ltbench import plots, summary
+    from ltbench.results import plots, summary
 
     _check_out_dir(Path(args.out), "--out")
     written = plots.plot_records(summary.load_records(Path(args.runs_dir)), Path(args.out))
@@ -287,7 +55,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from ltbench import docs
+    from ltbench.plugins import docs
 
     out = Path(args.out)
     if args.write:
@@ -299,7 +67,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from ltbench import scaffold
+    from ltbench.plugins import scaffold
 
     root = scaffold.create(args.name, Path(args.dir))
     print(f"wrote {root}: pip install -e {root} && python -m pytest -q {root / 'tests'}")
@@ -307,7 +75,7 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ltbench import status
+    from ltbench.grid import status
 
     rows = status.collect(Path(args.runs_dir))
     counts = status.summary(rows)
@@ -322,15 +90,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if rows and counts["completed"] == len(rows) else 1
 
 
-def _warn_broken() -> None:
-    """One line on stderr per plugin that failed to load, so that a missing method is never a mystery."""
-    from ltbench.catalog import get_catalog
-
-    for b in get_catalog().broken:
-        print(f"warning: plugin {b.name!r} ({b.distribution}) is broken and was not loaded: {b.error}",
-              file=sys.stderr)
-
-
 def _print_table(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -341,12 +100,12 @@ def _print_table(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from ltbench.catalog import get_catalog
+    from ltbench.plugins.catalog import get_catalog
 
-    from ltbench.catalog import match_names
+    from ltbench.plugins.catalog import match_names
 
     cat = get_catalog()
-    _warn_broken()
+    warn_broken()
     table = {"methods": cat.methods, "datasets": cat.datasets, "backbones": cat.backbones,
              "reporters": cat.reporters}[args.what]
     names = match_names(args.pattern, table)
@@ -380,9 +139,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from ltbench.catalog import get_catalog
-    from ltbench.datasets import load_checked
-    from ltbench.metrics import shot_groups
+    from ltbench.plugins.catalog import get_catalog
+    from ltbench.data.split import load_checked
+    from ltbench.results.metrics import shot_groups
 
     words = args.dataset
     export = words[0] == "export"
@@ -397,8 +156,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise ConfigError(f"--imbalance-factor must be >= 1 (or 0: the natural profile), got {imb!r}")
     data = load_checked(spec, args.data_root, imb, download=args.download)
     if export:
-        from ltbench.filedatasets import EXPORT_FORMATS, export_list_dataset
-        from ltbench.runner import stderr_log
+        from ltbench.data.files import EXPORT_FORMATS, export_list_dataset
+        from ltbench.grid.plan import stderr_log
 
         if args.format not in EXPORT_FORMATS:
             raise ConfigError(f"--format {args.format!r}: the export formats are {', '.join(EXPORT_FORMATS)}")
@@ -426,7 +185,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from ltbench.catalog import get_catalog
+    from ltbench.plugins.catalog import get_catalog
 
     cat = get_catalog()
     rows = []
@@ -447,7 +206,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ltbench import leaderboard
+    from ltbench.results import leaderboard
 
     out = Path(args.out)
     if args.action == "build":

@@ -12,7 +12,7 @@ backbones::
 
 **Run hooks** are implemented by :class:`ltbench.Method` subclasses. Each run
 creates a fresh plugin manager holding the core defaults
-(:mod:`ltbench.defaults`, plain CE, instance-balanced sampling, one stage) and
+(:mod:`ltbench.plugins.defaults`, plain CE, instance-balanced sampling, one stage) and
 one new instance of every method the run selected (``a+b`` selects two). Only
 those take part in that run, and their state lives on those instances.
 
@@ -31,10 +31,10 @@ into checkpoints loaded with ``torch.load(weights_only=True)``: tensors,
 numpy arrays, numbers, strings, ``None`` and dicts/lists/tuples of them.
 
 Under ``torchrun`` (``ltbench run --nproc K``) every rank runs every hook, in
-lockstep, on its own rows of each global batch (:mod:`ltbench.distributed`).
+lockstep, on its own rows of each global batch (:mod:`ltbench.training.distributed`).
 A method whose state must cover the whole batch or epoch (a feature bank,
 class statistics, counters in its record) combines it with
-``ltbench.distributed.gather_rows`` or ``all_reduce_sum``, which do nothing
+``ltbench.training.distributed.gather_rows`` or ``all_reduce_sum``, which do nothing
 in a single process; every rank must make the same collective calls. Draw
 from ``run.generator`` only for what every rank draws alike (samplers); keep
 per-rank randomness on the method's own generator.
@@ -96,12 +96,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ltbench.backbones import BackboneSpec
-    from ltbench.datasets import DatasetSpec
-    from ltbench.engine import Batch, Run, SecondStage
-    from ltbench.model import ModelOutput
-    from ltbench.method import Method
-    from ltbench.model import LTModel
+    from ltbench.training.backbones import BackboneSpec
+    from ltbench.data.split import DatasetSpec
+    from ltbench.training.run import Batch, Run, SecondStage
+    from ltbench.training.model import ModelOutput
+    from ltbench.plugins.method import Method
+    from ltbench.training.model import LTModel
 
     LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -125,7 +125,7 @@ def ltbench_register_methods(register: Callable[[type[Method]], None]) -> None:
 
 @hookspec
 def ltbench_register_reporters(register: Callable[[type], None]) -> None:
-    """Add reporters: :class:`ltbench.reporting.Reporter` subclasses that observe runs (the reporting hooks
+    """Add reporters: :class:`ltbench.plugins.reporter.Reporter` subclasses that observe runs (the reporting hooks
     below) for an experiment tracker or a log. ``ltbench run --report NAME,...`` selects them.
 
     :param register: call it with each reporter class.
@@ -136,7 +136,7 @@ def ltbench_register_reporters(register: Callable[[type], None]) -> None:
 def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     """Add datasets (with their long-tailed split and named budgets).
 
-    :param register: call it with each :class:`ltbench.datasets.DatasetSpec`.
+    :param register: call it with each :class:`ltbench.data.split.DatasetSpec`.
     """
 
 
@@ -144,7 +144,7 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
 def ltbench_register_backbones(register: Callable[[BackboneSpec], None]) -> None:
     """Add backbones.
 
-    :param register: call it with each :class:`ltbench.backbones.BackboneSpec`.
+    :param register: call it with each :class:`ltbench.training.backbones.BackboneSpec`.
     """
 
 
@@ -205,7 +205,7 @@ def ltbench_build_loss(run: Run, stage: int) -> LossFn | None:
 
     First result. ``targets`` are hard labels ``(B,)`` or, when a method
     mixed them (mixup, cutmix, remix), soft targets ``(B, C)``: a loss must
-    handle both (:mod:`ltbench.targets` has the helpers, and every loss of
+    handle both (:mod:`ltbench.training.targets` has the helpers, and every loss of
     the zoo does). The loss may read ``run.epoch`` to change over time
     (deferred re-weighting). The core default is plain cross-entropy
     (``F.cross_entropy``, which takes both forms).
@@ -228,7 +228,7 @@ def ltbench_augment_batch(run: Run, model: LTModel, batch: Batch) -> None:
 
     Broadcast, in plugin order. ``batch.images`` are normalised, augmented
     tensors on the training device. A method that mixes images sets
-    ``batch.targets`` to soft targets (``ltbench.targets.mix_pairs``) and
+    ``batch.targets`` to soft targets (``ltbench.training.targets.mix_pairs``) and
     leaves ``batch.labels`` as the rows' own labels; the task loss then
     trains toward the targets. A method may replace or extend
     ``batch.images`` and ``batch.labels`` (keep them the same length, unless
@@ -279,7 +279,7 @@ def ltbench_stage_end(run: Run, stage: int) -> None:
 def ltbench_second_stage(run: Run) -> SecondStage | None:
     """Ask for stage 2, which starts from the trained stage-1 model.
 
-    First result. Return a :class:`ltbench.engine.SecondStage`. By default
+    First result. Return a :class:`ltbench.training.run.SecondStage`. By default
     stage 2 retrains the classifier on the frozen stage-1 backbone; with
     ``cached_features=True`` (the default) the engine computes the training
     features once (eval mode, no augmentation) and stage 2 trains on them.

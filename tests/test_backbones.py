@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ltbench.catalog import build_catalog
 from ltbench.errors import UnknownNameError
+from ltbench.plugins.catalog import build_catalog
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,9 @@ def test_unknown_backbone_and_timm_model_names(catalog):
 def test_pretrained_path_loads_a_saved_torchvision_resnet_and_the_record_says_so(tmp_path):
     from torchvision.models.resnet import BasicBlock, ResNet
 
-    from ltbench.engine import build_run
-    from ltbench.runner import plan_grid
-    from ltbench.testing import catalog_with, run_methods
+    from ltbench.training.run import build_run
+    from ltbench.grid.plan import plan_grid
+    from ltbench.plugins.testing import catalog_with, run_methods
 
     torch.manual_seed(123)
     saved = ResNet(BasicBlock, [1, 1, 1, 1]).state_dict()  # a torchvision ResNet-10, as a user would save it
@@ -61,7 +61,7 @@ def test_pretrained_path_loads_a_saved_torchvision_resnet_and_the_record_says_so
 
 
 def test_pretrained_weights_that_cannot_be_had_are_a_named_error(tmp_path):
-    from ltbench.testing import catalog_with, run_methods
+    from ltbench.plugins.testing import catalog_with, run_methods
 
     (rec,) = run_methods(catalog_with(), ["ce"], tmp_path, settings={"pretrained": "true"})  # tiny-cnn: none
     assert rec["status"] == "failed" and "has no pretrained weights" in rec["error"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltbench.errors import ConfigError
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.testing import catalog_with, run_methods
 from ltbench_builtin.decoupling import LWSHead, NCMHead, TauNormHead
 from ltbench_builtin.losses import (LDAMDRW, BalancedSoftmax, ClassBalancedFocal, ClassBalancedLoss, Focal,
                                     class_balanced_weights, focal_loss, ldam_loss, ldam_margins, log_prior,
@@ -210,7 +210,7 @@ def test_tau_and_posthoc_tau_are_chosen_on_validation_and_recorded(decoupled_run
 
 
 def test_crt_keeps_stage_1_batch_norm_by_default_and_re_estimates_it_with_shift_bn(tmp_path):
-    from ltbench import checkpoints
+    from ltbench.training import checkpoints
 
     for shift in (False, True):
         (ce, crt) = run_methods(catalog_with(), ["ce", "crt"], tmp_path / str(shift), epochs=2,
@@ -224,7 +224,7 @@ def test_crt_keeps_stage_1_batch_norm_by_default_and_re_estimates_it_with_shift_
 
 
 def _built_model(tmp_path, method: str, **settings):
-    from ltbench.testing import build_tiny_run
+    from ltbench.plugins.testing import build_tiny_run
 
     return build_tiny_run(tmp_path, method, settings).model
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from ltbench.engine import Batch
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.testing import catalog_with, run_methods
+from ltbench.training.run import Batch
 from ltbench_builtin.blt import BLT, SquashingCosine, gamma_balancer_shares, hallucinate, pick_targets
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltbench.catalog import build_catalog
-from ltbench.engine import model_cost
-from ltbench.leaderboard import render
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.catalog import build_catalog
+from ltbench.plugins.testing import catalog_with, run_methods
+from ltbench.results.leaderboard import render
+from ltbench.training.evaluate import model_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_rows_with_the_same_result_at_every_seed_are_marked_identical(records):
 
 
 def test_a_cost_the_counter_cannot_take_leaves_the_run_standing(tmp_path, monkeypatch):
-    from ltbench import runner
+    from ltbench.grid import runner
 
     def broken(run):
         raise RuntimeError("an operator the counter does not know")

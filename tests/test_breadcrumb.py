@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.testing import catalog_with, run_methods
 from ltbench_builtin.breadcrumb import (Breadcrumb, BreadcrumbHead, BreadcrumbWeak, SnapshotBank, default_n_b,
                                         emanate_class, history_by_age, snapshot_lengths)
 
@@ -210,7 +210,7 @@ def _drive_epoch(method, run, epoch, head=None):
     Returns what the extra-loss hook answered per batch."""
     from types import SimpleNamespace
 
-    from ltbench.engine import Batch
+    from ltbench.training.run import Batch
 
     run.epoch = epoch
     method.ltbench_epoch_start(run=run, stage=1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.testing import catalog_with, run_methods
 from ltbench_builtin.cam_fusion import (FusionBatchSampler, class_activation_maps, confusing_classes, fuse,
                                         head_classes, masked_vectors)
 
@@ -108,8 +108,9 @@ def test_fused_samples_are_counted_and_focal_composes(runs):
 
 def test_fused_samples_take_the_tail_classs_cam_for_the_specific_part_and_each_confusing_images_own_class_for_the_generic(
         tmp_path, monkeypatch):
-    from ltbench.engine import build_run, image_batch
-    from ltbench.runner import plan_grid
+    from ltbench.training.run import build_run
+    from ltbench.training.loop import image_batch
+    from ltbench.grid.plan import plan_grid
     from ltbench_builtin import cam_fusion
 
     catalog = catalog_with()
@@ -164,7 +165,7 @@ def test_head_samples_are_drawn_class_first_by_default_and_per_image_on_request(
 def _wired_cam_fusion(n_t=4, n_f=2, classifier_weight=(1.0, 0.0)):
     from types import SimpleNamespace
 
-    from ltbench.engine import Batch
+    from ltbench.training.run import Batch
     from ltbench_builtin.cam_fusion import CAMFusion
 
     method = CAMFusion(n_t=n_t, n_f=n_f)

@@ -54,9 +54,9 @@ def test_ls_and_list_methods_filter_names_by_glob(capsys):
 
 
 def test_a_method_option_is_set_by_name_and_typed(tmp_path, monkeypatch):
-    from ltbench.config import resolve
+    from ltbench.grid.config import resolve
     from ltbench.errors import ConfigError
-    from ltbench.testing import catalog_with
+    from ltbench.plugins.testing import catalog_with
 
     import toy_methods as toy
 
@@ -89,7 +89,7 @@ def test_run_then_leaderboard_build_and_check(tmp_path, monkeypatch, capsys):
 
 
 def test_leaderboard_shows_mean_and_std_over_seeds(tmp_path):
-    from ltbench.leaderboard import render
+    from ltbench.results.leaderboard import render
 
     def rec(seed, overall):
         return {"dataset": "d-if1", "budget": "cpu", "method": "m", "methods": ["m"], "seed": seed,

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.catalog import build_catalog, PluginInfo
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.catalog import PluginInfo, build_catalog
+from ltbench.plugins.testing import catalog_with, run_methods
 
 META = MethodMetadata(title="contract test method")
 
@@ -88,7 +88,7 @@ def test_an_option_named_like_a_core_key_is_refused_at_registration():
 
 def test_a_renamed_option_keeps_its_former_name_working_with_a_warning_and_its_runs_identity():
     # blt's `epochs` and cam-fusion's `lr` were core-key names; they are `finetune_epochs` and `phase2_lr` now
-    from ltbench import config as config_mod
+    from ltbench.grid import config as config_mod
     from ltbench_builtin.blt import BLT
 
     with pytest.warns(DeprecationWarning, match="blt.epochs is now blt.finetune_epochs"):
@@ -122,7 +122,7 @@ def test_broadcast_hooks_run_in_the_order_the_run_names_the_methods(tmp_path):
 
 
 def test_a_composition_whose_order_cannot_matter_is_one_run_and_one_whose_order_can_keeps_both(tmp_path):
-    from ltbench.runner import plan_grid
+    from ltbench.grid.plan import plan_grid
 
     a, b = _method("term-a", _term("reg_a")), _method("term-b", _term("reg_b"))  # both add an extra loss
     catalog = catalog_with(a, b)
@@ -161,8 +161,9 @@ class SecondHead(Method):
 
 
 def test_a_second_head_takes_part_in_evaluation(tmp_path):
-    from ltbench.engine import build_run, predict_logits
-    from ltbench.runner import plan_grid
+    from ltbench.training.run import build_run
+    from ltbench.training.evaluate import predict_logits
+    from ltbench.grid.plan import plan_grid
 
     catalog = catalog_with(SecondHead)
     (cell,) = plan_grid(["second-head"], ["synthetic-lt"], [0], "smoke", catalog=catalog)

@@ -4,11 +4,12 @@ import pickle
 import numpy as np
 import pytest
 
-from ltbench.catalog import build_catalog
 from ltbench.cli import main
-from ltbench.datasets import exponential_counts, find_cifar, long_tailed_split
+from ltbench.data.datasets import find_cifar
+from ltbench.data.split import exponential_counts, long_tailed_split
 from ltbench.errors import ConfigError, DataNotFoundError
-from ltbench.metrics import shot_groups
+from ltbench.plugins.catalog import build_catalog
+from ltbench.results.metrics import shot_groups
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ def test_synthetic_lt_is_long_tailed_and_deterministic():
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_the_cifar_unpickler_reads_the_official_format(tmp_path, protocol):
-    from ltbench.datasets import _read_cifar_pickles
+    from ltbench.data.datasets import _read_cifar_pickles
 
     data = np.arange(2 * 3 * 32 * 32, dtype=np.uint8).reshape(2, -1)
     (tmp_path / "train").write_bytes(pickle.dumps({b"data": data, b"fine_labels": [3, 7]}, protocol=protocol))

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ltbench import distributed as D
-from ltbench.records import RESULT_FILE
+from ltbench.results.records import RESULT_FILE
+from ltbench.training import distributed as D
 
 import toy_methods as toy
 
@@ -195,7 +195,7 @@ def test_every_seed_method_trains_to_completion_under_two_ranks_with_its_state_g
 
 
 def _interrupted_two_ranks(rank: int, out: Path) -> None:
-    from ltbench.testing import catalog_with, run_methods
+    from ltbench.plugins.testing import catalog_with, run_methods
 
     toy.Interrupter.armed = True
     try:
@@ -206,7 +206,7 @@ def _interrupted_two_ranks(rank: int, out: Path) -> None:
 
 
 def test_a_run_interrupted_under_two_ranks_resumes_in_one_process(tmp_path):
-    from ltbench.testing import catalog_with, run_methods
+    from ltbench.plugins.testing import catalog_with, run_methods
 
     torch.set_num_threads(1)
     in_ranks(_interrupted_two_ranks, tmp_path / "runs")
@@ -230,8 +230,8 @@ def test_a_run_interrupted_under_two_ranks_resumes_in_one_process(tmp_path):
 
 def _one_rank_fails(rank: int, out: Path, method: str) -> None:
     from ltbench.errors import LtbenchError
-    from ltbench.runner import RANKS_DIR
-    from ltbench.testing import catalog_with, run_methods
+    from ltbench.grid.runner import RANKS_DIR
+    from ltbench.plugins.testing import catalog_with, run_methods
 
     D.start_heartbeat(out / RANKS_DIR)
     try:

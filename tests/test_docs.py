@@ -4,9 +4,9 @@ code runs."""
 import re
 from pathlib import Path
 
-from ltbench import docs
-from ltbench.method import Method
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins import docs
+from ltbench.plugins.method import Method
+from ltbench.plugins.testing import catalog_with, run_methods
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -17,7 +17,7 @@ def test_the_generated_reference_matches_the_code():
 
 def test_every_public_name_is_in_the_api_reference_and_an_undocumented_one_fails_the_check(monkeypatch, tmp_path):
     import ltbench.api as api
-    from ltbench import docs
+    from ltbench.plugins import docs
 
     page = docs.api_reference()
     assert all(f"### `{name}`" in page for name in api.__all__ if name != "API_VERSION")
@@ -29,7 +29,7 @@ def test_every_public_name_is_in_the_api_reference_and_an_undocumented_one_fails
 
 
 def test_the_docs_state_the_hook_order_and_what_batch_indices_index():
-    from ltbench import docs
+    from ltbench.plugins import docs
 
     hooks, page = docs.hook_reference(), docs.api_reference()
     order = ["ltbench_build_classifier", "ltbench_configure_model", "ltbench_build_sampler", "ltbench_build_loss",

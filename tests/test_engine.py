@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ltbench.engine import random_crop_flip
-from ltbench.samplers import class_balanced, class_share_sampler
-from ltbench.testing import catalog_with, run_methods
+from ltbench.data.augment import random_crop_flip
+from ltbench.data.samplers import class_balanced, class_share_sampler
+from ltbench.plugins.testing import catalog_with, run_methods
 
 import toy_methods as toy
 
@@ -158,7 +158,8 @@ def test_class_balanced_sampling_lifts_few_shot_accuracy_on_real_data(tmp_path):
 
 
 def test_rerun_retrains_a_shared_stage1_once_per_grid(catalog, tmp_path):
-    from ltbench.runner import plan_grid, run_grid
+    from ltbench.grid.plan import plan_grid
+    from ltbench.grid.runner import run_grid
 
     first = run_methods(catalog, ["ce", "toy-decoupled"], tmp_path)
     cells = plan_grid(["ce", "toy-decoupled"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
@@ -169,7 +170,7 @@ def test_rerun_retrains_a_shared_stage1_once_per_grid(catalog, tmp_path):
 
 
 def test_the_cosine_schedule_warms_up_then_falls_to_zero_and_step_is_unchanged():
-    from ltbench.engine import lr_at
+    from ltbench.training.loop import lr_at
 
     config = {"lr": 0.2, "warmup_epochs": 2, "epochs": 10, "lr_milestones": [0.5], "lr_decay": 0.1}
     assert [round(lr_at(config, e), 4) for e in (0, 1, 5, 9)] == [0.1, 0.2, 0.02, 0.02]  # step (the default)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.catalog import get_catalog
-from ltbench.testing import catalog_with, check_method, run_methods
+from ltbench.plugins.catalog import get_catalog
+from ltbench.plugins.testing import catalog_with, check_method, run_methods
 from ltbench_builtin import losses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_the_examples_do_what_they_say(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "plugins" / "ltbench-example-plugin"))
     from ltbench_example import ExampleMixup, ExampleSecondHead
 
-    from ltbench.catalog import build_catalog
+    from ltbench.plugins.catalog import build_catalog
 
     catalog = build_catalog()  # where the example plugin's metadata is on the path its entry point gives them
     if "example-mixup" not in catalog.methods:
@@ -142,7 +142,7 @@ class PerRankRows(Method):
 
 
 def test_the_distributed_check_compares_two_processes_with_one(tmp_path):
-    from ltbench.testing import check_distributed
+    from ltbench.plugins.testing import check_distributed
 
     record = check_distributed(PerRankRows, tmp_path / "reduced", settings={"per-rank-rows.reduce": "true"})
     assert record["world_size"] == 2 and record["status"] == "completed"
@@ -162,7 +162,7 @@ class _HoldsTheImages(Method):
 
 
 def test_the_streaming_check_runs_a_method_from_image_files(tmp_path):
-    from ltbench.testing import check_streaming
+    from ltbench.plugins.testing import check_streaming
 
     assert check_streaming(get_catalog().method("cb-sampling").cls, tmp_path / "ok")["status"] == "completed"
     with pytest.raises(AssertionError, match="holds-the-images: the streaming run failed: .*'FileImageStore' object has no attribute 'x'"):
@@ -178,7 +178,7 @@ def test_the_fixtures_give_a_real_run_batch_and_model(ltbench_tiny_run, ltbench_
 def test_the_pytest_plugin_loads_without_torch_and_its_old_fixture_names_warn(tmp_path):
     import subprocess
 
-    code = "import sys, ltbench.pytest_plugin; sys.exit('torch' in sys.modules)"
+    code = "import sys, ltbench.plugins.pytest_plugin; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # pytest starts without importing torch
     (tmp_path / "test_old.py").write_text(
         "import pytest\n"

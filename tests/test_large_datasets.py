@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltbench.catalog import get_catalog
+from ltbench.data.files import inat_validation_rule, load_inat2018, load_oltr_lists
 from ltbench.errors import DataNotFoundError
-from ltbench.filedatasets import inat_validation_rule, load_inat2018, load_oltr_lists
-from ltbench.metrics import GROUPS, shot_groups
-from ltbench.testing import run_methods
+from ltbench.plugins.catalog import get_catalog
+from ltbench.plugins.testing import run_methods
+from ltbench.results.metrics import GROUPS, shot_groups
 
 
 def _image(path: Path, seed: int) -> None:
@@ -134,7 +134,7 @@ def test_every_method_of_the_zoo_completes_a_smoke_run_through_the_streaming_pat
 
 
 def test_the_papers_numbers_are_found_for_a_natural_profile_dataset_by_backbone_or_name():
-    from ltbench.records import reference_result
+    from ltbench.results.records import reference_result
 
     def rec(method, dataset, backbone):
         meta = get_catalog().method(method).cls.metadata.to_dict()

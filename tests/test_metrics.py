@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ltbench.metrics import confusion_matrix, evaluate_predictions, shot_groups
+from ltbench.results.metrics import confusion_matrix, evaluate_predictions, shot_groups
 
 THRESHOLDS = {"few_below": 20, "many_above": 100}
 
@@ -42,7 +42,7 @@ def test_confusion_is_indexed_true_then_predicted():
 
 
 def test_ece_is_the_weighted_gap_between_accuracy_and_confidence_per_bin():
-    from ltbench.metrics import calibration
+    from ltbench.results.metrics import calibration
 
     # 100 images at confidence 0.9, half right: one bin, |0.5 - 0.9| = 40 points
     assert calibration(np.full(100, 0.9), np.arange(100) < 50, np.full(100, 0.9))["ece"] == pytest.approx(40.0)
@@ -55,7 +55,7 @@ def test_ece_is_the_weighted_gap_between_accuracy_and_confidence_per_bin():
 
 
 def test_nll_is_the_mean_negative_log_probability_of_the_true_class():
-    from ltbench.metrics import calibration
+    from ltbench.results.metrics import calibration
 
     out = calibration(np.array([0.5, 0.8]), np.array([True, False]), np.array([0.5, 0.1]))
     assert out["nll"] == pytest.approx(-(np.log(0.5) + np.log(0.1)) / 2)
@@ -63,8 +63,8 @@ def test_nll_is_the_mean_negative_log_probability_of_the_true_class():
 
 
 def test_a_run_records_ece_and_nll_that_its_predictions_file_recomputes(tmp_path):
-    from ltbench.metrics import calibration
-    from ltbench.testing import catalog_with, run_methods
+    from ltbench.results.metrics import calibration
+    from ltbench.plugins.testing import catalog_with, run_methods
 
     [rec] = run_methods(catalog_with(), ["ce"], tmp_path, epochs=2)
     [npz] = list(tmp_path.rglob("predictions.npz"))

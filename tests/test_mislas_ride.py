@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltbench import checkpoints
-from ltbench.engine import build_run, predict_logits
-from ltbench.runner import plan_grid
-from ltbench.targets import mix_pairs
-from ltbench.testing import build_tiny_run, catalog_with, run_methods
+from ltbench.grid.plan import plan_grid
+from ltbench.plugins.testing import build_tiny_run, catalog_with, run_methods
+from ltbench.training import checkpoints
+from ltbench.training.evaluate import predict_logits
+from ltbench.training.run import build_run
+from ltbench.training.targets import mix_pairs
 from ltbench_builtin import mislas, ride
 
 COUNTS = np.array([500, 300, 200, 100, 60, 40, 20, 10, 6, 5])
@@ -151,7 +152,7 @@ def test_mislas_stage_2_loss_is_label_aware_smoothing_with_more_smoothing_on_hea
 
 
 def test_mislas_stage_2_shifts_bn_retrains_the_classifier_at_a_fifth_of_the_lr_and_the_scales_at_full_lr():
-    from ltbench.engine import head_lr_factor
+    from ltbench.training.loop import head_lr_factor
 
     method = mislas.MiSLAS()
     plan = method.ltbench_second_stage()
@@ -178,7 +179,7 @@ def _ride_terms(method, run, logits, labels):
     """RIDE's extra-loss terms for the experts' ``logits`` (expert 0's first)."""
     from types import SimpleNamespace
 
-    from ltbench.engine import Batch
+    from ltbench.training.run import Batch
 
     method.expert_logits = lambda model, output: logits  # the experts' forward passes are tested above
     task = method.ltbench_build_loss(run=run, stage=1)
@@ -228,7 +229,7 @@ def test_ride_defaults_to_its_cifar_diversity_factor():
 
 
 def test_ride_reduced_width_makes_every_expert_three_quarters_as_wide(tmp_path):
-    from ltbench.engine import model_cost
+    from ltbench.training.evaluate import model_cost
 
     full = _ride_model(tmp_path / "full")
     reduced = _ride_model(tmp_path / "reduced", **{"ride.reduce_width": "true"})

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.engine import Batch
-from ltbench.targets import as_soft, mix_pairs
+from ltbench.plugins.testing import catalog_with, run_methods
+from ltbench.training.run import Batch
+from ltbench.training.targets import as_soft, mix_pairs
 from ltbench_builtin import losses, mixing
-from ltbench.testing import catalog_with, run_methods
 
 C = 10
 

@@ -12,10 +12,11 @@ import json
 import pytest
 import torch
 
-from ltbench.config import resolve
-from ltbench.engine import SecondStage, lr_at, stage2_schedule
 from ltbench.errors import ConfigError
-from ltbench.testing import run_methods
+from ltbench.grid.config import resolve
+from ltbench.plugins.testing import run_methods
+from ltbench.training.loop import lr_at, stage2_schedule
+from ltbench.training.run import SecondStage
 
 
 def official_lr(epoch: int, base: float = 0.1) -> float:
@@ -94,7 +95,7 @@ def test_the_cpu_budget_keeps_its_cosine_stage2_and_its_run_identity(catalog):
     config = resolve(catalog.dataset("cifar100-lt"), "cpu", [catalog.method("crt").cls])
     factor = stage2_schedule(config, SecondStage())
     assert factor(0, 10) == 1.0 and factor(5, 10) == pytest.approx(0.5)
-    from ltbench.config import identity
+    from ltbench.grid.config import identity
 
     assert not {"stage2_warmup_epochs", "stage2_lr_milestones", "stage2_lr_decay"} & set(identity(config))
 
@@ -192,7 +193,7 @@ def test_restore_never_puts_an_older_checkpoint_over_a_newer_one(tmp_path):
 
 def test_the_paper_section_sets_ours_beside_the_same_setting_number_and_says_when_the_setting_differs(
         catalog, tmp_path):
-    from ltbench.leaderboard import render
+    from ltbench.results.leaderboard import render
 
     [base] = run_methods(catalog, ["ce"], tmp_path)
 

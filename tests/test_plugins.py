@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.catalog import PluginInfo, build_catalog
 from ltbench.cli import main
 from ltbench.errors import CompositionError
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.catalog import PluginInfo, build_catalog
+from ltbench.plugins.testing import catalog_with, run_methods
 
 import toy_methods as toy
 
@@ -112,7 +112,7 @@ def test_conflicting_first_result_hooks_are_an_error_before_training(tmp_path):
 def test_a_composition_error_is_not_preceded_by_a_note_on_its_order(tmp_path):
     # ldam+focal: both answer ltbench_build_loss; the note "runs as focal+ldam: no run hook is implemented by
     # more than one of them" would contradict the error that follows it
-    from ltbench.runner import plan_grid
+    from ltbench.grid.plan import plan_grid
 
     said: list[str] = []
     with pytest.raises(CompositionError, match="'ldam' and 'focal' both implement ltbench_build_loss"):
@@ -132,7 +132,8 @@ def test_composed_methods_each_take_part(tmp_path):
 
 
 def test_the_epoch_line_shows_every_loss_term(tmp_path):
-    from ltbench.runner import execute, plan_grid
+    from ltbench.grid.runner import execute
+    from ltbench.grid.plan import plan_grid
 
     import torch
 
@@ -186,9 +187,12 @@ def test_example_third_party_package_installs_and_its_method_runs(tmp_path):
 def test_every_hook_is_documented_and_called_by_the_core():
     import inspect
 
-    from ltbench import catalog, engine, hookspecs, launch, runner
+    from ltbench.plugins import catalog
+    from ltbench.training import evaluate, hooks as run_hooks, loop, run as run_module
+    from ltbench import hookspecs
+    from ltbench.grid import launch, runner
 
-    core = "".join(inspect.getsource(m) for m in (catalog, engine, runner, launch))
+    core = "".join(inspect.getsource(m) for m in (catalog, run_hooks, evaluate, loop, run_module, runner, launch))
     hooks = [n for n in dir(hookspecs) if n.startswith("ltbench_")]
     assert len(hooks) == 22
     for name in hooks:

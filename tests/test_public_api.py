@@ -39,10 +39,10 @@ def test_the_plugins_import_nothing_private():
 
 def test_the_check_catches_a_private_import(tmp_path):
     sneaky = tmp_path / "sneaky.py"
-    sneaky.write_text("from ltbench.api import Method\nfrom ltbench.engine import Run\nimport ltbench.samplers\n"
+    sneaky.write_text("from ltbench.api import Method\nfrom ltbench.training import Run\nimport ltbench.data.samplers\n"
                       "from ltbench import hookimpl, api\n")
-    assert private_imports(sneaky, tmp_path) == ["sneaky.py: from ltbench.engine import ...",
-                                                 "sneaky.py: import ltbench.samplers",
+    assert private_imports(sneaky, tmp_path) == ["sneaky.py: from ltbench.training import ...",
+                                                 "sneaky.py: import ltbench.data.samplers",
                                                  "sneaky.py: from ltbench import hookimpl"]
 
 
@@ -58,8 +58,8 @@ def test_the_testing_kit_is_imported_on_first_use_only():
     import subprocess
     import sys
 
-    code = "import sys, ltbench.api as a; assert 'ltbench.testing' not in sys.modules; a.check_method; " \
-           "assert 'ltbench.testing' in sys.modules"
+    code = "import sys, ltbench.api as a; assert 'ltbench.plugins.testing' not in sys.modules; a.check_method; " \
+           "assert 'ltbench.plugins.testing' in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         api.nothing  # noqa: B018

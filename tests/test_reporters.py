@@ -11,10 +11,12 @@ import torch
 
 from ltbench import hookimpl
 from ltbench.cli import main
-from ltbench.records import RESULT_FILE
-from ltbench.reporting import Reporter, Reporting
-from ltbench.runner import plan_grid, run_grid
-from ltbench.testing import catalog_with
+from ltbench.grid.plan import plan_grid
+from ltbench.grid.runner import run_grid
+from ltbench.plugins.reporter import Reporter
+from ltbench.plugins.reporting import Reporting
+from ltbench.plugins.testing import catalog_with
+from ltbench.results.records import RESULT_FILE
 
 import toy_methods as toy
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltbench import summary
 from ltbench.cli import build_parser, main
-from ltbench.records import PREDICTIONS_FILE, RESULT_FILE
+from ltbench.results import summary
+from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO.parent / "shared" / "data" / "cifar100.npz"
@@ -82,10 +82,10 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 
 @pytest.mark.skipif(not CIFAR.exists(), reason=f"needs CIFAR-100 at {CIFAR}")
 def test_the_board_file_plans_exactly_the_committed_records():
-    from ltbench.cli import _run_options, plan_cells
+    from ltbench.grid.orchestrate import plan_cells, run_options
 
     def plan(board: str):
-        args = _run_options(build_parser().parse_args(["run", "--config", str(REPO / "leaderboards" / board),
+        args = run_options(build_parser().parse_args(["run", "--config", str(REPO / "leaderboards" / board),
                                                        "--data-root", str(CIFAR.parent)]))
         return args, plan_cells(args)
 
@@ -103,7 +103,7 @@ def test_the_board_file_plans_exactly_the_committed_records():
     assert planned <= committed, sorted(planned - committed)[:10]
     assert Path(args.output).resolve() == REPO / "leaderboards" / "records"  # relative to the file's folder
     # every built-in method has a row (alone or in a composition), at 3 seeds, on the budget
-    from ltbench.catalog import get_catalog
+    from ltbench.plugins.catalog import get_catalog
 
     builtin = {name for name, entry in get_catalog().methods.items() if entry.plugin.distribution == "ltbench"}
     on_board = {part for c in cells for part in c.method.split("+")}
@@ -229,7 +229,7 @@ def _browser():
 
 
 def test_the_web_leaderboard_sorts_filters_and_shows_its_plots_in_a_real_browser(small_grid, tmp_path):
-    from ltbench import leaderboard
+    from ltbench.results import leaderboard
 
     out = tmp_path / "board"
     assert leaderboard.build(small_grid, out)
@@ -301,13 +301,16 @@ def test_the_leaderboard_workflow_is_valid_and_runs_only_commands_that_exist():
 
 
 def test_a_log_without_a_terminal_gets_phases_heartbeats_and_the_grids_eta(tmp_path, monkeypatch):
-    from ltbench import engine
-    from ltbench.runner import plan_grid, run_grid
+    import torch
 
-    monkeypatch.setattr(engine, "HEARTBEAT_S", 0.0)  # every step and every batch: a line
+    from ltbench.training import progress
+    from ltbench.grid.plan import plan_grid
+    from ltbench.grid.runner import run_grid
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.0)  # every step and every batch: a line
     lines: list[str] = []
     cells = plan_grid(["crt", "ce"], ["synthetic-lt"], [0], "smoke", log=lines.append)
-    run_grid(cells, tmp_path, engine.torch.device("cpu"), log=lines.append)
+    run_grid(cells, tmp_path, torch.device("cpu"), log=lines.append)
     text = "\n".join(lines)
     assert "loading synthetic-lt-if30" in lines[0] and "loaded synthetic-lt-if30" in lines[1]
     assert "stage 1 epoch 1 steps: 1/" in text  # a heartbeat inside an epoch

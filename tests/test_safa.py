@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltbench.backbones import CifarResNet
-from ltbench.model import LTModel
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.testing import catalog_with, run_methods
+from ltbench.training.backbones import CifarResNet
+from ltbench.training.model import LTModel
 from ltbench_builtin.safa import SAFAModule, SAFAStage, pair_head_tail
 
 IS_HEAD = torch.tensor([True, True, False, False, False])
@@ -141,8 +141,9 @@ def test_safa_composes_with_ldam_drw(runs):
 
 @pytest.fixture
 def safa_run(tmp_path):
-    from ltbench.engine import build_run, image_batch
-    from ltbench.runner import plan_grid
+    from ltbench.training.run import build_run
+    from ltbench.training.loop import image_batch
+    from ltbench.grid.plan import plan_grid
 
     catalog = catalog_with()
     (cell,) = plan_grid(["safa"], ["synthetic-lt"], [0], "smoke", catalog=catalog,

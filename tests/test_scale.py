@@ -11,11 +11,11 @@ import pytest
 import torch
 from filelock import FileLock
 
-from ltbench import launch, status
 from ltbench.cli import main
-from ltbench.records import RESULT_FILE
-from ltbench.runner import plan_grid, stage1_dir
-from ltbench.testing import catalog_with
+from ltbench.grid import launch, status
+from ltbench.grid.plan import plan_grid, stage1_dir
+from ltbench.plugins.testing import catalog_with
+from ltbench.results.records import RESULT_FILE
 
 import toy_methods as toy
 

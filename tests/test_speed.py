@@ -8,9 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from ltbench.engine import build_loss, build_run, evaluate, image_batch, random_crop_flip, run_steps
-from ltbench.runner import plan_grid
-from ltbench.testing import catalog_with
+from ltbench.data.augment import random_crop_flip
+from ltbench.grid.plan import plan_grid
+from ltbench.plugins.testing import catalog_with
+from ltbench.training.evaluate import evaluate
+from ltbench.training.hooks import build_loss
+from ltbench.training.loop import image_batch, run_steps
+from ltbench.training.run import build_run
 
 import toy_methods as toy
 
@@ -59,7 +63,7 @@ def test_the_step_loop_never_reads_a_value_back_from_the_device(method, tmp_path
 
 
 def test_a_diverged_epoch_is_still_reported_with_its_epoch_and_term(tmp_path):
-    from ltbench.testing import run_methods
+    from ltbench.plugins.testing import run_methods
 
     (rec,) = run_methods(catalog_with(*toy.ALL), ["nan-at-epoch-2"], tmp_path)
     assert rec["status"] == "diverged" and "epoch 2" in rec["error"] and "poison" in rec["error"]
@@ -96,7 +100,7 @@ def test_uint8_augmentation_is_bit_identical_to_the_float_gather(padding, channe
 def test_a_normalised_batch_has_standard_strides_even_with_one_channel():
     """A cropped one-channel batch can have strides that also read as channels-last; convolutions then take
     another algorithm and round differently, so results would change with the speed-up."""
-    from ltbench.engine import ImageStore
+    from ltbench.data.stores import ImageStore
 
     class Data:
         mean, std = (0.5,), (0.25,)
@@ -125,7 +129,7 @@ def test_evaluation_is_the_plain_forward_pass(tmp_path):
 
 
 def test_execution_options_are_recorded_but_not_part_of_a_runs_identity(tmp_path):
-    from ltbench import config as C
+    from ltbench.grid import config as C
 
     catalog = catalog_with()
     spec = catalog.dataset("synthetic-lt")
@@ -148,13 +152,13 @@ def _reference_store_get(self, idx, augment, generator=None, local=None):
 def test_the_speed_up_leaves_a_runs_results_unchanged_for_a_fixed_seed(method, tmp_path, monkeypatch):
     """The same run through the old augmentation path and through the fast one: identical per-class accuracy
     and identical per-epoch losses, to the last bit (stage 2 of cRT included)."""
-    from ltbench import engine
-    from ltbench.testing import run_methods
+    from ltbench.data import stores
+    from ltbench.plugins.testing import run_methods
 
     catalog = catalog_with()
     (fast,) = run_methods(catalog, [method], tmp_path / "fast", epochs=3)
     with monkeypatch.context() as m:
-        m.setattr(engine.ImageStore, "get", _reference_store_get)
+        m.setattr(stores.ImageStore, "get", _reference_store_get)
         (slow,) = run_methods(catalog, [method], tmp_path / "reference", epochs=3)
     assert fast["status"] == slow["status"] == "completed"
     assert fast["per_class_accuracy"] == slow["per_class_accuracy"]

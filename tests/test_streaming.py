@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from ltbench.cli import main
+from ltbench.data.files import load_image_folder_lt
+from ltbench.data.imagefiles import FileImageStore, ImageFiles
 from ltbench.errors import DataNotFoundError
-from ltbench.filedatasets import load_image_folder_lt
-from ltbench.imagefiles import FileImageStore, ImageFiles
-from ltbench.runner import execute, plan_grid
-from ltbench.testing import catalog_with
+from ltbench.grid.plan import plan_grid
+from ltbench.grid.runner import execute
+from ltbench.plugins.testing import catalog_with
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import ltbench.catalog
+import ltbench.plugins.catalog
 from ltbench.cli import main
-from ltbench.testing import catalog_with, run_methods
+from ltbench.plugins.testing import catalog_with, run_methods
 
 import toy_methods as toy
 
@@ -33,7 +33,7 @@ def catalog():
 @pytest.fixture
 def toy_cli(catalog, monkeypatch):
     """``ltbench`` commands in this process see the toy methods, as if a plugin package provided them."""
-    monkeypatch.setattr(ltbench.catalog, "_CATALOG", catalog)
+    monkeypatch.setattr(ltbench.plugins.catalog, "_CATALOG", catalog)
 
 
 def _records(root: Path) -> list[dict]:
@@ -76,7 +76,7 @@ def test_changed_settings_are_another_run_beside_the_first_and_a_row_of_their_ow
 
 
 def test_method_options_are_resolved_with_their_defaults_and_name_the_variant(tmp_path):
-    from ltbench import config as C
+    from ltbench.grid import config as C
 
     catalog = catalog_with(toy.Counter)
     spec = catalog.dataset("synthetic-lt")
@@ -98,7 +98,7 @@ def test_a_record_whose_config_differs_never_comes_back_for_another_config(catal
 
 def test_the_leaderboard_refuses_to_average_two_configurations_into_one_row(tmp_path):
     from ltbench.errors import LtbenchError
-    from ltbench.leaderboard import render
+    from ltbench.results.leaderboard import render
 
     def rec(seed, config_id):
         return {"dataset": "d-if1", "budget": "cpu", "method": "m", "methods": ["m"], "seed": seed, "variant": "m",
@@ -140,7 +140,7 @@ def test_a_third_party_plugin_cannot_take_a_builtin_method(tmp_path, monkeypatch
     # "aaa" sorts before "ltbench": the order that let the impostor win before
     _fake_distribution(tmp_path, "aaa-impostor", "aaa_impostor", IMPOSTOR.format(name="ce"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(ltbench.catalog, "_CATALOG", None)
+    monkeypatch.setattr(ltbench.plugins.catalog, "_CATALOG", None)
     monkeypatch.chdir(tmp_path)
 
     assert main(["plugins", "--json"]) == 0
@@ -166,7 +166,7 @@ def test_a_package_that_shadows_the_builtin_plugins_is_refused_not_run_as_ltbenc
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     for name in [m for m in sys.modules if m == "ltbench_builtin" or m.startswith("ltbench_builtin.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(ltbench.catalog, "_CATALOG", None)
+    monkeypatch.setattr(ltbench.plugins.catalog, "_CATALOG", None)
     monkeypatch.chdir(tmp_path)
 
     assert main(["plugins", "--json"]) == 0
@@ -181,7 +181,7 @@ def test_a_package_that_shadows_the_builtin_plugins_is_refused_not_run_as_ltbenc
 @pytest.mark.parametrize("first, second", [("aaa-one", "zzz-two"), ("zzz-one", "aaa-two")])
 def test_two_plugins_registering_one_name_are_both_refused_whatever_the_install_order(tmp_path, monkeypatch, first,
                                                                                        second):
-    from ltbench.catalog import build_catalog
+    from ltbench.plugins.catalog import build_catalog
     from ltbench.errors import LtbenchError
 
     for dist in (first, second):
@@ -247,7 +247,7 @@ def test_a_method_state_that_needs_unpickling_fails_its_run_by_name(catalog, tmp
 
 
 def test_a_checkpoint_restores_numpy_state_exactly():
-    from ltbench import checkpoints
+    from ltbench.training import checkpoints
 
     state = {"rng": np.random.RandomState(3).get_state(), "counts": np.arange(5, dtype=np.int32),
              "n": np.float64(2.5), "t": torch.ones(2)}
@@ -298,10 +298,11 @@ def test_a_checkpoint_of_another_configuration_is_refused_not_resumed_from(tmp_p
     assert main(["run", "--methods", "ce", *SMOKE, "--epochs", "2"]) == 0
     (theirs,) = (tmp_path / "runs").rglob("_stage1/*/checkpoint-stage1.pt")
     other = ["run", "--methods", "ce", *SMOKE, "--epochs", "2", "--set", "lr=0.07"]
-    from ltbench.cli import _run_options, build_parser, plan_cells
-    from ltbench.runner import stage1_dir
+    from ltbench.cli import build_parser
+    from ltbench.grid.orchestrate import plan_cells, run_options
+    from ltbench.grid.plan import stage1_dir
 
-    (cell,) = plan_cells(_run_options(build_parser().parse_args([*other, "--output", "runs"])))
+    (cell,) = plan_cells(run_options(build_parser().parse_args([*other, "--output", "runs"])))
     mine = stage1_dir(cell, tmp_path / "runs")
     assert mine != theirs.parent
     mine.mkdir(parents=True)
@@ -393,12 +394,12 @@ def test_bad_paths_and_values_are_named_errors_not_tracebacks(argv, message, tmp
 
 def test_a_method_name_that_would_leave_the_output_folder_is_refused(tmp_path):
     from ltbench import Method, MethodMetadata, hookimpl
-    from ltbench.catalog import build_catalog
+    from ltbench.plugins.catalog import build_catalog
 
     escaping = type("Escaping", (Method,), {"name": "../../evil", "metadata": MethodMetadata(title="x")})
     catalog = build_catalog(entry_points=False)
     catalog.add_plugin(type("P", (), {"ltbench_register_methods": hookimpl(
-        lambda self, register: register(escaping))})(), ltbench.catalog.PluginInfo("evil", "evil", "evil-dist", "1"))
+        lambda self, register: register(escaping))})(), ltbench.plugins.catalog.PluginInfo("evil", "evil", "evil-dist", "1"))
     assert "../../evil" not in catalog.methods
     assert "would become part of a file path" in catalog.broken[-1].error
 
@@ -459,10 +460,11 @@ def test_images_of_the_wrong_layout_or_size_are_named_by_data_and_run(shape, mes
 
 
 def test_a_plugin_dataset_of_the_wrong_shape_is_named():
-    from ltbench.datasets import check_data, load_synthetic_lt
+    from ltbench.data.split import check_data
+    from ltbench.data.datasets import load_synthetic_lt
     from ltbench.errors import DataNotFoundError
 
-    spec = ltbench.catalog.build_catalog(entry_points=False).dataset("synthetic-lt")
+    spec = ltbench.plugins.catalog.build_catalog(entry_points=False).dataset("synthetic-lt")
     data = load_synthetic_lt(None, 30.0)
     check_data(spec, data)
     data.x_test = data.x_test.transpose(0, 3, 1, 2)
@@ -563,7 +565,8 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
 
 def test_a_record_names_the_commit_checked_out_when_its_run_started_not_when_it_ended(catalog, tmp_path,
                                                                                        monkeypatch):
-    from ltbench import records, runner
+    from ltbench.results import records
+    from ltbench.grid import runner
 
     head = {"commit": "a" * 40}
     real_run, real_train = subprocess.run, runner.train_stage1
@@ -635,7 +638,7 @@ MARKUP = '<b id="planted" onclick="alert(1)">x</b>'
 
 
 def test_a_build_never_writes_outside_out_nor_follows_a_linked_file(one_good_run, tmp_path, capsys):
-    from ltbench.leaderboard import build
+    from ltbench.results.leaderboard import build
 
     runs, good = one_good_run
     rec = json.loads(good.read_text())
@@ -660,7 +663,7 @@ def test_a_build_never_writes_outside_out_nor_follows_a_linked_file(one_good_run
 
 
 def test_no_markup_from_a_record_reaches_the_site_or_the_markdown_unescaped(one_good_run, tmp_path, toy_cli):
-    from ltbench.leaderboard import build
+    from ltbench.results.leaderboard import build
 
     runs, good = one_good_run
     rec = json.loads(good.read_text())
@@ -679,7 +682,7 @@ def test_no_markup_from_a_record_reaches_the_site_or_the_markdown_unescaped(one_
 
 def test_a_build_over_malformed_records_builds_from_the_good_ones_and_names_each_bad_file(one_good_run, tmp_path,
                                                                                         capsys):
-    from ltbench.leaderboard import build
+    from ltbench.results.leaderboard import build
 
     runs, good = one_good_run
     rec = json.loads(good.read_text())
@@ -716,13 +719,13 @@ def test_a_build_over_malformed_records_builds_from_the_good_ones_and_names_each
 
 def test_a_finished_run_whose_method_code_changed_is_named_not_silently_skipped(toy_cli, tmp_path, monkeypatch,
                                                                                  capsys):
-    from ltbench import records
+    from ltbench.results import records
 
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--methods", "ce", *SMOKE, "--seeds", "0"]) == 0
     [rec] = _records(tmp_path / "runs")
     digest = rec["versions"]["plugins"]["ce"]["source_sha256"]
-    assert len(digest) == 16 and digest == records.source_digest(ltbench.catalog.get_catalog().method("ce").cls)
+    assert len(digest) == 16 and digest == records.source_digest(ltbench.plugins.catalog.get_catalog().method("ce").cls)
     capsys.readouterr()
     assert main(["run", "--methods", "ce", *SMOKE, "--seeds", "0"]) == 0  # unchanged: a plain skip
     assert "code changed" not in capsys.readouterr().err
@@ -739,7 +742,7 @@ def test_a_finished_run_whose_method_code_changed_is_named_not_silently_skipped(
 def test_the_source_digest_follows_the_file_that_defines_the_method(tmp_path, monkeypatch):
     import importlib
 
-    from ltbench import records
+    from ltbench.results import records
 
     module = tmp_path / "digest_probe.py"
     module.write_text("class M:\n    pass\n")
@@ -750,7 +753,7 @@ def test_the_source_digest_follows_the_file_that_defines_the_method(tmp_path, mo
 
 
 def test_under_torchrun_per_rank_batch_norm_is_another_run_and_sync_bn_is_the_same_run(catalog, monkeypatch):
-    from ltbench.runner import plan_grid
+    from ltbench.grid.plan import plan_grid
 
     def cell(ranks, **settings):
         if ranks > 1:

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltbench import Method, MethodMetadata, hookimpl
-from ltbench.engine import SecondStage
-from ltbench.samplers import class_balanced, instance_balanced
+from ltbench.data.samplers import class_balanced, instance_balanced
+from ltbench.training.run import SecondStage
 
 META = MethodMetadata(title="test method")
 
@@ -287,7 +287,7 @@ class RaisesOnRank1(Method):
 
     @hookimpl
     def ltbench_epoch_start(self, run, stage, epoch):
-        from ltbench import distributed
+        from ltbench.training import distributed
 
         if distributed.rank() == 1 and stage == 1 and epoch == 1:
             raise RuntimeError("only rank 1 blew up")
@@ -304,7 +304,7 @@ class StopsRank1(Method):
         import os
         import signal
 
-        from ltbench import distributed
+        from ltbench.training import distributed
 
         if distributed.rank() == 1 and stage == 1 and epoch == 1:
             import subprocess

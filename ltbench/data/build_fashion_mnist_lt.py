@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltbench.datasets import exponential_counts, long_tailed_split, read_idx_gz
+from ltbench.data.datasets import read_idx_gz
+from ltbench.data.split import exponential_counts, long_tailed_split
 
 SOURCE = Path(sys.argv[1] if len(sys.argv) > 1 else "/usr/share/datasets/fashion-mnist")
 OUT = Path(__file__).with_name("fashion_mnist_lt.npz")

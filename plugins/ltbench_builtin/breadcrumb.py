@@ -38,7 +38,7 @@ epochs for every class instead of class-specific lengths; ``alignment`` is
 mean over all classes) or ``none``.
 
 Under torchrun (``--nproc K``): each rank collects the features of its rows of every batch; at the end of an
-epoch :func:`ltbench.distributed.gather_rows` joins them in single-process order, so the snapshot bank, and
+epoch :func:`ltbench.training.distributed.gather_rows` joins them in single-process order, so the snapshot bank, and
 the EMANATE set drawn from it with the plugin's own generator, are the same on every rank and hold every
 image. During the next epoch each rank trains h_c on its rows of each bank batch.
 """

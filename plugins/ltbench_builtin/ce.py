@@ -1,13 +1,13 @@
 """``ce``: plain cross-entropy with instance-balanced sampling.
 
 The baseline every long-tailed paper compares against. It implements no run
-hook: the core defaults (:mod:`ltbench.defaults`) are exactly this method.
+hook: the core defaults (:mod:`ltbench.plugins.defaults`) are exactly this method.
 """
 
 from ltbench.api import Method, MethodMetadata, hookimpl
 
 #: the setting of a number published at the LDAM-DRW recipe (the CIFAR `paper` budget): the board compares
-#: such numbers with ours only when a record was trained in it (ltbench.records.reference_setting)
+#: such numbers with ours only when a record was trained in it (ltbench.results.records.reference_setting)
 LDAM_SETTING = {"backbone": "resnet32", "epochs": 200}
 
 

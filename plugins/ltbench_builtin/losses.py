@@ -6,7 +6,7 @@ the task loss (LDAM also the classifier: a cosine head). The arithmetic is
 in plain functions so that tests can pin it on hand-made numbers.
 
 Every loss takes hard labels ``(B,)`` or soft targets ``(B, C)`` (mixup and
-its kin, see :mod:`ltbench.targets`). Hard labels take the official code's
+its kin, see :mod:`ltbench.training.targets`). Hard labels take the official code's
 arithmetic; soft targets its extension to a distribution over classes: each
 class ``c`` of a row contributes ``q_c`` times the loss the row would have
 with label ``c`` (so a mixed pair gives ``lam * loss(a) + (1 - lam) *
@@ -117,7 +117,7 @@ def logit_adjusted_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior: 
 
 
 def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """``F.cross_entropy(logits, y, weight=w)``; soft targets: :func:`ltbench.targets.soft_cross_entropy`."""
+    """``F.cross_entropy(logits, y, weight=w)``; soft targets: :func:`ltbench.training.targets.soft_cross_entropy`."""
     if is_soft(targets):
         return soft_cross_entropy(logits, targets, weight)
     return F.cross_entropy(logits, targets, weight=weight)

@@ -2,7 +2,7 @@
 
 Each implements one hook, ``ltbench_augment_batch``: it mixes the stage-1
 training images of a batch with a shuffled copy of the same batch and sets
-``batch.targets`` to the matching soft targets (:mod:`ltbench.targets`).
+``batch.targets`` to the matching soft targets (:mod:`ltbench.training.targets`).
 They own no loss, so they compose with any loss method: ``remix+ldam-drw``
 trains LDAM-DRW's loss on remixed targets. ``batch.labels`` keep the rows'
 own labels. Mixing happens in stage 1 only (stage 2 of a decoupled method

@@ -2,7 +2,7 @@
 
 Everything that can be checked before training is checked first, for the
 whole grid: names, options, data. A cell is identified by its resolved
-configuration (:func:`ltbench.config.config_id`): a cell whose
+configuration (:func:`ltbench.grid.config.config_id`): a cell whose
 ``result.json`` says ``completed`` (or ``diverged``) is skipped unless
 ``rerun``, an interrupted cell resumes from its last checkpoint, and a cell
 with other settings is another run in another directory. A process holds a
@@ -14,14 +14,12 @@ as ``failed`` with the method and hook named, and the grid goes on.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,142 +27,24 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
-from ltbench import checkpoints, distributed
-from ltbench import config as config_mod
-from ltbench import records as records_mod
-from ltbench.catalog import Catalog, get_catalog
-from ltbench.datasets import DatasetSpec, LTData, load_checked
-from ltbench.engine import (Diverged, Run, _rng_state, _set_rng_state, build_run, canonical_order,
-                            check_composition, evaluate, make_plugin_manager, method_states, model_cost,
-                            prepare_stage2, stage1_key, train_stage1, train_stage2)
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError
-from ltbench.method import Method
-from ltbench.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json, atomic_write_text, json_default,
-                             load_result, run_dir, versions)
+from ltbench.grid import config as config_mod
+from ltbench.grid.plan import grid_description, grid_progress, stage1_dir
+from ltbench.plugins.catalog import Catalog, get_catalog
+from ltbench.plugins.method import Method
+from ltbench.results import records as records_mod
+from ltbench.results.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json,
+                                     atomic_write_text, json_default, load_result, versions)
+from ltbench.training import checkpoints, distributed
+from ltbench.training.evaluate import evaluate, model_cost
+from ltbench.training.loop import (Diverged, _rng_state, _set_rng_state, method_states, prepare_stage2, train_stage1,
+                                   train_stage2)
+from ltbench.training.run import Run, build_run
 
+from typing import TYPE_CHECKING
 
-@dataclass
-class Cell:
-    dataset: DatasetSpec
-    dataset_key: str
-    data: LTData
-    method: str  # "a" or "a+b"
-    seed: int
-    config: dict[str, Any]
-    budget: str
-    #: what differs from the budget's defaults, ``{"breadcrumb.alignment": "var"}``; names the variant
-    overrides: dict[str, Any] = field(default_factory=dict)
-    #: the :func:`plan_grid` arguments that plan this cell alone: small and picklable, so that a worker
-    #: process or a cluster job re-plans the cell (and loads its data) itself; see :func:`replan`
-    request: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def config_id(self) -> str:
-        return config_mod.config_id(self.config)
-
-    @property
-    def label(self) -> str:
-        """The method, and what differs from the defaults: ``breadcrumb [alignment=var]``."""
-        return config_mod.variant_label(self.method, self.overrides)
-
-    def out_dir(self, output: Path) -> Path:
-        return run_dir(output, self.dataset_key, self.budget, self.method, self.config_id, self.seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def split_methods(spec: str) -> list[str]:
-    return [m.strip() for m in spec.split(",") if m.strip()]
-
-
-def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget: str,
-              settings: dict[str, Any] | None = None, epochs: int | None = None, imbalance_factor: float | None = None,
-              data_root: str | None = None, catalog: Catalog | None = None, download: bool = False,
-              log=None) -> list[Cell]:
-    """Resolve every cell; raises before any training on unknown names, bad options or missing data.
-    ``log`` gets a line per dataset loaded."""
-    catalog = catalog or get_catalog()
-    if not methods:
-        raise ConfigError("--methods: give at least one method")
-    if not datasets:
-        raise ConfigError("--datasets: give at least one dataset")
-    if not seeds:
-        raise ConfigError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
-    if any(s < 0 for s in seeds):
-        raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
-    composed: dict[str, list] = {}
-    for written in methods:
-        written_classes = [catalog.method(part.strip()).cls for part in written.split("+")]
-        check_composition(written_classes)  # before saying anything about its order
-        classes = canonical_order(written_classes)
-        name = "+".join(cls.name for cls in classes)
-        if log and name != written.replace(" ", ""):
-            log(f"{written} runs as {name}: no run hook is implemented by more than one of them, so the order "
-                f"cannot matter and a composition has one canonical name")
-        composed.setdefault(name, classes)
-    specs = [catalog.dataset(d) for d in datasets]
-    every = [cls for classes in composed.values() for cls in classes]
-    cells = []
-    for name, spec in zip(datasets, specs):
-        configs = {m: config_mod.resolve(spec, budget, classes, settings, epochs, imbalance_factor, every)
-                   for m, classes in composed.items()}
-        ranks = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: how many ranks share each batch
-        for config in configs.values():
-            if ranks > 1 and not config["sync_bn"]:  # per-rank batch-norm statistics: another computation
-                config["world_size"] = ranks
-        for m, classes in composed.items():  # option values a method rejects, and composition conflicts
-            make_plugin_manager([construct(cls, configs[m]["methods"][cls.name]) for cls in classes])
-        catalog.backbone(next(iter(configs.values()))["backbone"])
-        imb = next(iter(configs.values()))["imbalance_factor"]
-        t0 = time.perf_counter()
-        if log:
-            log(f"loading {spec.key(imb)} ...")
-        data = load_checked(spec, data_root, imb, download=download)
-        if log:
-            log(f"loaded {spec.key(imb)}: {len(data.y_train)} training, {len(data.y_val)} validation, "
-                f"{len(data.y_test)} test images ({time.perf_counter() - t0:.1f}s)")
-        for m, classes in composed.items():
-            changed = config_mod.overrides(configs[m], config_mod.resolve(spec, budget, classes))
-            for seed in seeds:
-                request = {"methods": [m], "datasets": [name], "seeds": [seed], "budget": budget,
-                           "settings": settings, "epochs": epochs, "imbalance_factor": imbalance_factor,
-                           "data_root": data_root}
-                cells.append(Cell(spec, spec.key(imb), data, m, seed, configs[m], budget, changed, request))
-    return cells
-
-
-def replan(request: dict[str, Any], catalog: Catalog | None = None) -> Cell:
-    """The cell a :attr:`Cell.request` describes, planned again (in a worker process or a cluster job)."""
-    (cell,) = plan_grid(**request, catalog=catalog)
-    return cell
-
-
-def stage1_dir(cell: Cell, output: Path, catalog: Catalog | None = None) -> Path | None:
-    """Where the cell's shared stage 1 lives, or None when one of its methods changes stage 1."""
-    catalog = catalog or get_catalog()
-    if not all(catalog.method(name).cls.plain_stage1 for name in cell.config["methods"]):
-        return None
-    key = stage1_key(cell.config, cell.data, cell.dataset_key, cell.seed)
-    return output / cell.dataset_key / cell.budget / "_stage1" / f"seed{cell.seed}-{key}"
-
-
-def construct(cls: type, options: dict[str, Any]):
-    """A method instance; an unexpected exception from its constructor is a contract error naming it."""
-    try:
-        return cls(**options)
-    except LtbenchError:
-        raise
-    except Exception as exc:
-        raise PluginContractError(f"method {cls.name!r} failed to construct with options {options}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+if TYPE_CHECKING:
+    from ltbench.grid.plan import Cell
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -252,7 +132,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         atomic_write_json(out / DATA_FILE, {"dataset": cell.dataset_key, "split_fingerprint": cell.data.fingerprint})
     info = None
     if reporting is not None:
-        from ltbench.reporting import run_info
+        from ltbench.plugins.reporting import run_info
 
         history = out / "metrics.jsonl"
         info = run_info(cell, output, grid_id, len(history.read_text().splitlines()) if history.exists() else 0)
@@ -427,7 +307,7 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
     return record
 
 
-#: under torchrun, each rank's heartbeat (ltbench.distributed.start_heartbeat), under the grid's output
+#: under torchrun, each rank's heartbeat (ltbench.training.distributed.start_heartbeat), under the grid's output
 RANKS_DIR = "_ranks"
 
 
@@ -470,7 +350,7 @@ def _run_plots(out: Path, record: dict[str, Any]) -> list[str]:
     """``per-class.png`` in the run's directory, for reporters (a completed run only)."""
     if record["status"] != "completed":
         return []
-    from ltbench.plots import _pyplot, per_class_figure
+    from ltbench.results.plots import _pyplot, per_class_figure
 
     path = out / "per-class.png"
     fig = per_class_figure(record)
@@ -582,7 +462,7 @@ def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool 
              catalog: Catalog | None = None, reporting=None, grid_id: str | None = None) -> list[dict]:
     """The cells one after another; after each, a line with the grid's progress and an estimate of when it
     ends (from the time the runs trained here took; skipped runs cost nothing). ``reporting``
-    (:class:`ltbench.reporting.Reporting`) gets the grid's and the runs' events."""
+    (:class:`ltbench.plugins.reporting.Reporting`) gets the grid's and the runs' events."""
     records, retrained = [], set()
     start, trained = time.perf_counter(), []
     began = datetime.now(timezone.utc).replace(microsecond=0)
@@ -599,39 +479,10 @@ def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool 
             trained.append(time.perf_counter() - t0)
         log(grid_progress(i, len(cells), time.perf_counter() - start, trained))
     if reporting is not None:
-        from ltbench import summary
+        from ltbench.results import summary
 
         reporting.emit("ltbench_report_grid_end", grid=grid, records=records,
                        summary=summary.render(summary.summarise(records)) if records else "")
     return records
 
 
-def grid_id(cells: list[Cell], output: Path) -> str:
-    """A grid's id: a hash of its run directories (the name of its plan in ``<output>/_grids/``)."""
-    import hashlib
-
-    dirs = [str(c.out_dir(output).relative_to(output)) for c in cells]
-    return hashlib.sha256(json.dumps(dirs).encode()).hexdigest()[:12]
-
-
-def grid_description(cells: list[Cell], output: Path, grid: str | None = None) -> dict[str, Any]:
-    """What reporters get as ``grid``: its id (``grid``, else :func:`grid_id`) and its planned runs."""
-    runs = [{"run_dir": str(c.out_dir(output)), "variant": c.label, "seed": c.seed, "dataset": c.dataset_key,
-             "budget": c.budget, "config_id": c.config_id} for c in cells]
-    return {"grid_id": grid or grid_id(cells, output), "output": str(output), "runs": runs}
-
-
-def grid_progress(done: int, total: int, elapsed: float, trained: list[float]) -> str:
-    """``== 3/10 runs done, 4m12s so far; about 9m48s left``."""
-    def clock(seconds: float) -> str:
-        seconds = int(round(seconds))
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-    left = total - done
-    eta = f"about {clock(left * sum(trained) / len(trained))} left" if left and trained else (
-        "done" if not left else "no estimate yet")
-    return f"== {done}/{total} runs done, {clock(elapsed)} so far; {eta}"
-
-
-def stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltbench import hookimpl
-from ltbench.samplers import instance_balanced
+from ltbench.data.samplers import instance_balanced
 
 
 class CoreDefaults:

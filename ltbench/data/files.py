@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ltbench.data.imagefiles import ImageFiles
 from ltbench.errors import DataNotFoundError
-from ltbench.imagefiles import ImageFiles
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
@@ -35,7 +35,7 @@ EXPORT_FORMATS = ("imagenet-lt-list",)
 
 
 def export_list_dataset(data, out: Path, name: str, crop_padding: int = 4, flip: bool = True, log=print) -> Path:
-    """Write ``data`` (an in-memory :class:`ltbench.datasets.LTData`) as PNG files and ImageNet-LT-style list
+    """Write ``data`` (an in-memory :class:`ltbench.data.split.LTData`) as PNG files and ImageNet-LT-style list
     files under ``out``. Returns the root."""
     from PIL import Image
 
@@ -114,7 +114,7 @@ def read_root(root: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], dict
 def load_image_folder_lt(data_root: str | None, imbalance_factor: float):
     """``image-folder-lt``: the root's splits as they are (imbalance factor 0, the natural profile), or the
     training list subsampled to an exponential profile of ``imbalance_factor`` (LDAM-DRW's draw, seed 0)."""
-    from ltbench.datasets import LTData, exponential_counts, long_tailed_split
+    from ltbench.data.split import LTData, exponential_counts, long_tailed_split
 
     if not data_root:
         raise DataNotFoundError("image-folder-lt needs --data-root DIR: a folder with NAME_train.txt / "
@@ -189,7 +189,7 @@ def _check_images_exist(root: Path, split: str, paths: list[str], source: str, i
 def load_oltr_lists(name: str, data_root: str | None, size: int = 224):
     """ImageNet-LT or Places-LT from ``DATA_ROOT/<Prefix>_{train,val,test}.txt`` with the images under DATA_ROOT
     at the paths the lists give. The splits are the lists as they are (their natural profile)."""
-    from ltbench.datasets import LTData
+    from ltbench.data.split import LTData
 
     spec = OLTR_LISTS[name]
     if not data_root:
@@ -251,7 +251,7 @@ def _read_coco(path: Path) -> tuple[list[str], np.ndarray]:
 def load_inat2018(data_root: str | None, size: int = 224):
     """iNaturalist 2018 from ``DATA_ROOT/train2018.json`` and ``val2018.json`` (the test set), images at the
     ``file_name`` paths under DATA_ROOT; validation held out from train by :func:`inat_validation_rule`."""
-    from ltbench.datasets import LTData
+    from ltbench.data.split import LTData
 
     if not data_root:
         raise DataNotFoundError(f"inat2018 needs --data-root DIR holding train2018.json, val2018.json and the "

@@ -2,7 +2,7 @@
 
 The package has a ``pyproject.toml`` with the ``ltbench`` entry point, one method (a cross-entropy with an
 entropy bonus, to replace with yours) and a test that runs ltbench's conformance check
-(:func:`ltbench.testing.check_method`) and a defining property of the method.
+(:func:`ltbench.plugins.testing.check_method`) and a defining property of the method.
 """
 
 from __future__ import annotations

@@ -29,15 +29,15 @@ from typing import Any
 import pluggy
 
 from ltbench import hookspecs
-from ltbench.backbones import TIMM_PREFIX, BackboneSpec
-from ltbench.datasets import DatasetSpec
+from ltbench.data.split import DatasetSpec
 from ltbench.errors import LtbenchError, UnknownNameError
-from ltbench.method import Method, MethodMetadata
-from ltbench.records import SAFE_NAME
+from ltbench.plugins.method import Method, MethodMetadata
+from ltbench.results.records import SAFE_NAME
+from ltbench.training.backbones import TIMM_PREFIX, BackboneSpec
 
 ENTRY_POINT_GROUP = "ltbench"
 BUILTIN_DISTRIBUTION = "ltbench"
-CORE_MODULES = ("ltbench.datasets", "ltbench.backbones")
+CORE_MODULES = ("ltbench.data.datasets", "ltbench.training.backbones")
 
 
 @dataclass
@@ -220,7 +220,7 @@ class Catalog:
         if name.startswith(TIMM_PREFIX):
             import timm
 
-            from ltbench.backbones import TimmBackbone
+            from ltbench.training.backbones import TimmBackbone
 
             model_name = name[len(TIMM_PREFIX):]
             if model_name not in timm.list_models():
@@ -242,10 +242,10 @@ def _contested(kind: str, name: str, claimants: list[str]) -> str:
 
 
 def _check_reporter_class(cls: Any) -> None:
-    from ltbench.reporting import Reporter
+    from ltbench.plugins.reporter import Reporter
 
     if not (isinstance(cls, type) and issubclass(cls, Reporter)):
-        raise TypeError(f"register() expects a ltbench.reporting.Reporter subclass, got {cls!r}")
+        raise TypeError(f"register() expects a ltbench.plugins.reporter.Reporter subclass, got {cls!r}")
     if not getattr(cls, "name", ""):
         raise TypeError(f"reporter class {cls.__name__} has no name")
 
@@ -267,7 +267,7 @@ def _check_method_class(cls: Any) -> None:
         raise TypeError(f"method {cls.name!r} has no MethodMetadata 'metadata'")
     if "+" in cls.name or "," in cls.name:
         raise TypeError(f"method name {cls.name!r} may not contain '+' or ','")
-    from ltbench.config import CORE_KEYS
+    from ltbench.grid.config import CORE_KEYS
 
     # `--set momentum=...` sets the core key, so an option of that name could never be set: refuse it here.
     colliding = sorted(set(getattr(cls, "options", {})) & set(CORE_KEYS))
@@ -325,6 +325,13 @@ def match_names(pattern: str, names: Any) -> list[str]:
 
     globs = [p.strip() for p in str(pattern).split(",") if p.strip()] or ["*"]
     return sorted(n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs))
+
+
+def warn_broken() -> None:
+    """One line on stderr per plugin that failed to load, so that a missing method is never a mystery."""
+    for b in get_catalog().broken:
+        print(f"warning: plugin {b.name!r} ({b.distribution}) is broken and was not loaded: {b.error}",
+              file=sys.stderr)
 
 
 def get_catalog() -> Catalog:

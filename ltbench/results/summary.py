@@ -13,7 +13,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ltbench.errors import LtbenchError, UnknownNameError
-from ltbench.records import PREDICTIONS_FILE, RESULT_FILE, read_record
+from ltbench.results.records import RESULT_FILE, read_record
 
 GROUPS = ("overall", "many", "medium", "few")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -110,7 +110,7 @@ def _predictions(rec: dict[str, Any]) -> dict[str, np.ndarray] | None:
 
 
 def _group_of_classes(rec: dict[str, Any]) -> dict[str, np.ndarray]:
-    from ltbench.metrics import shot_groups
+    from ltbench.results.metrics import shot_groups
 
     groups = shot_groups(np.asarray(rec["train_counts"]), **rec["group_thresholds"])
     return {"overall": np.ones(len(groups), bool), **{g: groups == g for g in ("many", "medium", "few")}}

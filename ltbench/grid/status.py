@@ -19,9 +19,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ltbench.errors import ConfigError
-from ltbench.launch import GRIDS_DIR
-from ltbench.catalog import get_catalog
-from ltbench.records import RESULT_FILE, changed_code, read_record
+from ltbench.grid.launch import GRIDS_DIR
+from ltbench.plugins.catalog import get_catalog
+from ltbench.results.records import RESULT_FILE, changed_code, read_record
 
 STATES = ("completed", "running", "interrupted", "failed", "diverged", "missing")
 

@@ -4,7 +4,7 @@ style are inline, the plots and configurations are files beside it, so it opens 
 
 Per dataset and budget, a table (click a column header to sort by it, again to reverse; checkboxes filter by
 method family) with the paper's number beside ours, each row linking to its resolved configuration and to
-its records, and the plots of :mod:`ltbench.plots`.
+its records, and the plots of :mod:`ltbench.results.plots`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ltbench import plots
-from ltbench.records import reference_result
-from ltbench.summary import GROUPS
+from ltbench.results import plots
+from ltbench.results.records import reference_result
+from ltbench.results.summary import GROUPS
 
 SITE = "site"
 
@@ -58,7 +58,7 @@ document.querySelectorAll('.filters input').forEach(i => i.addEventListener('cha
 
 
 def _families() -> dict[str, str]:
-    from ltbench.catalog import get_catalog
+    from ltbench.plugins.catalog import get_catalog
 
     return {name: entry.cls.metadata.family or "other" for name, entry in get_catalog().methods.items()}
 

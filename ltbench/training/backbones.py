@@ -7,7 +7,7 @@ A backbone is an ``nn.Module`` with
 * ``forward_pool(feature_map) -> embedding`` (B, num_features);
 * ``num_features``: the embedding width.
 
-The classifier head is not part of the backbone; :class:`ltbench.model.LTModel`
+The classifier head is not part of the backbone; :class:`ltbench.training.model.LTModel`
 joins the two. CIFAR ResNets expose ``stem, layer1, layer2, layer3`` so that a
 method can insert a module after a stage.
 """

@@ -1,6 +1,6 @@
 """Helpers for testing ltbench and method plugins without installing them, and :func:`check_method`, the
 conformance check every built-in method passes. The pytest fixtures built on them live in
-:mod:`ltbench.pytest_plugin`, which imports this module (and torch) only when a fixture is used."""
+:mod:`ltbench.plugins.pytest_plugin`, which imports this module (and torch) only when a fixture is used."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from ltbench import hookimpl
-from ltbench.catalog import Catalog, PluginInfo, build_catalog
-from ltbench.method import Method, MethodMetadata
-from ltbench.runner import execute, plan_grid
+from ltbench.grid.plan import plan_grid
+from ltbench.grid.runner import execute
+from ltbench.plugins.catalog import Catalog, PluginInfo, build_catalog
+from ltbench.plugins.method import Method, MethodMetadata
 
 
 def catalog_with(*methods: type[Method], plugin_name: str = "test-plugin", reporters: tuple = ()) -> Catalog:
@@ -54,7 +55,7 @@ def build_tiny_run(output: Path, method: str = "ce", settings: dict[str, Any] | 
     """A built, untrained ``Run`` of ``method`` (a name or a ``+`` composition) on ``synthetic-lt`` at the smoke
     budget, on the CPU: real data, model (its ``ltbench_configure_model`` applied) and plugin manager, for
     calling a hook directly. ``settings`` are ``--set`` keys (``{"focal.gamma": 1}``)."""
-    from ltbench.engine import build_run
+    from ltbench.training.run import build_run
 
     catalog = catalog or catalog_with()
     (cell,) = plan_grid([method], ["synthetic-lt"], [0], "smoke", catalog=catalog,
@@ -91,8 +92,10 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
     7. ``ranks=2``: :func:`check_distributed` (two gloo processes against one);
     8. ``streaming=True``: :func:`check_streaming` (images decoded from files against the in-memory store).
     """
-    from ltbench import checkpoints, engine
-    from ltbench.engine import build_run, image_batch
+    from ltbench.training import checkpoints
+    from ltbench.training import loop
+    from ltbench.training.run import build_run
+    from ltbench.training.loop import image_batch
 
     output = Path(output)
     if catalog is None:  # an installed method (a built-in one) is already in the catalog
@@ -106,7 +109,7 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
     (cell,) = plan_grid([cls.name], ["synthetic-lt"], [0], "smoke", settings=settings, catalog=catalog)
     run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, torch.device("cpu"), output / "probe",
                     log=lambda m: None)
-    engine.train_stage1(run, output / "probe" / "ckpt.pt")
+    loop.train_stage1(run, output / "probe" / "ckpt.pt")
     for method in run.methods:
         state = method.state_dict()
         path = output / "probe" / f"{method.name}-state.pt"
@@ -130,7 +133,7 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
     assert not changed, f"{cls.name}: ltbench_augment_batch changed the model: {', '.join(changed[:5])}"
 
     # 3. an interrupted run resumes to the identical result
-    real_checkpoint = engine._checkpoint
+    real_checkpoint = loop._checkpoint
     calls = {"n": 0}
 
     def interrupt_after_first(run_, path, optimizer):
@@ -139,14 +142,14 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
         if calls["n"] == 1 and run_.stage == 1:
             raise KeyboardInterrupt
 
-    engine._checkpoint = interrupt_after_first
+    loop._checkpoint = interrupt_after_first
     try:
         try:
             run_methods(catalog, [cls.name], output / "resumed", settings=settings)
         except KeyboardInterrupt:
             pass
     finally:
-        engine._checkpoint = real_checkpoint
+        loop._checkpoint = real_checkpoint
     assert calls["n"] == 1, f"{cls.name}: the run was not interrupted after its first epoch"
     (resumed,) = run_methods(catalog, [cls.name], output / "resumed", settings=settings)
     assert resumed["per_class_accuracy"] == record["per_class_accuracy"] and _losses(record) == _losses(resumed), \
@@ -275,7 +278,7 @@ def check_streaming(cls: type[Method], output: Path, settings: dict[str, Any] | 
     array, or assumes the images are in memory). Returns the streamed run's record."""
     import dataclasses
 
-    from ltbench.filedatasets import export_list_dataset, load_image_folder_lt
+    from ltbench.data.files import export_list_dataset, load_image_folder_lt
 
     output = Path(output)
     catalog = catalog or _catalog_for(cls)

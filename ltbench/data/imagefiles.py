@@ -2,7 +2,7 @@
 
 A dataset whose split is too large for memory gives :class:`ImageFiles` (a list of image paths) instead of
 uint8 arrays as ``LTData.x_train`` / ``x_val`` / ``x_test``; the engine then builds a :class:`FileImageStore`
-instead of an in-memory :class:`ltbench.engine.ImageStore`. Both give the engine the same things: normalised
+instead of an in-memory :class:`ltbench.data.stores.ImageStore`. Both give the engine the same things: normalised
 float batches for training (augmented), evaluation and feature extraction. The dataset is never loaded into
 memory: a ``torch.utils.data.DataLoader`` with worker processes decodes the images of the batches ahead of the
 training loop (PIL), in the order the sampler drew for the epoch.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbench.engine import normalise_uint8, random_crop_flip
+from ltbench.data.augment import normalise_uint8, random_crop_flip
 from ltbench.errors import DataNotFoundError
 
 TRANSFORMS = ("pad-crop-flip", "imagenet")
@@ -137,7 +137,7 @@ def _collate(items: list[torch.Tensor]) -> torch.Tensor:
 
 
 class FileImageStore:
-    """The streaming counterpart of :class:`ltbench.engine.ImageStore` (same ``get`` / ``eval_batches``).
+    """The streaming counterpart of :class:`ltbench.data.stores.ImageStore` (same ``get`` / ``eval_batches``).
 
     ``workers`` DataLoader processes decode ahead: :meth:`prefetch` is given an epoch's order and batch size,
     and :meth:`get` then takes the decoded batches in that order. A ``get`` for indices that were not
@@ -177,7 +177,7 @@ class FileImageStore:
         """Start decoding an epoch's training batches (``order`` in chunks of ``batch_size``) in the workers.
         (For ``imagenet`` the per-image seeds are drawn now, from ``generator``, in batch order.)
 
-        ``local_rows`` (torchrun with sharded batches: :func:`ltbench.distributed.shard_rows`) names the rows of
+        ``local_rows`` (torchrun with sharded batches: :func:`ltbench.training.distributed.shard_rows`) names the rows of
         each batch this rank trains on; the others are not decoded (zeros stand in; the step loop drops them).
         Every rank still draws the whole batch's augmentation, so its rows get the draws one process would."""
         chunks = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]

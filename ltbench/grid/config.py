@@ -1,7 +1,7 @@
 """Resolving a run's configuration: budget + ``--epochs`` + ``--set key=value``.
 
 The resolved configuration is a flat, JSON-serialisable dict of the core
-keys (the fields of :class:`ltbench.datasets.Budget` plus
+keys (the fields of :class:`ltbench.data.split.Budget` plus
 ``imbalance_factor``) and ``methods``: ``{method name: {option: value}}``
 with every option, defaults included. A ``--set`` key is a core key, a
 method option (``gamma``) or a qualified method option (``focal.gamma``);
@@ -21,9 +21,9 @@ import json
 import math
 from typing import Any
 
-from ltbench.datasets import Budget, DatasetSpec
+from ltbench.data.split import Budget, DatasetSpec
 from ltbench.errors import ConfigError, UnknownNameError
-from ltbench.method import Method, current_option_name, identity_option_names
+from ltbench.plugins.method import Method, current_option_name, identity_option_names
 
 CORE_KEYS = [f.name for f in dataclasses.fields(Budget) if f.name != "description"] + ["imbalance_factor"]
 

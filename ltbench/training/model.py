@@ -23,7 +23,7 @@ class ModelOutput:
 
 
 class LTModel(nn.Module):
-    """``backbone`` (see :mod:`ltbench.backbones`) followed by ``classifier``.
+    """``backbone`` (see :mod:`ltbench.training.backbones`) followed by ``classifier``.
 
     Fields: ``backbone`` (an ``nn.Module`` with ``forward_features``, ``forward_pool`` and
     ``num_features``: the backbone interface), ``classifier`` (the head: pooled features ``(B,

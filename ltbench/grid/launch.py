@@ -1,11 +1,11 @@
 """A grid beyond one sequential process: worker processes on one machine, a cluster job array, disjoint shards.
 
-Every mode runs the same :func:`ltbench.runner.execute` on the same cells, so records are the same as a
+Every mode runs the same :func:`ltbench.grid.runner.execute` on the same cells, so records are the same as a
 sequential run's. Three things make that safe:
 
-- a worker or a job gets a cell's :attr:`~ltbench.runner.Cell.request` (a few names and numbers), plans the
+- a worker or a job gets a cell's :attr:`~ltbench.grid.plan.Cell.request` (a few names and numbers), plans the
   cell again and loads its data itself; nothing large is pickled;
-- the per-run and shared-stage-1 file locks of :mod:`ltbench.runner` keep two processes off one run;
+- the per-run and shared-stage-1 file locks of :mod:`ltbench.grid.runner` keep two processes off one run;
 - cells that share a stage 1 are kept apart (``--jobs``) or together (job arrays and shards), so that a shared
   stage 1 is trained once, while the others wait for it or reuse it.
 
@@ -20,7 +20,6 @@ the runs that were never started.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import shutil
@@ -31,11 +30,11 @@ from typing import Any, Callable
 
 import torch
 
-from ltbench.catalog import Catalog, get_catalog
 from ltbench.errors import ConfigError
-from ltbench.records import RESULT_FILE, atomic_write_json, load_result
-from ltbench.runner import (Cell, _Lock, execute, grid_description, grid_id, make_record, replan, resolve_device,
-                            stage1_dir, stderr_log)
+from ltbench.grid.plan import Cell, grid_description, grid_id, replan, resolve_device, stage1_dir, stderr_log
+from ltbench.grid.runner import _Lock, execute, make_record
+from ltbench.plugins.catalog import Catalog, get_catalog
+from ltbench.results.records import RESULT_FILE, atomic_write_json, load_result
 
 GRIDS_DIR = "_grids"
 SUBMITIT_DIR = "_submitit"
@@ -111,16 +110,16 @@ def run_cell(request: dict[str, Any], output: str, device: str, threads: int | N
     Returns the record's status."""
     if threads:
         torch.set_num_threads(threads)
-    from ltbench import engine
+    from ltbench.training import progress
 
-    engine.SHOW_PROGRESS = False  # several workers share one terminal; each logs a line per epoch instead
+    progress.SHOW_PROGRESS = False  # several workers share one terminal; each logs a line per epoch instead
     catalog = catalog_factory() if catalog_factory else get_catalog()
     cell = replan(request, catalog)
     log = (lambda msg: None) if quiet else stderr_log
     where = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
     reporting = None
     if report:
-        from ltbench.reporting import Reporting
+        from ltbench.plugins.reporting import Reporting
 
         reporting = _REPORTING.setdefault(tuple(report), Reporting(report, Path(output), catalog))
     return execute(cell, Path(output), where, rerun=False, log=log, catalog=catalog, reporting=reporting,
@@ -194,7 +193,7 @@ def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: in
     grid = grid_description(cells, output, grid)  # a shard's workers report under the whole grid's id
     reporting = None
     if report:  # grid events here; each worker reports its runs
-        from ltbench.reporting import Reporting
+        from ltbench.plugins.reporting import Reporting
 
         reporting = Reporting(report, output, catalog)
         reporting.emit("ltbench_report_grid_start", grid=grid)
@@ -263,7 +262,7 @@ def run_parallel(cells: list[Cell], output: Path, device: torch.device, jobs: in
             process.join(timeout=30)
     result = [records[i] for i in range(len(cells))]
     if reporting is not None:
-        from ltbench import summary
+        from ltbench.results import summary
 
         reporting.emit("ltbench_report_grid_end", grid=grid, records=result,
                        summary=summary.render(summary.summarise(result)))

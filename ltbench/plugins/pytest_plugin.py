@@ -2,7 +2,7 @@
 
 Every fixture's name starts with ``ltbench_`` so that it cannot collide with a project's own. Loading the
 plugin imports neither torch nor the engine: a project that merely has ltbench installed starts pytest as
-fast as before; the first fixture a test uses imports :mod:`ltbench.testing`.
+fast as before; the first fixture a test uses imports :mod:`ltbench.plugins.testing`.
 
 ``ltbench_tiny_run``
     A built (untrained) run of ``ce`` on ``synthetic-lt`` at the smoke budget: a real ``Run`` with a tiny
@@ -14,7 +14,7 @@ fast as before; the first fixture a test uses imports :mod:`ltbench.testing`.
 ``ltbench_catalog``
     A fresh catalog of every installed plugin (add your own classes with ``catalog_with(MyMethod)``).
 ``ltbench_method_check``
-    ``ltbench_method_check(MyMethod, **kwargs)`` runs :func:`ltbench.testing.check_method` in a temporary
+    ``ltbench_method_check(MyMethod, **kwargs)`` runs :func:`ltbench.plugins.testing.check_method` in a temporary
     directory.
 
 The unprefixed names of ltbench 0.2 (``tiny_run``, ``tiny_batch``, ``tiny_model``, ``method_check``) still
@@ -32,7 +32,7 @@ import pytest
 @pytest.fixture
 def ltbench_catalog():
     """A fresh catalog of every installed plugin."""
-    from ltbench.testing import catalog_with
+    from ltbench.plugins.testing import catalog_with
 
     return catalog_with()
 
@@ -40,7 +40,7 @@ def ltbench_catalog():
 @pytest.fixture
 def ltbench_tiny_run(tmp_path):
     """A built (untrained) run of ``ce`` on ``synthetic-lt`` at the smoke budget."""
-    from ltbench.testing import build_tiny_run
+    from ltbench.plugins.testing import build_tiny_run
 
     return build_tiny_run(tmp_path)
 
@@ -50,7 +50,7 @@ def ltbench_tiny_batch(ltbench_tiny_run):
     """A training ``Batch`` of 16 augmented images (and labels) from ``ltbench_tiny_run``."""
     import torch
 
-    from ltbench.engine import image_batch
+    from ltbench.training.loop import image_batch
 
     return image_batch(ltbench_tiny_run, ltbench_tiny_run.train_labels)(torch.arange(16))
 
@@ -63,8 +63,8 @@ def ltbench_tiny_model(ltbench_tiny_run):
 
 @pytest.fixture
 def ltbench_method_check(tmp_path):
-    """``ltbench_method_check(MyMethod, **kwargs)``: :func:`ltbench.testing.check_method` in ``tmp_path``."""
-    from ltbench.testing import check_method
+    """``ltbench_method_check(MyMethod, **kwargs)``: :func:`ltbench.plugins.testing.check_method` in ``tmp_path``."""
+    from ltbench.plugins.testing import check_method
 
     return lambda cls, **kwargs: check_method(cls, tmp_path, **kwargs)
 

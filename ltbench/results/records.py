@@ -2,7 +2,7 @@
 
 One directory per run, that is per (dataset, budget, method, configuration,
 seed); ``<config-id>`` is a hash of the resolved configuration
-(:func:`ltbench.config.config_id`), so variants of a method live side by side::
+(:func:`ltbench.grid.config.config_id`), so variants of a method live side by side::
 
     <output>/<dataset>-if<IF>/<budget>/<method>/<config-id>/seed<k>/
         config.json          the resolved configuration
@@ -173,7 +173,7 @@ def load_result(path: Path) -> dict[str, Any] | None:
 def git_commit() -> dict[str, Any]:
     """The commit of ltbench's checkout, and whether it has uncommitted changes, as first asked in this process.
 
-    :func:`ltbench.runner.execute` asks before its first run trains: a record states the code the process
+    :func:`ltbench.grid.runner.execute` asks before its first run trains: a record states the code the process
     imported, not a commit made (or a file edited) while a long grid was running."""
     here = Path(__file__).resolve().parent
     try:

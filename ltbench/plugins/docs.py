@@ -25,7 +25,7 @@ FAMILIES = [
      lambda n: n.startswith("ltbench_register_")),
     ("Run hooks", "implemented by `ltbench.Method` subclasses, called during each run that selects the method",
      lambda n: not n.startswith(("ltbench_register_", "ltbench_report_"))),
-    ("Reporting hooks", "implemented by `ltbench.reporting.Reporter` subclasses selected with `--report`",
+    ("Reporting hooks", "implemented by `ltbench.plugins.reporter.Reporter` subclasses selected with `--report`",
      lambda n: n.startswith("ltbench_report_")),
 ]
 #: the order hooks are called in a run (for the run hooks' section)
@@ -163,7 +163,8 @@ def _entry(name: str, obj: Any) -> list[str]:
 
 
 def api_reference() -> str:
-    from ltbench import api, targets
+    from ltbench import api
+    from ltbench.training import targets
 
     lines = [HEADER, "", f"# The public API: `ltbench.api` {api.API_VERSION}", "",
              inspect.cleandoc(api.__doc__ or ""), "",

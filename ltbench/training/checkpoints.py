@@ -59,7 +59,7 @@ def from_safe(obj: Any) -> Any:
 
 
 def save(obj: Any, path: Path, where: str = "checkpoint") -> None:
-    from ltbench.records import atomic_torch_save
+    from ltbench.results.records import atomic_torch_save
 
     atomic_torch_save(to_safe(obj, where), path)
 

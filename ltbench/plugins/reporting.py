@@ -11,7 +11,7 @@ naming it and the hook; the run goes on and its record is written as without it.
 Writing one::
 
     from ltbench import hookimpl
-    from ltbench.reporting import Reporter
+    from ltbench.plugins.reporting import Reporter
 
     class PrintReporter(Reporter):
         name = "print"
@@ -30,25 +30,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pluggy
 
 from ltbench import hookspecs
 from ltbench.errors import ConfigError, LtbenchError
-
-EVENTS = ("ltbench_report_grid_start", "ltbench_report_run_start", "ltbench_report_epoch_end",
-          "ltbench_report_run_end", "ltbench_report_grid_end")
-
-
-class Reporter:
-    """Base class of reporters. ``output`` is the grid's runs directory (``--output``)."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-
-    def __init__(self, output: Path) -> None:
-        self.output = Path(output)
 
 
 def _warn(message: str) -> None:
@@ -59,7 +46,7 @@ class Reporting:
     """The selected reporters of one grid (one process)."""
 
     def __init__(self, names: list[str], output: Path, catalog=None, warn=_warn) -> None:
-        from ltbench.catalog import get_catalog
+        from ltbench.plugins.catalog import get_catalog
 
         catalog = catalog or get_catalog()
         classes = [catalog.reporter(name) for name in names]  # unknown names fail before anything runs

@@ -1,0 +1,257 @@
+"""What a dataset is to ltbench: its registration (``DatasetSpec``, ``Budget``), the long-tailed split
+(``LTData``, exponential class counts), the sealing of the test images during training, and the checks
+every loaded split passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltbench.errors import ConfigError, DataNotFoundError
+
+
+#: Shot groups by training count (OLTR / Decoupling convention):
+#: many > 100, medium 20..100 inclusive, few < 20.
+DEFAULT_GROUP_THRESHOLDS = {"few_below": 20, "many_above": 100}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A training recipe. ``lr_milestones`` are fractions of ``epochs``."""
+
+    backbone: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 0
+    lr_milestones: tuple[float, ...] = ()
+    lr_decay: float = 0.1
+    stage2_epochs: int = 10
+    stage2_lr: float = 0.1
+    stage2_batch_size: int = 128
+    #: the schedule of a stage 2 that takes the budget's length (``SecondStage.epochs`` None, ``cosine`` left
+    #: on): with no milestones, a cosine from stage2_lr to 0 (Decoupling); with milestones (stage-2 epochs,
+    #: 0-based), a linear warm-up over ``stage2_warmup_epochs`` and then x ``stage2_lr_decay`` at each
+    #: milestone (BagofTricks-LT's cRT/LWS recipe)
+    stage2_warmup_epochs: int = 0
+    stage2_lr_milestones: tuple[int, ...] = ()
+    stage2_lr_decay: float = 0.1
+    eval_batch_size: int = 500
+    #: under torchrun: BatchNorm statistics over the global batch, as in a single process (else per rank)
+    sync_bn: bool = False
+    #: a budget that only shows that runs work: methods with a fixed cost of their own (CAM fusion's 6,400
+    #: Phase-II iterations) cut it short
+    smoke: bool = False
+    #: "step": warm-up, then x lr_decay at each milestone; "cosine": warm-up, then cosine to 0 over the epochs
+    schedule: str = "step"
+    #: start the backbone from pretrained weights: the library's own (torchvision / timm; downloads when online)
+    pretrained: bool = False
+    #: ... or from this local state-dict file (offline clusters); loaded with weights_only=True
+    pretrained_path: str = ""
+    #: streaming datasets with the imagenet transform: the side of the crops the model sees (0: the dataset's)
+    image_size: int = 0
+    #: execution options: how a run is computed, not what it computes (recorded, not part of its identity)
+    #: validation accuracy every this many epochs (and at the last) in metrics.jsonl; 0: only when a hook asks
+    val_every: int = 2
+    channels_last: bool = False
+    compile: bool = False
+    #: streaming datasets: DataLoader worker processes that decode images ahead of the training loop
+    workers: int = 0
+    description: str = ""
+
+
+@dataclass
+class LTData:
+    name: str
+    num_classes: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] = field(default_factory=list)
+    group_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_GROUP_THRESHOLDS))
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.y_train, minlength=self.num_classes)
+
+    @property
+    def streaming(self) -> bool:
+        """True when the images stay on disk (:class:`ltbench.data.imagefiles.ImageFiles`), false for uint8 arrays."""
+        from ltbench.data.imagefiles import ImageFiles
+
+        return isinstance(self.x_train, ImageFiles)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.channels if self.streaming else self.x_train.shape[-1]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of the training and validation splits (which images, which labels); for images on disk, of
+        their paths."""
+        h = hashlib.sha256()
+        for arr in (self.x_train, self.y_train, self.x_val, self.y_val):
+            if hasattr(arr, "paths"):
+                h.update("\n".join(map(str, arr.paths)).encode())
+            else:
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+
+class SealedSplit:
+    """Stands in for the test arrays while a run trains: any use of it is an error."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        from ltbench.errors import LtbenchError
+
+        raise LtbenchError("the test split is not available during training; select and tune on run.data.x_val")
+
+    __len__ = __getitem__ = __iter__ = __array__ = _refuse
+
+    def __getattr__(self, name: str) -> Any:
+        return self._refuse()
+
+
+def sealed_for_training(data: LTData) -> LTData:
+    """A view of ``data`` whose test split cannot be read."""
+    return dataclasses.replace(data, x_test=SealedSplit(), y_test=SealedSplit())
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset in the catalog.
+
+    ``load(data_root, imbalance_factor)`` returns an :class:`LTData`; it must
+    raise :class:`ltbench.errors.DataNotFoundError` when no copy is found,
+    and never download (``download`` does, when the user asks for it).
+    The core checks what ``load`` returns (:func:`check_data`).
+    """
+
+    name: str
+    description: str
+    load: Callable[[str | None, float], LTData]
+    budgets: dict[str, Budget]
+    default_imbalance_factor: float = 100.0
+    crop_padding: int = 4
+    flip: bool = True
+    needs_data_root: bool = False
+    #: (height, width, channels) every image must have; ``None`` accepts any HWC size
+    image_shape: tuple[int, int, int] | None = None
+    #: ``download(root)`` fetches the data into ``root``; only ``--download`` calls it
+    download: Callable[[Path], None] | None = None
+
+    def key(self, imbalance_factor: float) -> str:
+        """The name used for run directories and leaderboards (imbalance factor 0: the data's natural profile)."""
+        return f"{self.name}-natural" if imbalance_factor == 0 else f"{self.name}-if{imbalance_factor:g}"
+
+
+def load_checked(spec: DatasetSpec, data_root: str | None, imbalance_factor: float,
+                 download: bool = False) -> LTData:
+    """``spec.load`` with the core's checks: an existing ``--data-root`` (never created), a download only when
+    asked for, and data of the shape the dataset declares (:func:`check_data`)."""
+    if data_root and not Path(data_root).expanduser().exists():
+        raise DataNotFoundError(f"--data-root {data_root} does not exist; ltbench never creates it. Give the "
+                                f"directory that holds the data (or create it yourself to --download into it)")
+    try:
+        data = spec.load(data_root, imbalance_factor)
+    except DataNotFoundError:
+        if not download:
+            raise
+        if spec.download is None:
+            raise ConfigError(f"--download: dataset {spec.name!r} cannot be downloaded by ltbench") from None
+        root = Path(data_root or os.environ.get("LTBENCH_DATA") or Path.home() / ".cache" / "ltbench").expanduser()
+        if not data_root:  # ltbench's own cache (or $LTBENCH_DATA) may be made; a --data-root the user named never is
+            root.mkdir(parents=True, exist_ok=True)
+        spec.download(root)
+        data = spec.load(str(root), imbalance_factor)
+    check_data(spec, data)
+    return data
+
+
+def check_data(spec: DatasetSpec, data: LTData) -> None:
+    """Images HWC uint8 of the declared shape, one label per image, every class with training images."""
+    source = f"dataset {spec.name!r} ({data.info.get('source', 'loaded')})"
+    for key in ("x_train", "x_val", "x_test"):
+        images = getattr(data, key)
+        if data.streaming:
+            if len(images) and not images.path(0).is_file():
+                raise DataNotFoundError(f"{source}: {key}'s first image {images.path(0)} does not exist")
+        elif len(images) or key == "x_train":
+            check_images(key, images, source, spec.image_shape)
+    for x, y in (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test")):
+        if len(getattr(data, x)) != len(getattr(data, y)):
+            raise DataNotFoundError(f"{source}: {x} has {len(getattr(data, x))} images but {y} has "
+                                    f"{len(getattr(data, y))} labels")
+    empty = np.flatnonzero(data.train_counts == 0)
+    if len(empty):
+        raise ConfigError(f"{source}: {len(empty)} classes have no training image (classes "
+                          f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); "
+                          f"lower the imbalance factor")
+
+
+def exponential_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
+    """n_c = int(n_max * (1/IF)^(c/(C-1))), class 0 the head."""
+    if not imbalance_factor >= 1:
+        raise ConfigError(f"imbalance_factor must be >= 1, got {imbalance_factor!r}")
+    counts = [int(n_max * (1.0 / imbalance_factor) ** (c / (num_classes - 1))) for c in range(num_classes)]
+    empty = sum(n == 0 for n in counts)
+    if empty:
+        raise ConfigError(f"imbalance_factor {imbalance_factor:g} leaves {empty} of {num_classes} classes without a "
+                          f"training image (the head class has {n_max}); the largest imbalance factor allowed "
+                          f"is {n_max}")
+    return counts
+
+
+def long_tailed_split(
+    labels: np.ndarray, counts: list[int], val_per_class: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train indices, validation indices).
+
+    LDAM-DRW's draw: one ``np.random.seed(seed)``; for each class in label
+    order, shuffle the class's indices (ascending) and keep the first n_c.
+    Validation takes the next ``val_per_class`` of the same shuffled order, so
+    it only ever holds images the long-tailed subset left out (a class with
+    no left-over images has no validation images).
+    """
+    rng = np.random.RandomState(seed)
+    train, val = [], []
+    for c, n_c in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        train.append(idx[:n_c])
+        val.append(idx[n_c : n_c + val_per_class])
+    return np.concatenate(train), np.concatenate(val)
+
+
+def check_images(key: str, images: Any, source: Any, shape: tuple[int, int, int] | None = None) -> None:
+    """``images`` must be uint8 (N, H, W, C), C 1 or 3, and (H, W, C) == ``shape`` when given."""
+    arr = np.asarray(images) if not hasattr(images, "shape") else images
+    want = f"(N, {shape[0]}, {shape[1]}, {shape[2]})" if shape else "(N, H, W, C) with C 1 or 3"
+    if arr.ndim != 4:
+        raise DataNotFoundError(f"{source}: {key} has shape {tuple(arr.shape)}; expected images {want}")
+    if arr.dtype != np.uint8:
+        raise DataNotFoundError(f"{source}: {key} must be uint8 images, got {arr.dtype}")
+    hwc = tuple(int(d) for d in arr.shape[1:])
+    if hwc != tuple(shape or hwc) or hwc[2] not in (1, 3):
+        hint = ""
+        if hwc[0] in (1, 3) and hwc[2] not in (1, 3):
+            hint = ("; it looks channels-first (N, C, H, W): ltbench expects channels-last, "
+                    "e.g. x.transpose(0, 2, 3, 1)")
+        raise DataNotFoundError(f"{source}: {key} has images of shape {hwc}; expected {want}{hint}")

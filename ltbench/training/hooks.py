@@ -1,0 +1,161 @@
+"""A run's plugin manager and the checked calls of its first-result hooks: the core defaults plus the
+run's methods; composition rules; the classifier, sampler, loss and extra-loss terms the hooks answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+
+from ltbench import hookspecs
+from ltbench.errors import CompositionError, PluginContractError
+from ltbench.plugins.defaults import CoreDefaults
+from ltbench.plugins.method import Method
+from ltbench.training.model import LTModel, ModelOutput
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ltbench.training.run import Batch, Run
+
+
+FIRST_RESULT_HOOKS = sorted(
+    name for name in dir(hookspecs)
+    if name.startswith("ltbench_") and getattr(getattr(hookspecs, name), "ltbench_spec", {}).get("firstresult")
+)
+
+
+#: hooks called on every method of a run, in the order the run names them (not registration, not reporting)
+BROADCAST_RUN_HOOKS = sorted(
+    name for name in dir(hookspecs)
+    if name.startswith("ltbench_") and not name.startswith(("ltbench_register_", "ltbench_report_"))
+    and hasattr(getattr(hookspecs, name), "ltbench_spec") and name not in FIRST_RESULT_HOOKS
+)
+
+
+def order_sensitive_hooks(classes: list[type[Method]]) -> list[str]:
+    """The broadcast run hooks that two or more of ``classes`` implement: where the order of a composition can
+    change what a run computes. ``ltbench_record`` is left out: each method's fields are stored under its own
+    name. First-result hooks cannot matter: two methods answering one is a composition error."""
+    return [hook for hook in BROADCAST_RUN_HOOKS if hook != "ltbench_record"
+            and sum(callable(getattr(cls, hook, None)) for cls in classes) > 1]
+
+
+def canonical_order(classes: list[type[Method]]) -> list[type[Method]]:
+    """The order a composition runs in: sorted by name when the hooks prove the order cannot matter (no
+    broadcast run hook is implemented by two of them), so ``a+b`` and ``b+a`` are one run; otherwise the
+    order written, which the run's name and record keep."""
+    return classes if order_sensitive_hooks(classes) else sorted(classes, key=lambda cls: cls.name)
+
+
+def check_composition(classes: list[type[Method]]) -> None:
+    """Raise :class:`CompositionError` when two of ``classes`` implement the same first-result hook."""
+    claims: dict[str, list[str]] = {}
+    for cls in classes:
+        for hook in FIRST_RESULT_HOOKS:
+            if callable(getattr(cls, hook, None)):
+                claims.setdefault(hook, []).append(cls.name)
+    conflicts = {h: names for h, names in claims.items() if len(names) > 1}
+    if conflicts:
+        hook, names = sorted(conflicts.items())[0]
+        raise CompositionError(
+            f"methods {' and '.join(repr(n) for n in names)} both implement {hook}, which only one method of a "
+            f"composed run may answer; compose methods that change different stages"
+        )
+
+
+def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
+    """A fresh manager: the core defaults plus this run's method instances.
+
+    Raises :class:`CompositionError` when two methods implement the same
+    first-result hook.
+    """
+    check_composition([type(m) for m in methods])
+    pm = pluggy.PluginManager("ltbench")
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreDefaults(), name="core")
+    for m in reversed(methods):  # pluggy calls the last registered first: broadcast hooks run a, then b
+        pm.register(m, name=m.name)
+    pm.check_pending()
+    return pm
+
+
+def _owner(run: Run, hook: str) -> str:
+    for m in run.methods:
+        if callable(getattr(m, hook, None)):
+            return f"method {m.name!r}"
+    return "the core defaults"
+
+
+def _expect(run: Run, hook: str, value: Any, check, expected: str) -> Any:
+    if not check(value):
+        raise PluginContractError(
+            f"{_owner(run, hook)}: {hook} returned {type(value).__name__}; the hook specification expects {expected}"
+        )
+    return value
+
+
+def build_classifier(run: Run, stage: int, in_features: int, previous: nn.Module | None) -> nn.Module:
+    head = run.pm.hook.ltbench_build_classifier(run=run, in_features=in_features, num_classes=run.num_classes,
+                                                 stage=stage, previous=previous)
+    return _expect(run, "ltbench_build_classifier", head, lambda v: isinstance(v, nn.Module), "an nn.Module")
+
+
+def build_sampler(run: Run, stage: int, labels: np.ndarray | None = None) -> torch.utils.data.Sampler:
+    labels = run.train_labels if labels is None else labels
+    sampler = run.pm.hook.ltbench_build_sampler(run=run, stage=stage, labels=labels)
+    ok = lambda v: hasattr(v, "__iter__") and hasattr(v, "__len__")  # noqa: E731
+    return _expect(run, "ltbench_build_sampler", sampler, ok, "a sampler (iterable of indices with a length)")
+
+
+def build_loss(run: Run, stage: int):
+    loss = run.pm.hook.ltbench_build_loss(run=run, stage=stage)
+    return _expect(run, "ltbench_build_loss", loss, callable, "a callable loss(logits, targets)")
+
+
+def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if len(logits) != len(targets):
+        raise PluginContractError(f"the batch has {len(targets)} targets but the model gave {len(logits)} logits; "
+                                  f"a method's ltbench_augment_batch and the modules it inserted disagree")
+    if targets.dim() == 2 and tuple(targets.shape) != tuple(logits.shape):
+        raise PluginContractError(f"the batch's soft targets have shape {tuple(targets.shape)}; the logits "
+                                  f"{tuple(logits.shape)}: a method set batch.targets with the wrong number of classes")
+    loss = loss_fn(logits, targets)
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise PluginContractError(f"{_owner(run, 'ltbench_build_loss')}: its loss returned "
+                                  f"{type(loss).__name__} {getattr(loss, 'shape', '')}; expected a scalar tensor")
+    return loss
+
+
+def extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOutput) -> dict[str, torch.Tensor]:
+    """Every method's ``ltbench_extra_losses``, checked: a dict of named scalar tensors or None; ``"task"`` is
+    reserved, and two methods may not use one name (one term would silently replace the other)."""
+    kwargs = {"run": run, "model": model, "batch": batch, "output": output}
+    owner: dict[str, str] = {}
+    terms: dict[str, torch.Tensor] = {}
+    for impl in reversed(run.pm.hook.ltbench_extra_losses.get_hookimpls()):  # the call order: a, then b
+        value = impl.function(*[kwargs[a] for a in impl.argnames])
+        if value is None:
+            continue
+        who = f"method {impl.plugin_name!r}: ltbench_extra_losses"
+        if not isinstance(value, dict):
+            raise PluginContractError(f"{who} returned {type(value).__name__}; the hook specification expects a "
+                                      f"dict of named scalar tensors, e.g. {{'my_term': loss}}, or None")
+        for name, term in value.items():
+            if name == "task":
+                raise PluginContractError(f"{who} returned a term named 'task'; that name is the task loss's, "
+                                          f"choose another (the task loss comes from ltbench_build_loss)")
+            if name in owner:
+                raise PluginContractError(f"{who} and method {owner[name]!r} both return a loss term named "
+                                          f"{name!r}; one would replace the other: rename one of them")
+            if not (isinstance(term, torch.Tensor) and term.dim() == 0):
+                raise PluginContractError(f"{who} returned {name!r} = {type(term).__name__}"
+                                          f"{tuple(term.shape) if isinstance(term, torch.Tensor) else ''}; "
+                                          f"the hook specification expects a scalar tensor")
+            owner[name] = impl.plugin_name
+            terms[name] = term
+    return terms

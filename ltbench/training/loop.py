@@ -1,0 +1,352 @@
+"""The training loop: steps, epochs and both stages, with checkpoints every epoch.
+
+Stage 1 trains backbone + classifier; an optional stage 2 (asked for by ``ltbench_second_stage``)
+retrains the classifier on the frozen backbone, on cached features when it can, or fine-tunes the
+whole network. Both call the run hooks of :mod:`ltbench.hookspecs` in the order that module states.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltbench.errors import CheckpointError, PluginContractError
+from ltbench.training import checkpoints, distributed
+from ltbench.training.evaluate import _autocast, extract_features
+from ltbench.training.hooks import _owner, build_classifier, build_loss, build_sampler, compute_loss, extra_losses
+from ltbench.training.model import ModelOutput
+from ltbench.training.progress import Heartbeat, _progress
+from ltbench.training.run import Batch
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ltbench.training.run import Run, SecondStage
+
+
+class Diverged(Exception):
+    """A non-finite loss: the run stops and is recorded as ``diverged``."""
+
+
+def lr_at(config: dict[str, Any], epoch: int) -> float:
+    """Linear warm-up, then step decay at the milestone fractions of the epochs (``schedule`` "step"), or a
+    cosine from the base rate to 0 over the epochs after the warm-up ("cosine", per epoch)."""
+    base, warm = config["lr"], config["warmup_epochs"]
+    if epoch < warm:
+        return base * (epoch + 1) / warm
+    if config.get("schedule", "step") == "cosine":
+        return 0.5 * base * (1 + math.cos(math.pi * (epoch - warm) / max(config["epochs"] - warm, 1)))
+    passed = sum(epoch >= round(m * config["epochs"]) for m in config["lr_milestones"])
+    return base * config["lr_decay"] ** passed
+
+
+def _rng_state(run: Run) -> dict[str, Any]:
+    state = {"generator": run.generator.get_state(), "torch": torch.get_rng_state(),
+             "numpy": np.random.get_state(), "python": random.getstate()}
+    if run.aug_generator is not None and run.aug_generator is not run.generator:
+        state["aug_generator"] = run.aug_generator.get_state()
+    return state
+
+
+def _set_rng_state(run: Run, state: dict[str, Any]) -> None:
+    run.generator.set_state(state["generator"])
+    if "aug_generator" in state and run.aug_generator is not None and run.aug_generator is not run.generator:
+        run.aug_generator.set_state(state["aug_generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def method_states(run: Run) -> dict[str, Any]:
+    """Each method's ``state_dict``, checked and made safe to load (see :mod:`ltbench.training.checkpoints`)."""
+    return {m.name: checkpoints.to_safe(m.state_dict(), f"method {m.name!r}: state_dict()") for m in run.methods}
+
+
+def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer) -> None:
+    checkpoints.save({
+        "stage": run.stage, "epoch": run.epoch, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
+        "methods": method_states(run), "rng": _rng_state(run), "history": run.history,
+        "identity": run.checkpoint_identity,
+    }, path)
+
+
+def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -> int:
+    run.model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for m in run.methods:
+        m.load_state_dict(ckpt["methods"].get(m.name, {}))
+    _set_rng_state(run, ckpt["rng"])
+    run.history = ckpt["history"]
+    run.log(f"resuming stage {ckpt['stage']} after epoch {ckpt['epoch'] + 1}")
+    return ckpt["epoch"] + 1
+
+
+def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch,
+                scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward.
+
+    Returns the detached loss terms, still on the device: nothing here waits for the device
+    (no ``float()``/``item()``/``bool()`` on a device tensor), so a GPU queue never stalls mid-epoch."""
+    model = run.model
+    run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
+    with _autocast(run.device):
+        if batch.images is None:  # a classifier-only stage on features
+            output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
+        else:
+            output = model.forward_all(batch.images)
+        terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.loss_targets(run.num_classes))}
+        terms.update(extra_losses(run, model, batch, output))
+        total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    (total * scale if scale != 1.0 else total).backward()
+    distributed.average_gradients(model.parameters())  # under torchrun: the gradient of the global batch
+    optimizer.step()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.Tensor, batch_size: int,
+              make_batch: Callable[[torch.Tensor], Batch], bar=None) -> tuple[dict[str, torch.Tensor], int]:
+    """The steps of one epoch over ``order`` (indices): per-term loss sums on the device, and the step count.
+
+    A non-finite loss is not checked per step (that would wait for the device every step): it makes its
+    term's sum non-finite, which :func:`check_finite` reads once at the end of the epoch."""
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    shard = distributed.is_distributed() and run.shard_batches
+    beat = Heartbeat(run, f"stage {run.stage} epoch {run.epoch + 1} steps", -(-len(order) // batch_size))
+    for start in range(0, len(order), batch_size):
+        batch, scale = make_batch(order[start : start + batch_size]), 1.0
+        if shard:  # the global batch (sampled and augmented alike on every rank), then this rank's rows
+            rows = distributed.shard_rows(len(batch.labels))
+            scale = (rows.stop - rows.start) * distributed.world_size() / len(batch.labels)
+            batch = batch.rows(rows)
+        for k, v in _train_step(run, optimizer, loss_fn, batch, scale).items():
+            sums[k] = sums[k] + v.double() if k in sums else v.double()
+        steps += 1
+        if bar:
+            bar.update(1)
+        else:
+            beat(steps)
+    return sums, steps
+
+
+def epoch_losses(entry: dict[str, Any]) -> str:
+    """The epoch line's losses: the task loss, then every extra term by name, e.g.
+    ``loss 2.3012 (+ diversity -0.0130, supcon 0.4410)``."""
+    extra = ", ".join(f"{k[len('loss_'):]} {v:.4f}" for k, v in entry.items()
+                      if k.startswith("loss_") and k != "loss_task")
+    return f"loss {entry.get('loss_task', float('nan')):.4f}" + (f" (+ {extra})" if extra else "")
+
+
+def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The epoch's loss sums as floats; under torchrun, the mean over ranks (every rank gets the same, so a
+    NaN on one rank stops them all)."""
+    if not distributed.is_distributed():
+        return {k: float(v) for k, v in sums.items()}
+    keys: list[list[str]] = [[] for _ in range(distributed.world_size())]
+    torch.distributed.all_gather_object(keys, sorted(sums))
+    names = sorted(set().union(*keys))
+    if not names:
+        return {}
+    device = next(iter(sums.values())).device  # every rank ran the same steps, so each has some term
+    vector = torch.stack([sums[k] if k in sums else torch.zeros((), dtype=torch.float64, device=device)
+                          for k in names])
+    distributed.all_reduce_sum(vector)
+    return {k: float(v) / distributed.world_size() for k, v in zip(names, vector.tolist())}
+
+
+def check_finite(run: Run, sums: dict[str, float]) -> None:
+    """Raise :class:`Diverged` when an epoch's loss went non-finite, naming the stage, epoch and terms."""
+    bad = [k for k, v in sums.items() if not math.isfinite(v)]
+    if bad:
+        raise Diverged(f"non-finite loss at stage {run.stage}, epoch {run.epoch + 1} (terms: {', '.join(bad)})")
+
+
+def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Optimizer, set_lr: Callable[[int], None],
+                  labels: np.ndarray, make_batch: Callable[[torch.Tensor], Batch], batch_size: int, ckpt_path: Path,
+                  on_epoch_end: Callable[[], None] | None, frozen_backbone: bool = False) -> None:
+    """The epoch loop both stages share: hooks, batches from the stage's sampler over ``labels``, history,
+    checkpoints."""
+    model = run.model
+    sampler = build_sampler(run, stage, labels)
+    loss_fn = build_loss(run, stage)
+    start = 0
+    if distributed.agree(ckpt_path.exists()):
+        ckpt = checkpoints.load(ckpt_path)
+        written_for = ckpt.get("identity") or ""  # "" in checkpoints from before identities were written
+        if written_for and run.checkpoint_identity and written_for != run.checkpoint_identity:
+            raise CheckpointError(f"checkpoint {ckpt_path} belongs to another configuration ({written_for}; this "
+                                  f"run is {run.checkpoint_identity}): it was copied or left there; refused, not "
+                                  f"resumed from. Pass --rerun to retrain the run, or remove the file")
+        start = _restore(run, ckpt, optimizer)
+    for epoch in range(start, epochs):
+        run.epoch = epoch
+        set_lr(epoch)
+        run.pm.hook.ltbench_epoch_start(run=run, stage=stage, epoch=epoch)
+        model.train()
+        if frozen_backbone:
+            model.backbone.eval()  # frozen: batch-norm statistics stay as stage 1 left them
+        order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        if hasattr(make_batch, "prefetch"):  # a streaming store decodes the epoch's image batches ahead
+            make_batch.prefetch(order, batch_size)
+        bar = _progress(run, math.ceil(len(order) / batch_size), f"stage {stage} epoch {epoch + 1}/{epochs}")
+        t0 = time.perf_counter()
+        device_sums, steps = run_steps(run, optimizer, loss_fn, order, batch_size, make_batch, bar)
+        sums = _mean_over_ranks(device_sums)  # the one wait for the device per epoch
+        distributed.broadcast_state(model, buffers_only=True)  # rank 0's running statistics everywhere
+        seconds = time.perf_counter() - t0
+        if bar:
+            bar.close()
+        check_finite(run, sums)
+        entry = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": round(seconds, 3), "images": len(order),
+                 "images_per_s": round(len(order) / seconds, 1) if seconds > 0 else None,
+                 **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
+        run.pm.hook.ltbench_epoch_end(run=run, stage=stage, epoch=epoch)
+        every = run.config.get("val_every", 0)
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            run.validation()  # a learning curve: cheap (the validation split is small), and never the test split
+        if run._validation_cache and run._validation_cache[0] == (stage, epoch):
+            entry["val_overall"] = run._validation_cache[1].overall
+        run.history.append(entry)
+        if run.on_epoch_entry is not None:
+            run.on_epoch_entry(entry)
+        run.log(f"[{run.method_name} seed {run.seed}] stage {stage} epoch {epoch + 1}/{epochs} "
+                f"{epoch_losses(entry)} ({entry['seconds']:.1f}s)")
+        if distributed.is_main():
+            _checkpoint(run, ckpt_path, optimizer)
+        if on_epoch_end:
+            on_epoch_end()
+    run.pm.hook.ltbench_stage_end(run=run, stage=stage)
+
+
+def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]:
+    """Batches of augmented training images: labels and images gathered on the device."""
+    on_device = torch.as_tensor(np.asarray(labels), device=run.device)
+
+    # Under torchrun every rank builds the global batch and keeps its rows (run_steps). The store is told
+    # which rows those are, so that a streaming store decodes this rank's share of the image files only.
+    def local_rows() -> Callable[[int], slice] | None:
+        return distributed.shard_rows if distributed.is_distributed() and run.shard_batches else None
+
+    def make_images(idx: torch.Tensor) -> Batch:
+        where = idx.to(run.device, non_blocking=True)
+        rows = local_rows()
+        images = run.train_images.get(where, augment=True, generator=run.aug_generator,
+                                      local=rows(len(idx)) if rows else None)
+        return Batch(labels=on_device[where], indices=idx, images=images)
+
+    def prefetch(order: torch.Tensor, batch_size: int) -> None:
+        run.train_images.prefetch(order, batch_size, run.aug_generator, local_rows=local_rows())
+
+    make_images.prefetch = prefetch
+    return make_images
+
+
+def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
+    config = run.config
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                                weight_decay=config["weight_decay"])
+
+    def set_lr(epoch: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, epoch)
+
+    _train_epochs(run, 1, config["epochs"], optimizer, set_lr, run.train_labels, image_batch(run, run.train_labels),
+                  config["batch_size"], ckpt_path, on_epoch_end)
+
+
+def prepare_stage2(run: Run, plan: SecondStage) -> None:
+    """Freeze the backbone (unless the plan trains it) and build the stage-2 head."""
+    run.stage = 2
+    if not plan.train_backbone:
+        for p in run.model.backbone.parameters():
+            p.requires_grad_(False)
+        if plan.features is not None:
+            if plan.labels is None or len(plan.labels) != len(plan.features):
+                raise PluginContractError(f"{_owner(run, 'ltbench_second_stage')}: SecondStage.features needs "
+                                          f"labels of the same length")
+            run.train_features = plan.features.to(run.device)
+        elif plan.cached_features and not plan.update_bn_statistics:
+            t0 = time.perf_counter()
+            run.log(f"[{run.method_name} seed {run.seed}] stage 2: extracting the features of "
+                    f"{len(run.train_labels)} training images")
+            run.train_features = extract_features(run)
+            run.log(f"[{run.method_name} seed {run.seed}] features extracted ({time.perf_counter() - t0:.1f}s)")
+    run.model.classifier = build_classifier(run, 2, run.model.num_features, run.model.classifier).to(run.device)
+    distributed.broadcast_state(run.model.classifier)  # a new head starts the same on every rank
+
+
+def stage2_schedule(config: dict[str, Any], plan: SecondStage) -> Callable[[int, int], float]:
+    """``factor(epoch, epochs)``: the multiple of stage 2's learning rate at a (0-based) epoch.
+
+    A stage 2 that takes the budget's length (``plan.epochs`` None) with the default ``cosine`` follows the
+    budget's stage-2 schedule: with ``stage2_lr_milestones``, a linear warm-up over ``stage2_warmup_epochs``
+    ((e + 1) / warm-up, as stage 1's) and then x ``stage2_lr_decay`` at each milestone; without, a cosine to 0.
+    A method that sets its own length keeps its own: a cosine, or a constant rate with ``cosine=False``."""
+    milestones = config.get("stage2_lr_milestones", []) if plan.epochs is None and plan.cosine else []
+    if milestones:
+        warm, decay = config.get("stage2_warmup_epochs", 0), config.get("stage2_lr_decay", 0.1)
+
+        def step(epoch: int, epochs: int) -> float:
+            if epoch < warm:
+                return (epoch + 1) / warm
+            return decay ** sum(epoch >= m for m in milestones)
+        return step
+    if plan.cosine:
+        return lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return lambda epoch, epochs: 1.0
+
+
+def head_lr_factor(plan: SecondStage, name: str) -> float:
+    """The stage-2 learning-rate multiplier of the classifier parameter ``name``: the first of
+    ``plan.head_lr_factors`` whose prefix it starts with, else 1."""
+    return next((f for prefix, f in plan.head_lr_factors.items() if name.startswith(prefix)), 1.0)
+
+
+def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
+    config, model = run.config, run.model
+    epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
+    lr = config["stage2_lr"] if plan.lr is None else plan.lr
+
+    head = [(n, p) for n, p in model.classifier.named_parameters() if p.requires_grad]
+    factors = {n: head_lr_factor(plan, n) for n, _ in head}
+    groups = [{"params": [p for n, p in head if factors[n] == f], "lr": lr * f} for f in sorted(set(factors.values()))]
+    if plan.train_backbone:
+        groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
+                       "lr": plan.backbone_lr if plan.backbone_lr is not None else lr})
+    groups = [g for g in groups if g["params"]]
+    if not groups or epochs == 0:
+        run.pm.hook.ltbench_stage_end(run=run, stage=2)
+        return
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    schedule = stage2_schedule(config, plan)
+
+    def set_lr(epoch: int) -> None:
+        factor = schedule(epoch, epochs)
+        for g, base in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = base * factor
+
+    labels = run.train_labels if plan.labels is None else np.asarray(plan.labels)
+    run.shard_batches = plan.data_parallel
+    features = run.train_features
+    if features is not None:
+        on_device = torch.as_tensor(labels, device=run.device)
+
+        def make_batch(idx: torch.Tensor) -> Batch:
+            where = idx.to(run.device, non_blocking=True)
+            return Batch(labels=on_device[where], features=features[where.to(features.device)], indices=idx)
+    else:
+        make_batch = image_batch(run, labels)
+    _train_epochs(run, 2, epochs, optimizer, set_lr, labels, make_batch, plan.batch_size or config["stage2_batch_size"],
+                  ckpt_path, on_epoch_end, frozen_backbone=not (plan.train_backbone or plan.update_bn_statistics))

@@ -153,6 +153,13 @@ def test_show_and_compare_refuse_bad_input(small_grid, tmp_path, capsys):
     assert "unknown method 'cb-sampln'. Did you mean 'cb-sampling'?" in capsys.readouterr().err
 
 
+def test_compare_on_smoke_records_says_they_mean_nothing_as_show_does(small_grid, capsys):
+    from ltbench.results.summary import SMOKE_NOTE
+
+    assert main(["compare", str(small_grid), "cb-sampling", "ce"]) == 0
+    assert f"Note: {SMOKE_NOTE}." in capsys.readouterr().out
+
+
 def test_compare_pairs_seeds_and_test_images(small_grid, capsys):
     assert main(["compare", str(small_grid), "cb-sampling", "ce", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -109,6 +109,7 @@ def test_status_tells_running_interrupted_failed_and_missing_apart(tmp_path, cap
                  "--quiet", "--output", str(out)]) == 0
     capsys.readouterr()
     runs = {p.parent.parts[-3]: p.parent for p in out.rglob(RESULT_FILE)}
+    assert not [run for run in runs.values() if Path(str(run) + ".lock").exists()]  # finished: no lock file left
     (runs["focal"] / RESULT_FILE).unlink()  # started, never finished: interrupted
     rec = json.loads((runs["cb-sampling"] / RESULT_FILE).read_text())
     (runs["cb-sampling"] / RESULT_FILE).write_text(json.dumps({**rec, "status": "failed", "error": "boom\ntrace"}))

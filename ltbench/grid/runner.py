@@ -91,6 +91,13 @@ class _Lock:
     def __exit__(self, *exc: Any) -> None:
         self.lock.release()
 
+    def remove_if(self, finished: bool) -> None:
+        """Delete the lock file of a finished run while holding the lock, so that none stays behind. A process
+        that was waiting on it still gets the lock (on the deleted file), then finds the run complete, as does
+        one that comes later and makes a new file: a finished run is not trained again without --rerun."""
+        if finished:
+            Path(self.lock.lock_file).unlink(missing_ok=True)
+
 
 def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False, log=print,
             catalog: Catalog | None = None, retrained: set[Path] | None = None, reporting=None,
@@ -106,9 +113,11 @@ def execute(cell: Cell, output: Path, device: torch.device, rerun: bool = False,
     if not distributed.is_main():  # under torchrun, rank 0 holds the locks, writes and reports; the others follow
         return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
                                set() if retrained is None else retrained, None, grid_id)
-    with _Lock(out, f"[{cell.label} seed {cell.seed}] {out}", log):
-        return _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
-                               set() if retrained is None else retrained, reporting, grid_id)
+    with _Lock(out, f"[{cell.label} seed {cell.seed}] {out}", log) as lock:
+        record = _execute_locked(cell, output, out, device, rerun, log, catalog or get_catalog(),
+                                 set() if retrained is None else retrained, reporting, grid_id)
+        lock.remove_if(record.get("status") == "completed")
+        return record
 
 
 def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, rerun: bool, log,

@@ -191,4 +191,6 @@ def render_comparison(result: dict[str, Any]) -> str:
     note = ""
     if len(result["seeds"]) < 3:
         note = f"\nNote: {len(result['seeds'])} paired seed(s); the interval says little about seed-to-seed spread."
+    if result["budget"] == "smoke":  # distinguishable or not, a smoke run says nothing about the methods
+        note += f"\nNote: {SMOKE_NOTE}."
     return f"{head}\n\n{table}{note}"

@@ -64,8 +64,8 @@ hook, in the order the run names the methods, before the next hook):
 3. *Each epoch*: :func:`ltbench_epoch_start`; then for every step
    :func:`ltbench_augment_batch` (in place on the ``Batch``), the forward pass
    (``model.forward_all``), the task loss, :func:`ltbench_extra_losses` (given
-   the forward's ``ModelOutput``), one backward pass through their sum and one
-   optimizer step; after the epoch's last step :func:`ltbench_epoch_end`, then
+   the forward's ``ModelOutput``), one backward pass through their sum, then
+   :func:`ltbench_optimizer_step` (else the optimizer's own step); after the epoch's last step :func:`ltbench_epoch_end`, then
    validation when ``val_every`` asks for it, the epoch's history entry (the
    console line, the reporters' :func:`ltbench_report_epoch_end`) and the
    checkpoint. After the stage's last epoch: :func:`ltbench_stage_end`.
@@ -256,6 +256,28 @@ def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOu
     did; reuse them rather than running the backbone again. A term that
     trains toward the batch's classes takes ``batch.loss_targets(C)``: the
     hard labels, or the mixed targets when a composed method mixed them.
+    """
+
+
+@hookspec(firstresult=True)
+def ltbench_optimizer_step(run: Run, model: LTModel, optimizer: torch.optim.Optimizer,
+                           closure: Callable[[], torch.Tensor]) -> bool | None:
+    """Take the step's optimisation step yourself; return ``True`` when you did.
+
+    First result; without an answer the core calls ``optimizer.step()``. When
+    it is called, the batch's loss terms have been computed and their
+    gradients are in the parameters' ``.grad`` (averaged over ranks under
+    torchrun). ``closure()`` evaluates the same batch again at the model's
+    current weights, as ``torch.optim`` optimisers that re-evaluate do:
+    forward, the task loss and every method's extra losses, ``zero_grad``,
+    backward and the average over ranks; it returns the total loss
+    (detached). The batch is not augmented again. A sharpness-aware method
+    perturbs the weights, calls ``closure()``, restores them and steps with
+    the gradient it got. Only the first evaluation's loss terms are logged;
+    batch-norm statistics move on every forward in train mode (freeze them
+    around ``closure()`` if the method's paper does). Under torchrun every
+    rank must call ``closure()`` the same number of times. Since the loss is
+    inside ``closure()``, a step-owning method composes with any loss method.
     """
 
 

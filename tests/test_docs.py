@@ -33,7 +33,8 @@ def test_the_docs_state_the_hook_order_and_what_batch_indices_index():
 
     hooks, page = docs.hook_reference(), docs.api_reference()
     order = ["ltbench_build_classifier", "ltbench_configure_model", "ltbench_build_sampler", "ltbench_build_loss",
-             "ltbench_epoch_start", "ltbench_augment_batch", "ltbench_extra_losses", "ltbench_epoch_end",
+             "ltbench_epoch_start", "ltbench_augment_batch", "ltbench_extra_losses", "ltbench_optimizer_step",
+             "ltbench_epoch_end",
              "ltbench_stage_end", "ltbench_second_stage", "ltbench_eval_logits", "ltbench_adjust_logits",
              "ltbench_record"]
     section = hooks[hooks.index("**Order of calls in a run**"):]

@@ -30,7 +30,8 @@ FAMILIES = [
 ]
 #: the order hooks are called in a run (for the run hooks' section)
 RUN_ORDER = ["ltbench_configure_model", "ltbench_build_classifier", "ltbench_build_sampler", "ltbench_build_loss",
-             "ltbench_epoch_start", "ltbench_augment_batch", "ltbench_extra_losses", "ltbench_epoch_end",
+             "ltbench_epoch_start", "ltbench_augment_batch", "ltbench_extra_losses", "ltbench_optimizer_step",
+             "ltbench_epoch_end",
              "ltbench_stage_end", "ltbench_second_stage", "ltbench_eval_logits", "ltbench_adjust_logits",
              "ltbench_record"]
 

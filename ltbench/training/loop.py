@@ -20,7 +20,8 @@ import torch
 from ltbench.errors import CheckpointError, PluginContractError
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import _autocast, extract_features
-from ltbench.training.hooks import _owner, build_classifier, build_loss, build_sampler, compute_loss, extra_losses
+from ltbench.training.hooks import (_expect, _owner, build_classifier, build_loss, build_sampler, compute_loss,
+                                    extra_losses)
 from ltbench.training.model import ModelOutput
 from ltbench.training.progress import Heartbeat, _progress
 from ltbench.training.run import Batch
@@ -96,18 +97,33 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
     (no ``float()``/``item()``/``bool()`` on a device tensor), so a GPU queue never stalls mid-epoch."""
     model = run.model
     run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
-    with _autocast(run.device):
-        if batch.images is None:  # a classifier-only stage on features
-            output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
-        else:
-            output = model.forward_all(batch.images)
-        terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.loss_targets(run.num_classes))}
-        terms.update(extra_losses(run, model, batch, output))
-        total = sum(terms.values())
-    optimizer.zero_grad(set_to_none=True)
-    (total * scale if scale != 1.0 else total).backward()
-    distributed.average_gradients(model.parameters())  # under torchrun: the gradient of the global batch
-    optimizer.step()
+
+    def loss_and_gradients() -> dict[str, torch.Tensor]:
+        with _autocast(run.device):
+            if batch.images is None:  # a classifier-only stage on features
+                output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
+            else:
+                output = model.forward_all(batch.images)
+            terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.loss_targets(run.num_classes))}
+            terms.update(extra_losses(run, model, batch, output))
+            total = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        (total * scale if scale != 1.0 else total).backward()
+        distributed.average_gradients(model.parameters())  # under torchrun: the gradient of the global batch
+        terms["_total"] = total
+        return terms
+
+    terms = loss_and_gradients()
+    del terms["_total"]
+    if run.pm.hook.ltbench_optimizer_step.get_hookimpls():  # a method owns the step
+        stepped = run.pm.hook.ltbench_optimizer_step(run=run, model=model, optimizer=optimizer,
+                                                      closure=lambda: loss_and_gradients()["_total"].detach())
+        _expect(run, "ltbench_optimizer_step", stepped, lambda v: v is None or v is True,
+                "True (the method stepped) or None (the core steps)")
+        if stepped is None:
+            optimizer.step()
+    else:
+        optimizer.step()
     return {k: v.detach() for k, v in terms.items()}
 
 

@@ -68,6 +68,8 @@ ABLATIONS = [
     ("cam-fusion-real", "crt", "CAM fusion's Phase II on real images against crt"),
     ("cb-focal", "cb-focal (default bias)", "Cui et al.'s prior bias initialisation against PyTorch's default"),
     ("cb-focal (default bias)", "ce", "the board's earlier cb-focal row, without the prior bias"),
+    ("ldam", "ldam [max_margin=1e-06]", "LDAM's margins over its cosine classifier (s = 30) alone"),
+    ("ldam [max_margin=1e-06]", "ce", "the cosine classifier without margins against ce's linear head"),
 ]
 
 

@@ -109,9 +109,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     table = {"methods": cat.methods, "datasets": cat.datasets, "backbones": cat.backbones,
              "reporters": cat.reporters}[args.what]
     names = match_names(args.pattern, table)
-    if not names:
-        from ltbench.errors import ConfigError
-
+    if not names and args.pattern != "*":  # an empty table is no error; a pattern that matches nothing is
         raise ConfigError(f"no {args.what} match {args.pattern!r}; `ltbench ls {args.what}` lists all "
                           f"{len(table)} of them")
     if args.what == "reporters":

@@ -98,7 +98,7 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
     model = run.model
     run.pm.hook.ltbench_augment_batch(run=run, model=model, batch=batch)
 
-    def loss_and_gradients() -> dict[str, torch.Tensor]:
+    def loss_and_gradients() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with _autocast(run.device):
             if batch.images is None:  # a classifier-only stage on features
                 output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
@@ -110,14 +110,12 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
         optimizer.zero_grad(set_to_none=True)
         (total * scale if scale != 1.0 else total).backward()
         distributed.average_gradients(model.parameters())  # under torchrun: the gradient of the global batch
-        terms["_total"] = total
-        return terms
+        return terms, total
 
-    terms = loss_and_gradients()
-    del terms["_total"]
+    terms, _ = loss_and_gradients()
     if run.pm.hook.ltbench_optimizer_step.get_hookimpls():  # a method owns the step
         stepped = run.pm.hook.ltbench_optimizer_step(run=run, model=model, optimizer=optimizer,
-                                                      closure=lambda: loss_and_gradients()["_total"].detach())
+                                                      closure=lambda: loss_and_gradients()[1].detach())
         _expect(run, "ltbench_optimizer_step", stepped, lambda v: v is None or v is True,
                 "True (the method stepped) or None (the core steps)")
         if stepped is None:

@@ -27,7 +27,7 @@ from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather
 from ltbench.training.evaluate import extract_features
 from ltbench.training.model import LTModel, ModelOutput
 from ltbench.training.run import Batch, Run, SecondStage
-from ltbench.training.targets import as_soft, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
+from ltbench.training.targets import as_soft, cross_entropy, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
 
 #: the version of this surface: a major step removes or breaks names (after a deprecation), a minor one adds
 API_VERSION = "1.0"
@@ -38,7 +38,7 @@ SECTIONS: dict[str, list[str]] = {
                                  "Budget"],
     "What hooks receive and return": ["Run", "Batch", "SecondStage", "ModelOutput", "LTModel"],
     "Helpers": ["extract_features", "class_balanced", "class_share_sampler", "instance_balanced", "as_soft",
-                "is_soft", "mix_pairs", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
+                "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
                 "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet"],
     "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree",
                        "barrier"],

@@ -59,7 +59,7 @@ hook, in the order the run names the methods, before the next hook):
    configured model: modules a method adds here must be added the same way on
    every build, and their weights come from the checkpoint.
 2. *Each stage*, at its start: :func:`ltbench_build_sampler`, then
-   :func:`ltbench_build_loss` (a resumed stage calls both again, then restores
+   :func:`ltbench_build_loss`, then :func:`ltbench_train_views` (a resumed stage calls them again, then restores
    the model, optimizer, method states and random generators).
 3. *Each epoch*: :func:`ltbench_epoch_start`; then for every step
    :func:`ltbench_augment_batch` (in place on the ``Batch``), the forward pass
@@ -209,6 +209,25 @@ def ltbench_build_loss(run: Run, stage: int) -> LossFn | None:
     the zoo does). The loss may read ``run.epoch`` to change over time
     (deferred re-weighting). The core default is plain cross-entropy
     (``F.cross_entropy``, which takes both forms).
+
+    When a method set per-row weights (``batch.row_weights``) the loss is called as
+    ``loss(logits, targets, row_weights=r)``: accept the keyword to compose with re-weighting methods (the
+    helpers of :mod:`ltbench.training.targets` take it, and so does every loss of the zoo but MiSLAS's stage 2
+    and RIDE's); a loss without it fails such a run with an error naming both methods.
+    """
+
+
+@hookspec
+def ltbench_train_views(run: Run, stage: int) -> int | None:
+    """Ask for ``k`` augmented views of every training row in a stage (contrastive methods).
+
+    Broadcast; the stage uses the largest ``k`` any method of the run answers (1 without an answer). Each
+    view is a new draw of the core augmentation of the same image (in memory and from image files alike;
+    the streaming store decodes an image once and crops it ``k`` times, or decodes it ``k`` times for the
+    ``imagenet`` transform, ahead in its workers). The batch carries views 2..k as ``batch.extra_views``;
+    the forward pass runs on all views at once (``batch.view_rows(v)`` is where view ``v`` lies in its
+    output), the task loss trains on the first view's rows, and images/s and the record's image counts count
+    every view. Asked for in a stage that trains on cached features, it is a contract error.
     """
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,3 +36,9 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
         mask = (torch.rand(b, generator=generator, device=gen_device) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def augment_views(x: torch.Tensor, views: int, augment: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``augment(x)`` once, or ``views`` times concatenated (each a new draw)."""
+    return augment(x) if views == 1 else torch.cat([augment(x) for _ in range(views)])
+

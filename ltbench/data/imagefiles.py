@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbench.data.augment import normalise_uint8, random_crop_flip
+from ltbench.data.augment import augment_views, normalise_uint8, random_crop_flip
 from ltbench.errors import DataNotFoundError
 
 TRANSFORMS = ("pad-crop-flip", "imagenet")
@@ -84,6 +84,14 @@ def _skip_others(chunk: list, local: slice | None) -> list:
     keep = range(len(chunk))[local]
     return [item if k in keep else ((SKIP, 0, False) if isinstance(item, tuple) else SKIP)
             for k, item in enumerate(chunk)]
+
+
+def _skip_others_per_view(items: list, views: int, local: slice | None) -> list:
+    """:func:`_skip_others` on each view's part of a view-by-view list of items."""
+    if local is None or views <= 1:
+        return _skip_others(items, local)
+    n = len(items) // views
+    return [item for v in range(views) for item in _skip_others(items[v * n : (v + 1) * n], local)]
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -173,23 +181,27 @@ class FileImageStore:
         return torch.randint(2**62, (n,), generator=generator, device=gen_device).tolist()
 
     def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                 local_rows: Callable[[int], slice] | None = None) -> None:
+                 local_rows: Callable[[int], slice] | None = None, views: int = 1) -> None:
         """Start decoding an epoch's training batches (``order`` in chunks of ``batch_size``) in the workers.
         (For ``imagenet`` the per-image seeds are drawn now, from ``generator``, in batch order.)
 
         ``local_rows`` (torchrun with sharded batches: :func:`ltbench.training.distributed.shard_rows`) names the rows of
         each batch this rank trains on; the others are not decoded (zeros stand in; the step loop drops them).
-        Every rank still draws the whole batch's augmentation, so its rows get the draws one process would."""
+        Every rank still draws the whole batch's augmentation, so its rows get the draws one process would.
+
+        ``views`` k > 1 (``ltbench_train_views``): ``pad-crop-flip`` images are decoded once and cropped k times in
+        :meth:`get`; ``imagenet`` images are decoded and transformed k times here, view by view, each draw seeded."""
         chunks = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
         self._expected = list(chunks)  # (a copy: the loader iterates its own)
+        local = (lambda chunk: local_rows(len(chunk))) if local_rows else (lambda chunk: None)
         if self.files.transform == "imagenet":
-            seeds = self._seeds(len(order), generator)
-            items = [[(i, seeds[s + k], True) for k, i in enumerate(chunk)]
+            seeds = self._seeds(len(order) * views, generator)
+            items = [_skip_others_per_view([(i, seeds[s * views + k], True) for k, i in enumerate(chunk * views)],
+                                           views, local(chunk))
                      for s, chunk in zip(range(0, len(order), batch_size), chunks)]
         else:
-            items = chunks
-        local = (lambda chunk: local_rows(len(chunk))) if local_rows else (lambda chunk: None)
-        self._ahead = iter(self._loader([_skip_others(chunk, local(chunk)) for chunk in items]))
+            items = [_skip_others(chunk, local(chunk)) for chunk in chunks]
+        self._ahead = iter(self._loader(items))
 
     def _take(self, idx: list[int]) -> torch.Tensor | None:
         """The next prefetched batch when ``idx`` is it; None otherwise (a method's own ``get``), which leaves
@@ -200,20 +212,26 @@ class FileImageStore:
         return None
 
     def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None,
-            local: slice | None = None) -> torch.Tensor:
-        """Images ``idx``, normalised (augmented when ``augment``); only the rows ``local`` are decoded when
-        given (the others are zeros; see :meth:`prefetch`)."""
+            local: slice | None = None, views: int = 1) -> torch.Tensor:
+        """Images ``idx``, normalised (augmented when ``augment``; ``views=k``: k draws, view by view); only the
+        rows ``local`` are decoded when given (the others are zeros; see :meth:`prefetch`)."""
         wanted = idx.tolist()
         x = self._take(wanted) if augment else None
+        imagenet = self.files.transform == "imagenet"
         if x is None:  # not prefetched: decode here
-            if self.files.transform == "imagenet":
-                seeds = self._seeds(len(wanted), generator) if augment else [0] * len(wanted)
-                items = [(i, s, augment) for i, s in zip(wanted, seeds)]
+            if imagenet:
+                n = len(wanted) * (views if augment else 1)
+                seeds = self._seeds(n, generator) if augment else [0] * n
+                items = [(i, s, augment) for i, s in zip(wanted * (n // max(len(wanted), 1)), seeds)]
+                items = _skip_others_per_view(items, n // max(len(wanted), 1), local)
             else:
-                items = wanted
-            x = _collate([_Decoded(self.files)[item] for item in _skip_others(items, local)])
-        if augment and self.files.transform == "pad-crop-flip":
-            x = random_crop_flip(x.to(self.device), self.padding, self.flip, generator)
+                items = _skip_others(wanted, local)
+            x = _collate([_Decoded(self.files)[item] for item in items])
+        if augment and not imagenet:
+            x = augment_views(x.to(self.device), views,
+                              lambda v: random_crop_flip(v, self.padding, self.flip, generator))
+        elif len(x) < len(wanted) * views:  # un-augmented views are the same image
+            x = torch.cat([x] * views)
         return self.normalise_uint8(x)
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbench.data.augment import normalise_uint8, random_crop_flip
+from ltbench.data.augment import augment_views, normalise_uint8, random_crop_flip
 from ltbench.data.split import DatasetSpec, LTData
 
 
@@ -45,16 +45,19 @@ class ImageStore:
             yield self.normalise_uint8(self.x[start : start + batch_size])
 
     def prefetch(self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                 local_rows: Callable[[int], slice] | None = None) -> None:
+                 local_rows: Callable[[int], slice] | None = None, views: int = 1) -> None:
         """Nothing to do: the images are in memory (the streaming store decodes ahead here)."""
 
     def get(self, idx: torch.Tensor, augment: bool, generator: torch.Generator | None = None,
-            local: slice | None = None) -> torch.Tensor:
-        """Images ``idx``, normalised (augmented when ``augment``). ``local`` (a rank's rows, which the
-        streaming store alone decodes) changes nothing here: every row is already in memory."""
+            local: slice | None = None, views: int = 1) -> torch.Tensor:
+        """Images ``idx``, normalised (augmented when ``augment``); with ``views=k``, k independent augmentations
+        of them, view by view (``k * len(idx)`` rows). ``local`` (a rank's rows, which the streaming store alone
+        decodes) changes nothing here: every row is already in memory."""
         x = self.x[idx.to(self.x.device, non_blocking=True)]
         if augment:
-            x = random_crop_flip(x, self.padding, self.flip, generator)
+            x = augment_views(x, views, lambda v: random_crop_flip(v, self.padding, self.flip, generator))
+        elif views > 1:
+            x = torch.cat([x] * views)
         return self.normalise_uint8(x)
 
 

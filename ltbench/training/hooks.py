@@ -4,6 +4,7 @@ run's methods; composition rules; the classifier, sampler, loss and extra-loss t
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -117,14 +118,47 @@ def build_loss(run: Run, stage: int):
     return _expect(run, "ltbench_build_loss", loss, callable, "a callable loss(logits, targets)")
 
 
-def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def train_views(run: Run, stage: int, on_features: bool) -> int:
+    """How many views of each row the stage trains on: the largest answer to ``ltbench_train_views``, else 1."""
+    answers = run.pm.hook.ltbench_train_views(run=run, stage=stage)
+    for value in answers:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise PluginContractError(f"{_owner(run, 'ltbench_train_views')}: ltbench_train_views returned "
+                                      f"{value!r}; the hook specification expects a whole number of views, 1 or more")
+    views = max([1, *answers])
+    if views > 1 and on_features:
+        raise PluginContractError(f"{_owner(run, 'ltbench_train_views')}: asks for {views} views in stage {stage}, "
+                                  f"which trains on cached features (no images to augment)")
+    return views
+
+
+def _takes_row_weights(loss_fn) -> bool:
+    try:
+        params = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: it cannot take the keyword
+        return False
+    return any(p.name == "row_weights" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor,
+                 row_weights: torch.Tensor | None = None) -> torch.Tensor:
     if len(logits) != len(targets):
         raise PluginContractError(f"the batch has {len(targets)} targets but the model gave {len(logits)} logits; "
                                   f"a method's ltbench_augment_batch and the modules it inserted disagree")
     if targets.dim() == 2 and tuple(targets.shape) != tuple(logits.shape):
         raise PluginContractError(f"the batch's soft targets have shape {tuple(targets.shape)}; the logits "
                                   f"{tuple(logits.shape)}: a method set batch.targets with the wrong number of classes")
-    loss = loss_fn(logits, targets)
+    if row_weights is None:
+        loss = loss_fn(logits, targets)
+    else:
+        if not _takes_row_weights(loss_fn):
+            raise PluginContractError(f"a method set batch.row_weights, but the task loss of "
+                                      f"{_owner(run, 'ltbench_build_loss')} (ltbench_build_loss) takes no row_weights "
+                                      f"keyword: it cannot weight rows; see ltbench.api.cross_entropy")
+        if row_weights.shape != (len(targets),):
+            raise PluginContractError(f"batch.row_weights has shape {tuple(row_weights.shape)}; the batch has "
+                                      f"{len(targets)} rows (one weight per row)")
+        loss = loss_fn(logits, targets, row_weights=row_weights)
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
         raise PluginContractError(f"{_owner(run, 'ltbench_build_loss')}: its loss returned "
                                   f"{type(loss).__name__} {getattr(loss, 'shape', '')}; expected a scalar tensor")

@@ -21,7 +21,7 @@ from ltbench.errors import CheckpointError, PluginContractError
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import _autocast, extract_features
 from ltbench.training.hooks import (_expect, _owner, build_classifier, build_loss, build_sampler, compute_loss,
-                                    extra_losses)
+                                    extra_losses, train_views)
 from ltbench.training.model import ModelOutput
 from ltbench.training.progress import Heartbeat, _progress
 from ltbench.training.run import Batch
@@ -89,6 +89,22 @@ def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -
     return ckpt["epoch"] + 1
 
 
+def task_logits(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """The rows the task loss trains on: the first view's, and any a module appended after the views."""
+    if not batch.extra_views:
+        return logits
+    first, after = batch.view_rows(0), batch.view_rows(batch.views - 1).stop
+    return torch.cat([logits[first], logits[after:]])
+
+
+def row_weights_for(batch: Batch, rows: int) -> torch.Tensor | None:
+    """``batch.row_weights``, with weight 1 for rows a module appended after the batch's own."""
+    w = batch.row_weights
+    if w is None or len(w) >= rows or batch.images is None or len(w) != len(batch.images):
+        return w
+    return torch.cat([w, w.new_ones(rows - len(w))])
+
+
 def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch,
                 scale: float = 1.0) -> dict[str, torch.Tensor]:
     """One optimisation step: augmentation hooks, forward, task loss plus extra losses, backward.
@@ -102,9 +118,13 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
         with _autocast(run.device):
             if batch.images is None:  # a classifier-only stage on features
                 output = ModelOutput(model.classifier(batch.features), batch.features, batch.features)
+            elif batch.extra_views:  # every view in one forward pass, view by view
+                output = model.forward_all(torch.cat([batch.images, *batch.extra_views]))
             else:
                 output = model.forward_all(batch.images)
-            terms = {"task": compute_loss(run, loss_fn, output.logits.float(), batch.loss_targets(run.num_classes))}
+            targets = batch.loss_targets(run.num_classes)
+            terms = {"task": compute_loss(run, loss_fn, task_logits(batch, output.logits).float(), targets,
+                                          row_weights_for(batch, len(targets)))}
             terms.update(extra_losses(run, model, batch, output))
             total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
@@ -191,6 +211,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
     model = run.model
     sampler = build_sampler(run, stage, labels)
     loss_fn = build_loss(run, stage)
+    run.views = train_views(run, stage, on_features=not hasattr(make_batch, "prefetch"))
     start = 0
     if distributed.agree(ckpt_path.exists()):
         ckpt = checkpoints.load(ckpt_path)
@@ -220,8 +241,8 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
             bar.close()
         check_finite(run, sums)
         entry = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                 "seconds": round(seconds, 3), "images": len(order),
-                 "images_per_s": round(len(order) / seconds, 1) if seconds > 0 else None,
+                 "seconds": round(seconds, 3), "images": len(order) * run.views,  # every view is an image processed
+                 "images_per_s": round(len(order) * run.views / seconds, 1) if seconds > 0 else None,
                  **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
         run.pm.hook.ltbench_epoch_end(run=run, stage=stage, epoch=epoch)
         every = run.config.get("val_every", 0)
@@ -254,11 +275,12 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
         where = idx.to(run.device, non_blocking=True)
         rows = local_rows()
         images = run.train_images.get(where, augment=True, generator=run.aug_generator,
-                                      local=rows(len(idx)) if rows else None)
-        return Batch(labels=on_device[where], indices=idx, images=images)
+                                      local=rows(len(idx)) if rows else None, views=run.views)
+        first, *extra = images.chunk(run.views) if run.views > 1 else (images,)
+        return Batch(labels=on_device[where], indices=idx, images=first, extra_views=tuple(extra))
 
     def prefetch(order: torch.Tensor, batch_size: int) -> None:
-        run.train_images.prefetch(order, batch_size, run.aug_generator, local_rows=local_rows())
+        run.train_images.prefetch(order, batch_size, run.aug_generator, local_rows=local_rows(), views=run.views)
 
     make_images.prefetch = prefetch
     return make_images

@@ -54,19 +54,45 @@ class Batch:
     and ``SecondStage.features`` when a second stage supplies its own set, into ``run.train_features`` on a
     cached-feature stage). They identify an image across epochs, so per-sample state (a memory bank, a
     per-image weight) is keyed by them. Under torchrun a rank's batch holds its rows of the global batch and
-    their indices."""
+    their indices.
+
+    ``extra_views`` holds the further augmented views of the rows when a method asked for ``k`` views
+    (``ltbench_train_views``): ``k - 1`` tensors shaped as ``images``, each a new draw of the core augmentation
+    of the same images (``images`` is the first view). The forward pass then runs on all views at once, view
+    by view (:meth:`view_rows` says where view ``v``'s rows are in ``ModelOutput``), and the task loss sees the
+    first view's rows. Empty otherwise.
+
+    ``row_weights`` (``(B,)``, non-negative, on the device) weights each row's term of the task loss: a
+    method that re-weights samples sets it in ``ltbench_augment_batch``, and the core passes it to the task
+    loss as ``row_weights=`` (see :mod:`ltbench.training.targets`), whichever method built that loss. ``None``
+    weighs every row alike. A loss that does not take ``row_weights`` fails the run with a named error."""
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
     features: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    extra_views: tuple[torch.Tensor, ...] = ()
+    row_weights: torch.Tensor | None = None
 
     def rows(self, rows: slice) -> "Batch":
         """The batch's rows ``rows`` (a rank's share of a global batch)."""
         take = lambda t: None if t is None else t[rows]  # noqa: E731
         return Batch(labels=self.labels[rows], images=take(self.images), features=take(self.features),
-                     indices=take(self.indices), targets=take(self.targets))
+                     indices=take(self.indices), targets=take(self.targets),
+                     extra_views=tuple(v[rows] for v in self.extra_views), row_weights=take(self.row_weights))
+
+    @property
+    def views(self) -> int:
+        """How many views of each row the forward pass sees: 1 + ``len(extra_views)``."""
+        return 1 + len(self.extra_views)
+
+    def view_rows(self, view: int) -> slice:
+        """Where view ``view`` (0 = ``images``) of the batch's rows lies in the forward pass's output."""
+        if not 0 <= view < self.views:
+            raise IndexError(f"view {view} of a batch with {self.views} views")
+        n = len(self.images) if self.images is not None else len(self.labels)
+        return slice(view * n, (view + 1) * n)
 
     def loss_targets(self, num_classes: int) -> torch.Tensor:
         """The task loss's targets: the hard labels, or the soft targets a method set. Rows appended after the
@@ -153,10 +179,13 @@ class Run:
     stage: int = 1
     #: the epoch being trained, from 0 within its stage
     epoch: int = 0
+    #: how many augmented views of each row the stage trains on (``ltbench_train_views``; 1 by default)
+    views: int = 1
     #: the network (``backbone``, ``classifier``, ``heads``), on ``device`` once the run is built
     model: LTModel | None = None
     #: the training images as a store: ``get(indices, augment, generator)`` returns those images normalised
-    #: (augmented: the dataset's crop and flip, drawn from ``generator``), ``eval_batches(n)`` the split in order
+    #: (augmented: the dataset's crop and flip, drawn from ``generator``; ``views=k``: k draws, view by view,
+    #: ``k * len(indices)`` rows), ``eval_batches(n)`` the split in order
     #: un-augmented, ``image_hw`` their size, ``len()`` their number. It holds the uint8 images on the device
     #: (in memory) or decodes image files in DataLoader workers (streaming datasets: nothing is held, so do not
     #: read it as an array). The step loop's own batches are prefetched; a method's extra ``get`` is decoded

@@ -13,6 +13,12 @@ row by row (the "mixup criterion"); class-weighted losses normalise by the rows'
 weights, which is PyTorch's weighted mean on hard labels.
 
 The helpers here are what a third-party loss needs to accept mixed targets.
+
+**Per-row weights.** A method may weight the rows of a batch (``batch.row_weights``, one non-negative number per
+row). The core then calls the task loss as ``loss(logits, targets, row_weights=r)``; a loss that accepts the
+keyword weights each row's contribution and keeps its normaliser, so ``r = 1`` gives the unweighted loss exactly:
+a mean over rows becomes ``sum_i r_i l_i / B``, a class-weighted mean ``sum_i r_i w_i l_i / sum_i w_i``. Every
+helper here takes ``row_weights``; :func:`cross_entropy` is the core's default loss.
 """
 
 from __future__ import annotations
@@ -41,19 +47,36 @@ def mix_pairs(labels_a: torch.Tensor, labels_b: torch.Tensor, lam: torch.Tensor 
     return lam * F.one_hot(labels_a, num_classes).float() + (1 - lam) * F.one_hot(labels_b, num_classes).float()
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                       row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``-sum_c q_c log softmax(logits)_c`` averaged over rows; with class weights ``w``, each row's
     ``q_c`` is weighted by ``w_c`` and the sum is divided by ``sum_i sum_c q_ic w_c`` (on one-hot rows:
-    ``F.cross_entropy(..., weight=w)`` exactly)."""
+    ``F.cross_entropy(..., weight=w)`` exactly). ``row_weights`` as the module says."""
     q = as_soft(targets, logits.shape[1], logits.dtype)
     per_class = -q * F.log_softmax(logits, dim=1)
-    return weighted_mean(per_class, q, weight)
+    return weighted_mean(per_class, q, weight, row_weights)
 
 
-def weighted_mean(per_class: torch.Tensor, q: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The core's default task loss: ``F.cross_entropy`` (hard labels or soft targets); with ``row_weights``,
+    the mean over rows of ``r_i * CE_i``."""
+    if row_weights is None:
+        return F.cross_entropy(logits, targets)
+    return soft_cross_entropy(logits, targets, row_weights=row_weights)
+
+
+def weighted_mean(per_class: torch.Tensor, q: torch.Tensor, weight: torch.Tensor | None,
+                  row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a ``(B, C)`` tensor of target-weighted per-class loss terms: the mean over rows of their sums,
-    or, with class weights ``w``, ``sum(per_class * w) / sum(q * w)`` (PyTorch's weighted mean)."""
+    or, with class weights ``w``, ``sum(per_class * w) / sum(q * w)`` (PyTorch's weighted mean). Row weights
+    ``r`` scale each row's sum and leave the normaliser alone."""
+    if row_weights is None:  # (the expressions every committed record was trained with)
+        if weight is None:
+            return per_class.sum(1).mean()
+        w = weight.to(per_class.device, per_class.dtype)
+        return (per_class * w).sum() / (q * w).sum()
+    r = row_weights.to(per_class.device, per_class.dtype)[:, None]
     if weight is None:
-        return per_class.sum(1).mean()
+        return (per_class * r).sum(1).mean()
     w = weight.to(per_class.device, per_class.dtype)
-    return (per_class * w).sum() / (q * w).sum()
+    return (per_class * w * r).sum() / (q * w).sum()

@@ -140,8 +140,8 @@ def test_execution_options_are_recorded_but_not_part_of_a_runs_identity(tmp_path
     assert C.config_id(fast) == C.config_id(plain) and C.overrides(fast, plain) == {}
 
 
-def _reference_store_get(self, idx, augment, generator=None, local=None):
-    """ImageStore.get before the speed-up: float images, then the 4-D gather crop, then normalise."""
+def _reference_store_get(self, idx, augment, generator=None, local=None, views=1):
+    """ImageStore.get before the speed-up: float images, then the 4-D gather crop, then normalise (one view)."""
     x = self.x[idx.to(self.x.device)].float().div_(255)
     if augment:
         x = _reference_crop_flip(x, self.padding, self.flip, generator)

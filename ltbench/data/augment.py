@@ -38,7 +38,10 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
     return x
 
 
-def augment_views(x: torch.Tensor, views: int, augment: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``augment(x)`` once, or ``views`` times concatenated (each a new draw)."""
+def augment_views(x: torch.Tensor, views: int,
+                  augment: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """``views`` views of the batch ``x``, view by view: ``augment(x)`` drawn anew for each, or (``augment``
+    None) ``x`` itself repeated. One view is ``augment(x)`` (or ``x``) as it is."""
+    if augment is None:
+        return x if views == 1 else torch.cat([x] * views)
     return augment(x) if views == 1 else torch.cat([augment(x) for _ in range(views)])
-

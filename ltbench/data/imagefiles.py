@@ -218,21 +218,20 @@ class FileImageStore:
         wanted = idx.tolist()
         x = self._take(wanted) if augment else None
         imagenet = self.files.transform == "imagenet"
+        decoded_views = views if augment and imagenet else 1  # imagenet draws its augmentation while decoding
         if x is None:  # not prefetched: decode here
             if imagenet:
-                n = len(wanted) * (views if augment else 1)
+                n = len(wanted) * decoded_views
                 seeds = self._seeds(n, generator) if augment else [0] * n
-                items = [(i, s, augment) for i, s in zip(wanted * (n // max(len(wanted), 1)), seeds)]
-                items = _skip_others_per_view(items, n // max(len(wanted), 1), local)
+                items = _skip_others_per_view([(i, s, augment) for i, s in zip(wanted * decoded_views, seeds)],
+                                              decoded_views, local)
             else:
                 items = _skip_others(wanted, local)
             x = _collate([_Decoded(self.files)[item] for item in items])
-        if augment and not imagenet:
-            x = augment_views(x.to(self.device), views,
-                              lambda v: random_crop_flip(v, self.padding, self.flip, generator))
-        elif len(x) < len(wanted) * views:  # un-augmented views are the same image
-            x = torch.cat([x] * views)
-        return self.normalise_uint8(x)
+        if imagenet and decoded_views == views:  # every view is decoded (augmented there, or one plain view)
+            return self.normalise_uint8(x)
+        crop = (lambda v: random_crop_flip(v, self.padding, self.flip, generator)) if augment and not imagenet else None
+        return self.normalise_uint8(augment_views(x.to(self.device), views, crop))
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The split in order, un-augmented and normalised, ``batch_size`` images at a time."""

@@ -54,11 +54,8 @@ class ImageStore:
         of them, view by view (``k * len(idx)`` rows). ``local`` (a rank's rows, which the streaming store alone
         decodes) changes nothing here: every row is already in memory."""
         x = self.x[idx.to(self.x.device, non_blocking=True)]
-        if augment:
-            x = augment_views(x, views, lambda v: random_crop_flip(v, self.padding, self.flip, generator))
-        elif views > 1:
-            x = torch.cat([x] * views)
-        return self.normalise_uint8(x)
+        crop = (lambda v: random_crop_flip(v, self.padding, self.flip, generator)) if augment else None
+        return self.normalise_uint8(augment_views(x, views, crop))
 
 
 def make_store(images, spec: DatasetSpec, data: LTData, device: torch.device, config: dict[str, Any]):

@@ -276,7 +276,7 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
         rows = local_rows()
         images = run.train_images.get(where, augment=True, generator=run.aug_generator,
                                       local=rows(len(idx)) if rows else None, views=run.views)
-        first, *extra = images.chunk(run.views) if run.views > 1 else (images,)
+        first, *extra = images.chunk(run.views)
         return Batch(labels=on_device[where], indices=idx, images=first, extra_views=tuple(extra))
 
     def prefetch(order: torch.Tensor, batch_size: int) -> None:

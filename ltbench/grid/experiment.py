@@ -86,32 +86,39 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
-    for key, value in data.items():
-        if key not in KEYS:
-            raise ConfigError(f"{path}: {UnknownNameError('experiment-file key', key, KEYS)}")
-        kind = KEYS[key][0]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{path}: {key} must be {_kind_name(kind)}, got {value!r}")
-    for key in data.get("slurm", {}):
-        if key not in SLURM_KEYS:
-            raise ConfigError(f"{path}: {UnknownNameError('[slurm] key', key, SLURM_KEYS)}")
-    for name, variant in data.get("variants", {}).items():
-        if not isinstance(variant, dict):
-            raise ConfigError(f"{path}: [variants.{name}] must be a table with method = ... and set = {{...}}")
-        for key in variant:
-            if key not in VARIANT_KEYS:
-                raise ConfigError(f"{path}: [variants.{name}]: {UnknownNameError('variant key', key, VARIANT_KEYS)}")
-        if not isinstance(variant.get("method"), str):
-            raise ConfigError(f"{path}: [variants.{name}] needs method = \"<a method name>\"")
-        if not isinstance(variant.get("set", {}), dict):
-            raise ConfigError(f"{path}: [variants.{name}] set must be a table, e.g. set = {{ alignment = \"var\" }}")
+    check(data, str(path))
     for key in PATH_KEYS:  # a path in the file means a path next to the file, wherever ltbench runs from
         if key in data and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(path.parent / data[key])
+    return data
+
+
+def check(data: dict[str, Any], where: str, noun: str = "experiment-file key") -> dict[str, Any]:
+    """``data`` (an experiment file's table, or :func:`ltbench.run`'s keywords) checked: every key known and of
+    its type, every ``[slurm]`` and variant key known; errors begin with ``where``."""
+    for key, value in data.items():
+        if key not in KEYS:
+            raise ConfigError(f"{where}: {UnknownNameError(noun, key, KEYS)}")
+        kind = KEYS[key][0]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, got {value!r}")
+    for key in data.get("slurm", {}):
+        if key not in SLURM_KEYS:
+            raise ConfigError(f"{where}: {UnknownNameError('[slurm] key', key, SLURM_KEYS)}")
+    for name, variant in data.get("variants", {}).items():
+        if not isinstance(variant, dict):
+            raise ConfigError(f"{where}: [variants.{name}] must be a table with method = ... and set = {{...}}")
+        for key in variant:
+            if key not in VARIANT_KEYS:
+                raise ConfigError(f"{where}: [variants.{name}]: {UnknownNameError('variant key', key, VARIANT_KEYS)}")
+        if not isinstance(variant.get("method"), str):
+            raise ConfigError(f"{where}: [variants.{name}] needs method = \"<a method name>\"")
+        if not isinstance(variant.get("set", {}), dict):
+            raise ConfigError(f"{where}: [variants.{name}] set must be a table, e.g. set = {{ alignment = \"var\" }}")
     if "seeds" in data and not isinstance(data["seeds"], str):
         seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise ConfigError(f"{path}: seeds must be integers, got {data['seeds']!r}")
+            raise ConfigError(f"{where}: seeds must be integers, got {data['seeds']!r}")
     return data
 
 

@@ -22,14 +22,15 @@ SLURM_FLAGS = {"partition": "slurm_partition", "account": "slurm_account", "gpus
                "array_parallelism": "slurm_array_parallelism"}
 
 
-def run_options(args: argparse.Namespace) -> argparse.Namespace:
-    """The command line over the --config file over the defaults, written back onto ``args``."""
+def run_options(args: argparse.Namespace, experiment_data: dict[str, Any] | None = None) -> argparse.Namespace:
+    """The command line over the --config file (or ``experiment_data``, an experiment as a dict) over the
+    defaults, written back onto ``args``."""
     from ltbench.grid import config as config_mod
     from ltbench.grid import experiment
 
-    exp = experiment.load(args.config) if args.config else {}
+    exp = experiment.load(args.config) if args.config else (experiment_data or {})
     flags = {key: getattr(args, key) for key in RUN_FLAGS}
-    flags["set"] = config_mod.parse_set(args.set or [])
+    flags["set"] = args.set if isinstance(args.set, dict) else config_mod.parse_set(args.set or [])
     options = experiment.merge(exp, flags)
     for key in RUN_FLAGS:
         setattr(args, key, options[key])
@@ -85,17 +86,12 @@ def _check_out_dir(path: Path, flag: str) -> None:
             return
 
 
-def run(args: argparse.Namespace) -> int:
-    """``ltbench run``: plan the grid from ``args`` and run it where they say; 0 when every run completed."""
-    from ltbench.training import distributed
+def _checked(args: argparse.Namespace, experiment_data: dict[str, Any] | None = None) -> argparse.Namespace:
+    """``args`` merged with the experiment and checked, before anything is planned."""
     from ltbench.grid import launch
-    from ltbench.grid.plan import resolve_device, stderr_log
-    from ltbench.grid.runner import run_grid
 
-    args = run_options(args)
-    device = resolve_device(args.device)
-    output = Path(args.output)
-    _check_out_dir(output, "--output")
+    args = run_options(args, experiment_data)
+    _check_out_dir(Path(args.output), "--output")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
@@ -105,11 +101,22 @@ def run(args: argparse.Namespace) -> int:
                           "use --slurm-array-parallelism to bound how many run at once")
     if args.launcher is not None and args.launcher not in launch.LAUNCHERS:
         raise ConfigError(f"--launcher must be one of {', '.join(launch.LAUNCHERS)}, got {args.launcher!r}")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ltbench run``: plan the grid from ``args`` and run it where they say; 0 when every run completed."""
+    from ltbench.training import distributed
+    from ltbench.grid import launch
+    from ltbench.grid.plan import resolve_device, stderr_log
+
+    args = _checked(args)
     if args.nproc is not None:
         return _torchrun(args)
     if distributed.launched_by_torchrun() and (args.jobs > 1 or args.launcher or args.shard):
         raise ConfigError("under torchrun every process trains the same run: --jobs, --launcher and --shard "
                           "do not apply")
+    device, output = resolve_device(args.device), Path(args.output)
     warn_broken()
     cells = plan_cells(args, log=None if args.quiet or not distributed.is_main() else stderr_log)
     how = f"launcher {args.launcher}" if args.launcher else f"jobs {args.jobs}"
@@ -126,20 +133,58 @@ def run(args: argparse.Namespace) -> int:
         return _submit(args, cells, output, log, grid_id)
     if distributed.launched_by_torchrun():
         return _run_distributed(args, cells, output, device, log)
-    if args.jobs > 1:
-        records = launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
-                                      log=log, quiet=args.quiet, report=args.report, grid=grid_id)
-    else:
-        import torch
+    return _report(_run_here(args, cells, output, device, log, grid_id), args.output)
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads or threads)
-        try:
-            records = run_grid(cells, output, device, rerun=args.rerun, log=log, reporting=_reporting(args, output),
-                               grid_id=grid_id)
-        finally:
-            torch.set_num_threads(threads)
-    return _report(records, args.output)
+
+def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`ltbench.run`: the grid of ``experiment_file`` (if any) with ``options`` over it, run in this
+    process (or ``jobs`` worker processes); the records, one per planned run, in the grid's order."""
+    from ltbench.cli import build_parser
+    from ltbench.grid import experiment
+    from ltbench.grid.launch import write_manifest
+    from ltbench.grid.plan import resolve_device, stderr_log
+    from ltbench.training import distributed
+
+    options = {key: str(value) if isinstance(value, Path) else value for key, value in options.items()}
+    experiment.check(options, "ltbench.run()", noun="option")
+    for key in ("nproc", "launcher", "shard", "wait", "slurm"):
+        if options.get(key):
+            raise ConfigError(f"ltbench.run(): {key} is not available from Python, which runs the grid in this "
+                              f"process (or jobs=N worker processes); use the command line: ltbench run "
+                              f"--{key.replace('_', '-')} ...")
+    if distributed.launched_by_torchrun():
+        raise ConfigError("ltbench.run() does not run under torchrun; use `ltbench run` there")
+    exp = experiment.load(experiment_file) if experiment_file is not None else {}
+    exp = {**exp, "variants": {**exp.get("variants", {}), **options.pop("variants", {})}}
+    args = build_parser().parse_args(["run"])
+    for key, value in options.items():
+        setattr(args, key, value)
+    args.set = dict(options.get("set", {}))
+    args = _checked(args, exp)
+    device, output = resolve_device(args.device), Path(args.output)
+    warn_broken()
+    cells = plan_cells(args, log=None if args.quiet else stderr_log)
+    grid_id = write_manifest(cells, output, how=f"python, jobs {args.jobs}").stem
+    return _run_here(args, cells, output, device, (lambda msg: None) if args.quiet else stderr_log, grid_id)
+
+
+def _run_here(args: argparse.Namespace, cells: list, output: Path, device, log, grid_id: str) -> list[dict]:
+    """The cells on this machine: in this process, or in ``--jobs`` worker processes."""
+    from ltbench.grid import launch
+    from ltbench.grid.runner import run_grid
+
+    if args.jobs > 1:
+        return launch.run_parallel(cells, output, device, args.jobs, threads=args.threads, rerun=args.rerun,
+                                   log=log, quiet=args.quiet, report=args.report, grid=grid_id)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return run_grid(cells, output, device, rerun=args.rerun, log=log, reporting=_reporting(args, output),
+                        grid_id=grid_id)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _reporting(args: argparse.Namespace, output: Path):

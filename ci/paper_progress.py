@@ -5,7 +5,8 @@ not committed (only records are). So the files a later start resumes from are ke
 ``leaderboards/in-progress/``, at the same paths relative to ``leaderboards/records/``:
 
 - for each planned run of the experiment file whose record has not landed: its latest checkpoint
-  (``checkpoint-stage1.pt`` / ``checkpoint-stage2.pt``), the ``*-progress.json`` with the seconds it has
+  (``checkpoint-stage1.pt`` / ``checkpoint-stage2.pt``; once its own stage 1 is finished, ``stage1.pt`` and
+  ``stage1.json``, which replace that stage's checkpoint), the ``*-progress.json`` with the seconds it has
   trained so far, its ``config.json`` and ``data.json``;
 - for the shared stage 1 such a run reuses: its latest checkpoint while it trains, its final ``stage1.pt``
   and ``stage1.json`` once it is done (the second stages still to come start from it).
@@ -54,7 +55,7 @@ def needed(records: Path, experiment: Path, data_root: str | None) -> dict[Path,
         record = load_result(own / RESULT_FILE)
         if record and record["status"] in ("completed", "diverged"):
             continue
-        out[own] = RESUME_FILES
+        out[own] = RESUME_FILES + FINAL_STAGE1  # a finished own stage 1 keeps stage1.pt, not its checkpoint
         shared = stage1_dir(cell, records)
         if shared is not None:
             done = all((shared / f).exists() for f in FINAL_STAGE1)

@@ -54,6 +54,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ltbench.grid.evaluation import evaluate_run
+
+    evaluate_run(args.run_dir, dataset=args.dataset, imbalance_factor=args.imbalance_factor,
+                 data_root=args.data_root, output=args.output, device=args.device)
+    return 0
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from ltbench.plugins import docs
 
@@ -254,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--report", help="reporters, comma-separated: jsonl, tensorboard, mlflow, wandb "
                      "(`ltbench ls reporters`)")
-    scale = run.add_argument_group("running at scale (README: Running at scale)")
+    scale = run.add_argument_group("running at scale (docs/scale.md)")
     scale.add_argument("--jobs", type=int, help="runs in N worker processes on this machine (default 1)")
     scale.add_argument("--threads", type=int, help="torch threads per run (default: the cores, divided by --jobs)")
     scale.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the grid")
@@ -290,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs_dir", nargs="?", default="runs")
     plot.add_argument("--out", default="plots", help="directory for the plots (default plots/)")
     plot.set_defaults(func=cmd_plot)
+
+    ev = sub.add_parser("eval", help="evaluate a completed run's trained model again (or on another dataset with "
+                        "the same classes) and write a record")
+    ev.add_argument("run_dir", help="the run's directory: <output>/<dataset>/<budget>/<method>/<config-id>/seed<k>")
+    ev.add_argument("--dataset", help="evaluate on this dataset's test split (default: the run's own)")
+    ev.add_argument("--imbalance-factor", type=float, help="of --dataset (default: the run's)")
+    ev.add_argument("--data-root", help="where to find the data (else $LTBENCH_DATA)")
+    ev.add_argument("--output", default="evals", help="where the evaluation's record goes (default evals/)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.set_defaults(func=cmd_eval)
 
     dc = sub.add_parser("docs", help="check (or --write) the generated plugin reference in docs/")
     dc.add_argument("--write", action="store_true", help="rewrite docs/hooks.md and docs/api.md")

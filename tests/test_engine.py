@@ -31,7 +31,8 @@ def test_a_run_writes_its_config_metrics_checkpoint_and_result(catalog, tmp_path
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(rec))
     assert json.loads((out / "config.json").read_text())["epochs"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
-    assert (out / "checkpoint-stage1.pt").exists()
+    assert (out / "stage1.pt").exists() and (out / "model.pt").exists()  # the finished stage and the model
+    assert not (out / "checkpoint-stage1.pt").exists()  # the resume checkpoint of a finished stage goes
 
 
 def test_training_learns_the_synthetic_class_signal(catalog, tmp_path):

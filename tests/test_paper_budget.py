@@ -8,6 +8,7 @@ BagofTricks-LT's ``configs/cao_cifar/two_stage/classifier_balance/{cRT,LWS}/cifa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,7 +141,7 @@ def _fresh_checkout(records, to):
             shutil.copyfile(path, to / path.relative_to(records))
 
 
-def test_an_interrupted_run_resumes_on_a_fresh_checkout_from_the_carried_checkpoint(tmp_path):
+def test_an_interrupted_run_resumes_on_a_fresh_checkout_from_the_carried_checkpoint(tmp_path, monkeypatch):
     from ltbench.cli import main
 
     progress = _progress_script()
@@ -148,7 +149,15 @@ def test_an_interrupted_run_resumes_on_a_fresh_checkout_from_the_carried_checkpo
     experiment.write_text('methods = ["ce", "crt"]\ndatasets = ["synthetic-lt"]\nseeds = [0]\nbudget = "smoke"\n'
                           'epochs = 3\n')
     first = tmp_path / "first"
+    real_unlink = Path.unlink
+
+    def keep_stage1_checkpoint(self, missing_ok=False):  # as if the machine went before stage1.pt replaced it
+        if self.name != "checkpoint-stage1.pt":
+            real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", keep_stage1_checkpoint)
     assert main(["run", "--config", str(experiment), "--output", str(first), "--quiet"]) == 0
+    monkeypatch.undo()
     done = {p.parent.parent.parent.name: p for p in first.rglob("result.json")}
     reference = json.loads(done["crt"].read_text())
     # the machine went while crt was in stage 1: its record and the shared stage 1's final model never came to be

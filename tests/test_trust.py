@@ -295,22 +295,21 @@ def test_a_checkpoint_of_another_configuration_is_refused_not_resumed_from(tmp_p
     import shutil
 
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--methods", "ce", *SMOKE, "--epochs", "2"]) == 0
-    (theirs,) = (tmp_path / "runs").rglob("_stage1/*/checkpoint-stage1.pt")
-    other = ["run", "--methods", "ce", *SMOKE, "--epochs", "2", "--set", "lr=0.07"]
+    assert main(["run", "--methods", "crt", *SMOKE, "--epochs", "2"]) == 0
+    (theirs,) = (tmp_path / "runs").rglob("crt/*/seed0/checkpoint-stage2.pt")  # a finished stage 2 keeps its own
+    other = ["run", "--methods", "crt", *SMOKE, "--epochs", "2", "--set", "stage2_lr=0.07"]
     from ltbench.cli import build_parser
     from ltbench.grid.orchestrate import plan_cells, run_options
-    from ltbench.grid.plan import stage1_dir
 
     (cell,) = plan_cells(run_options(build_parser().parse_args([*other, "--output", "runs"])))
-    mine = stage1_dir(cell, tmp_path / "runs")
+    mine = cell.out_dir(tmp_path / "runs")
     assert mine != theirs.parent
     mine.mkdir(parents=True)
-    shutil.copyfile(theirs, mine / "checkpoint-stage1.pt")  # left there, or copied by hand
+    shutil.copyfile(theirs, mine / "checkpoint-stage2.pt")  # left there, or copied by hand
     assert main(other) == 1
-    [rec] = [r for r in _records(tmp_path / "runs") if r["config"]["lr"] == 0.07]
+    [rec] = [r for r in _records(tmp_path / "runs") if r["config"]["stage2_lr"] == 0.07]
     assert rec["status"] == "failed" and "belongs to another configuration" in rec["error"]
-    assert "--rerun" in rec["error"] and "checkpoint-stage1.pt" in rec["error"]
+    assert "--rerun" in rec["error"] and "checkpoint-stage2.pt" in rec["error"]
     assert main([*other, "--rerun"]) == 0
 
 

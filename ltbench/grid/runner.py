@@ -166,11 +166,12 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         # a shared stage 1's checkpoints belong to its key (every method that reuses it), others to the run
         run.checkpoint_identity = f"stage 1 {shared.name}" if plain else f"config {cell.config_id}"
         if plain and distributed.is_main():
-            with _Lock(s1_dir, f"{tag} shared stage 1 {s1_dir}", log):
+            with _Lock(s1_dir, f"{tag} shared stage 1 {s1_dir}", log) as s1_lock:
                 if rerun and s1_dir not in retrained:
                     shutil.rmtree(s1_dir, ignore_errors=True)
                     retrained.add(s1_dir)
                 stage1_info = run_stage1(run, s1_dir, output, timing)
+                s1_lock.remove_if((s1_dir / "stage1.pt").exists())
         else:
             stage1_info = run_stage1(run, s1_dir, output, timing)
         stage1_info["shared"] = plain
@@ -189,6 +190,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             run.checkpoint_identity = f"config {cell.config_id}"
             train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=log_stage2)
             timing["stage2"] = prior + time.perf_counter() - t2
+        if distributed.is_main():  # the trained model as it predicts, for `ltbench eval`
+            save_model(run, out / MODEL_FILE, stages=2 if plan is not None else 1, config_id=cell.config_id)
         t3 = time.perf_counter()
         log(f"{tag} evaluating: {len(cell.data.y_val)} validation and {len(cell.data.y_test)} test images")
         run.stage, run.epoch = 0, 0  # evaluation
@@ -463,8 +466,21 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
                          final)
         atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history,
                                       "trained_by": trained_by})
+        ckpt.unlink(missing_ok=True)  # stage1.pt holds the finished stage; the resume checkpoint is redundant
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
+
+
+#: beside a completed run's record: the trained model and method states as they predict (after every stage's
+#: end hooks), from which ``ltbench eval`` evaluates the run again
+MODEL_FILE = "model.pt"
+
+
+def save_model(run: Run, path: Path, stages: int, config_id: str) -> None:
+    """``model.pt``: the model's and the methods' states once training is over, and how many stages built the
+    model (a second stage's classifier is the one ``ltbench_build_classifier`` builds for stage 2)."""
+    checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "stages": stages,
+                      "config_id": config_id}, path)
 
 
 def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print,

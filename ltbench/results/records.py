@@ -7,7 +7,9 @@ seed); ``<config-id>`` is a hash of the resolved configuration
     <output>/<dataset>-if<IF>/<budget>/<method>/<config-id>/seed<k>/
         config.json          the resolved configuration
         metrics.jsonl        one line per training epoch
-        checkpoint-stage*.pt the last checkpoint of each stage (resume)
+        checkpoint-stage*.pt the last checkpoint of a stage (resume); a finished stage 1's is replaced by
+                             stage1.pt (its final state, which runs that share it load)
+        model.pt             the trained model and method states as they predict (``ltbench eval``)
         result.json          written last, atomically
     <output>/.../<config-id>/seed<k>.lock   held while a process works on the run
 

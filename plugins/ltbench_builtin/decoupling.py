@@ -88,6 +88,14 @@ class TauNormHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.normalised_weight(self.tau).t()
 
+    # tau is chosen after training: it is part of the head's state (``model.pt``, ``ltbench eval``), kept as the
+    # Python float the forward pass uses
+    def get_extra_state(self) -> dict:
+        return {"tau": self.tau}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.tau = state["tau"]
+
 
 NCM_METRICS = ("cl2n-euclidean", "cosine")
 
@@ -105,6 +113,17 @@ class NCMHead(nn.Module):
         feats = self.transform(features)
         means = torch.stack([feats[labels == c].mean(0) for c in range(num_classes)])
         self.register_buffer("means", means if metric == "cl2n-euclidean" else F.normalize(means, dim=1))
+
+    @classmethod
+    def to_load(cls, in_features: int, num_classes: int, metric: str) -> "NCMHead":
+        """A head of the right shape whose centre and means a state dict then sets (``ltbench eval`` rebuilds a
+        trained run without its cached features)."""
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        head.metric = metric
+        head.register_buffer("centre", torch.zeros(in_features if metric == "cl2n-euclidean" else 0))
+        head.register_buffer("means", torch.zeros(num_classes, in_features))
+        return head
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x - self.centre, dim=1) if self.metric == "cl2n-euclidean" else x
@@ -242,9 +261,11 @@ class NCM(_Decoupled):
         return SecondStage(epochs=0, note="no training; class means of cached features")
 
     @hookimpl
-    def ltbench_build_classifier(self, run, num_classes, stage):
+    def ltbench_build_classifier(self, run, in_features, num_classes, stage):
         if stage != 2:
             return None
+        if run.train_features is None:  # rebuilt to load a trained state, not to fit
+            return NCMHead.to_load(in_features, num_classes, self.opts["metric"])
         labels = torch.as_tensor(np.asarray(run.train_labels), device=run.train_features.device)
         return NCMHead(run.train_features, labels, num_classes, self.opts["metric"])
 

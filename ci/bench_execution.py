@@ -7,7 +7,7 @@ Two runs of the same cell are built, the budget as it is and the budget with ``-
 it changes how a run is computed, not what); ltbench's own step loop (:func:`ltbench.training.loop.run_steps`) trains
 each for ``--steps`` steps, alternating in rounds so that the load of a shared machine hits both alike. The
 printed ratio (images/s with the option over without) is the median over rounds. The paper budget's
-experiment file uses what this shows to be faster (README, "The paper budget").
+experiment file uses what this shows to be faster (docs/paper-budget.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Print the measurements behind the README's reading of the committed CIFAR-100-LT board.
+"""Print the measurements behind the reading of the committed CIFAR-100-LT board.
 
     python ci/board_findings.py [RECORDS_DIR [ABLATIONS_DIR]]   # default leaderboards/records, leaderboards/ablations
 
-Every number the README's "Reading the board" section quotes comes from here, computed from the committed
+Every number docs/board.md ("Reading the board") quotes comes from here, computed from the committed
 records alone (result.json and predictions.npz), so anyone can check it:
 
 1. each comparison the section makes, method A minus method B per shot group, paired by seed and test image,

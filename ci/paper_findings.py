@@ -1,4 +1,4 @@
-"""Print the paper-budget rows beside their published numbers: the README's "The paper budget" outcome.
+"""Print the paper-budget rows beside their published numbers: the outcome in docs/paper-budget.md and the README.
 
     python ci/paper_findings.py [RECORDS_DIR]     # default leaderboards/records
 

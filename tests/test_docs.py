@@ -1,8 +1,11 @@
 """The plugin documentation cannot go stale: the reference is what the code generates, and the guide's
 code runs."""
 
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 from ltbench.plugins import docs
 from ltbench.plugins.method import Method
@@ -65,3 +68,18 @@ def test_the_guides_code_registers_and_trains(tmp_path):
     assert rec["status"] == "completed" and rec["extra"]["confidence-penalty"] == {"penalised_epochs": 2}
     history = [line for line in (next(tmp_path.rglob("metrics.jsonl"))).read_text().splitlines()]
     assert all("loss_confidence_penalty" in line for line in history)
+
+
+def test_the_docs_site_builds_in_strict_mode(tmp_path):
+    """Every page in mkdocs.yml's nav exists, every link between pages and every anchor resolves (strict mode
+    turns each warning into a failure); the site is what the leaderboard workflow publishes."""
+    pytest.importorskip("material", reason="mkdocs-material is in the test and docs extras")
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=repo, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    pages = {p.relative_to(tmp_path / "site").as_posix() for p in (tmp_path / "site").rglob("index.html")}
+    assert {"index.html", "quickstart/index.html", "hooks/index.html", "paper-budget/index.html"} <= pages

@@ -228,7 +228,7 @@ def _torchrun(args: argparse.Namespace) -> int:
 
 
 def _run_distributed(args: argparse.Namespace, cells: list, output: Path, device, log) -> int:
-    """One rank of a torchrun job: every rank trains every run of the grid together (README: Running at scale)."""
+    """One rank of a torchrun job: every rank trains every run of the grid together (docs/scale.md)."""
     import os
 
     import torch

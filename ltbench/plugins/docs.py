@@ -58,7 +58,7 @@ def _example(name: str) -> tuple[str, str] | None:
 
 def hook_reference() -> str:
     lines = [HEADER, "", "# Hook reference", "",
-             "Every hook ltbench calls, from [`ltbench/hookspecs.py`](../ltbench/hookspecs.py), the one contract "
+             "Every hook ltbench calls, from `ltbench/hookspecs.py`, the one contract "
              "between ltbench and its plugins. *First result*: the first non-`None` answer wins (the core "
              "defaults answer last) and two composed methods may not both implement it. *Broadcast*: every "
              "implementation is called, in the order the run names the methods (`a+b`: a, then b). An "

@@ -237,7 +237,7 @@ def build(runs_dir: Path | None, out_dir: Path) -> list[Path]:
     pages = render(records)
     written = []
     staged = None
-    if pages:  # the web leaderboard, with the plots (README: Leaderboards), built beside the old one
+    if pages:  # the web leaderboard, with the plots (docs/board.md), built beside the old one
         from ltbench.results import site
 
         staged = Path(tempfile.mkdtemp(prefix=".site-", dir=out_dir))

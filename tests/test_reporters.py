@@ -69,6 +69,21 @@ def test_the_tensorboard_reporter_writes_what_tensorboards_reader_reads_back(tmp
         for g in GROUPS:
             assert events.Scalars(f"test/{g}")[-1].value == pytest.approx(rec["metrics"][g])
         assert "per_class_accuracy" in events.Tags()["images"]
+        # the HParams view lists the run with its hyper-parameters and final metrics
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        hp = events.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["lr"].number_value == pytest.approx(rec["config"]["lr"])
+        assert start.hparams["method"].string_value == rec["variant"]
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
+        assert {m.name.tag for m in experiment.metric_infos} >= {f"test/{g}" for g in GROUPS}
+        # stage 2 is marked where it begins on the shared epoch axis
+        stages = {e.step: e.value for e in events.Scalars("stage")}
+        assert stages == {_step(rec, e): e["stage"] for e in history}
+        if method == "crt":
+            assert min(s for s, v in stages.items() if v == 2) == rec["config"]["epochs"] + 1
+            assert "stage/text_summary" in events.Tags()["tensors"]
 
 
 def test_the_mlflow_reporter_logs_one_run_per_run_to_a_local_store(tmp_path):
@@ -117,13 +132,17 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)  # "train/loss_task" may be stored as a nested key
 
 
-def test_the_wandb_reporter_works_offline_and_its_run_file_holds_the_numbers(tmp_path, monkeypatch):
+def test_the_wandb_reporter_works_offline_and_its_run_file_holds_the_numbers(tmp_path, monkeypatch, capfd):
     pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert main(GRID + ["--output", str(tmp_path), "--report", "wandb"]) == 0
+    said = capfd.readouterr()
+    assert not [line for line in (said.out + said.err).splitlines() if line.startswith("wandb:")]  # quiet
     for method, (rec, history) in _runs(tmp_path).items():
         (run_file,) = tmp_path.rglob(f"{method}/*/seed0/wandb/offline-run-*/run-*.wandb")
+        assert json.loads((run_file.parent / "files" / "result.json").read_text())["metrics"] == rec["metrics"]
+        assert (run_file.parent / "files" / "per-class.png").exists()  # synced with the run
         logged, summary = [], {}
         for r in _wandb_records(run_file):
             if r.WhichOneof("record_type") == "history":

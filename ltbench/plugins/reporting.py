@@ -123,4 +123,5 @@ def epoch_scalars(entry: dict[str, Any]) -> dict[str, float]:
     for key in ("lr", "images_per_s"):
         if entry.get(key) is not None:
             out[key] = float(entry[key])
+    out["stage"] = float(entry["stage"])  # 1, then 2: where stage 2 begins on the shared epoch axis
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -91,14 +92,20 @@ class TensorBoardReporter(Reporter):
         writer = self.writers[run["run_dir"]]
         for key, value in epoch_scalars(entry).items():
             writer.add_scalar(key, value, _step(run, entry))
+        if entry["stage"] == 2 and entry["epoch"] == 1:  # marked where it begins on the shared epoch axis
+            writer.add_text("stage", f"stage 2 begins: step {_step(run, entry)} is its epoch 1 (stage 1 trained "
+                            f"{run['config']['epochs']} epochs)", _step(run, entry))
         writer.flush()
 
     @hookimpl
     def ltbench_report_run_end(self, run, record, plots):
         writer = self.writers.pop(run["run_dir"])
         step = len(record.get("history") or [])
-        for key, value in final_metrics(record).items():
-            writer.add_scalar(key, value, step)
+        # the final metrics, written with the run's hyper-parameters so that the HParams view lists the run
+        hparams = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                   for k, v in flat_config(record["config"]).items()}
+        writer.add_hparams({**hparams, "method": record["variant"], "seed": record["seed"]},
+                           final_metrics(record) or {"test/overall": float("nan")}, run_name=".", global_step=step)
         if record["status"] == "completed":
             writer.add_figure("per_class_accuracy", per_class_figure(record), step)
         writer.close()
@@ -187,7 +194,10 @@ class WandbReporter(Reporter):
             project=os.environ.get("WANDB_PROJECT", "ltbench"), entity=os.environ.get("WANDB_ENTITY"),
             dir=os.environ.get("WANDB_DIR", str(run["run_dir"])), group=str(run["grid_id"]),
             name=f"{run['variant']} seed {run['seed']}", config=run["config"], reinit="create_new",
-            tags=[run["dataset"], run["method"], run["budget"], f"seed{run['seed']}"])
+            tags=[run["dataset"], run["method"], run["budget"], f"seed{run['seed']}"],
+            # W&B's own banner and sync hints (about 30 lines a run) stay out of ltbench's output; WANDB_SILENT=false
+            # brings them back
+            settings=self.wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false"))
 
     @hookimpl
     def ltbench_report_epoch_end(self, run, entry):
@@ -199,9 +209,9 @@ class WandbReporter(Reporter):
         wb.summary.update({**final_metrics(record), "status": record["status"]})
         if record["status"] == "completed":
             wb.log({"per_class_accuracy": self.wandb.Image(per_class_figure(record))})
-        wb.save(str(Path(run["run_dir"]) / "result.json"), base_path=run["run_dir"], policy="now")
-        for path in plots:
-            wb.save(path, base_path=str(Path(path).parent), policy="now")
+        # files in the run's own directory are synced when it finishes (wandb.save would link them, and say so)
+        for path in [Path(run["run_dir"]) / "result.json", *map(Path, plots)]:
+            shutil.copyfile(path, Path(wb.dir) / path.name)
         wb.finish(exit_code=0 if record["status"] == "completed" else 1)
 
 

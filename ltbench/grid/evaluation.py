@@ -132,7 +132,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
         reproduced = val.metrics() == record["val_metrics"]
         if not reproduced:
             said = (f"ltbench eval: the model rebuilt from {run_dir} does not reproduce the run's validation "
-                    f"accuracy (overall {val.metrics()['overall']:.2f}, the record {record['val_metrics']['overall']:.2f})")
+                    f"accuracy (overall {val.metrics()['overall']:.2f}, the record "
+                    f"{record['val_metrics']['overall']:.2f})")
             if device_.type == str(record.get("device", "")).split(":")[0].split(" ")[0]:
                 raise ConfigError(f"{said} on the same kind of device: {MODEL_FILE} or the methods' state_dict() "
                                   f"misses something the model predicts with; nothing written")

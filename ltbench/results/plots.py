@@ -6,8 +6,11 @@ Per dataset and budget:
   mean over a tenth of the classes, since single classes are noisy), one line per method (the mean over
   seeds) with a band of ± one standard deviation;
 - ``<key>-groups``: many/medium/few-shot and overall accuracy per method, bars with ± std error bars;
-- ``<key>-learning``: training loss and validation accuracy per epoch, per method (from the records' history;
-  records older than schema 3 have none and are left out).
+- ``<key>-learning``: training loss (log scale) and validation accuracy per epoch, per method, with a dotted
+  line where stage 2 begins (from the records' history; records older than schema 3 have none and are left out).
+
+Every method keeps one style (:func:`styles`: colour, line style and marker, distinct for 40 methods) and the
+legend sits outside the axes.
 """
 
 from __future__ import annotations
@@ -48,16 +51,34 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def styles(n: int) -> list[dict[str, Any]]:
+    """``n`` distinct line styles: tab10's colours, then the same colours dashed, dash-dotted, dotted, each with
+    its own marker, so that 40 methods never share a (colour, line style) pair (tab20 repeats look-alikes)."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10").colors
+    return [{"color": colours[i % 10], "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)],
+             "marker": MARKERS[(i + i // 10) % len(MARKERS)]} for i in range(n)]
+
+
+def _legend_outside(ax, **kwargs) -> None:
+    """The legend to the right of the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, **kwargs)
+
+
 def _order(methods: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Methods by mean overall accuracy, best first (the leaderboard's order)."""
     return sorted(methods, key=lambda m: -np.mean([r["metrics"]["overall"] for r in methods[m]]))
 
 
-def per_class(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: Path, name: str) -> list[Path]:
+def per_class_fig(records_by_method: dict[str, list[dict[str, Any]]], title: str):
     plt = _pyplot()
+    methods = _order(records_by_method)
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    cmap = plt.get_cmap("tab20")
-    for i, method in enumerate(_order(records_by_method)):
+    for method, style in zip(methods, styles(len(methods))):
         recs = records_by_method[method]
         counts = np.asarray(recs[0]["train_counts"])
         order = np.argsort(-counts, kind="stable")
@@ -65,18 +86,22 @@ def per_class(records_by_method: dict[str, list[dict[str, Any]]], title: str, ou
         window = max(1, len(counts) // 10)
         acc = np.stack([_rolling(a, window) for a in acc])  # per-class numbers are noisy: a running mean
         mean, std = np.nanmean(acc, 0), np.nanstd(acc, 0)
-        color = cmap(i % 20)
-        ax.plot(counts[order], mean, lw=1.2, color=color, label=f"{method} ({len(recs)} seeds)")
+        ax.plot(counts[order], mean, lw=1.2, ms=4, markevery=max(1, len(counts) // 8), **style,
+                label=f"{method} ({len(recs)} seeds)")
         if len(recs) > 1:
-            ax.fill_between(counts[order], mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            ax.fill_between(counts[order], mean - std, mean + std, color=style["color"], alpha=0.08, lw=0)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("training images of the class (log scale; head classes left)")
     ax.set_ylabel(f"test accuracy (%), running mean over {max(1, len(counts) // 10)} classes")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper right", frameon=False)
-    return _save(fig, out, name)
+    _legend_outside(ax, fontsize=7, ncol=1 if len(methods) <= 20 else 2)
+    return fig
+
+
+def per_class(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: Path, name: str) -> list[Path]:
+    return _save(per_class_fig(records_by_method, title), out, name)
 
 
 def _rolling(values: np.ndarray, window: int) -> np.ndarray:
@@ -100,34 +125,57 @@ def groups(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: 
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=4, frameon=False)
+    _legend_outside(ax, fontsize=8)
     return _save(fig, out, name)
+
+
+def learning_fig(records_by_method: dict[str, list[dict[str, Any]]], title: str):
+    """Training loss and validation accuracy per epoch (None when no record has a history). One style per
+    method across both panels and one legend outside them; the loss on a log scale (losses of different
+    families differ by an order of magnitude: LDAM's about 10, CE's about 2); a dotted line where stage 2
+    begins; a panel only for what the records hold (no validation points, no validation panel)."""
+    with_history = {m: rs for m, rs in records_by_method.items() if any(r.get("history") for r in rs)}
+    if not with_history:
+        return None
+    plt = _pyplot()
+    methods = _order(with_history)
+    histories = {m: next(r for r in sorted(with_history[m], key=lambda r: r["seed"]) if r.get("history"))["history"]
+                 for m in methods}
+    has_val = any(e.get("val_overall") is not None for h in histories.values() for e in h)
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(12 if has_val else 7.5, 4.5), squeeze=False)
+    loss_ax, val_ax = axes[0][0], (axes[0][1] if has_val else None)
+    starts, positive = set(), True
+    for method, style in zip(methods, styles(len(methods))):
+        history = histories[method]
+        steps = np.arange(1, len(history) + 1)
+        loss = np.array([np.nan if e.get("loss_task") is None else e["loss_task"] for e in history], dtype=float)
+        positive &= bool(np.all(loss[~np.isnan(loss)] > 0))
+        every = max(1, len(history) // 10)
+        loss_ax.plot(steps, loss, lw=1.2, ms=4, markevery=every, **style, label=method)
+        starts |= {k for k, e in zip(steps, history)
+                   if e.get("stage") == 2 and (k == 1 or history[k - 2].get("stage") != 2)}
+        val = [(k, e["val_overall"]) for k, e in zip(steps, history) if e.get("val_overall") is not None]
+        if val and val_ax is not None:
+            val_ax.plot(*zip(*val), lw=1.2, ms=4, **{**style, "label": method})
+    if positive:
+        loss_ax.set_yscale("log")
+    for ax, label in ((loss_ax, "training loss, task term" + (" (log scale)" if positive else "")),
+                      (val_ax, "validation accuracy (%)")):
+        if ax is None:
+            continue
+        for start in sorted(starts):
+            ax.axvline(start - 0.5, color="0.4", lw=0.8, ls=":")
+        ax.set_xlabel("epoch (stage 1, then stage 2" + (": dotted line)" if starts else ")"))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    _legend_outside(val_ax if val_ax is not None else loss_ax, fontsize=7, ncol=1 if len(methods) <= 20 else 2)
+    fig.suptitle(f"{title} (per method, its lowest seed that recorded a history)")
+    return fig
 
 
 def learning(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: Path, name: str) -> list[Path]:
-    with_history = {m: rs for m, rs in records_by_method.items() if any(r.get("history") for r in rs)}
-    if not with_history:
-        return []
-    plt = _pyplot()
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
-    cmap = plt.get_cmap("tab20")
-    for i, method in enumerate(_order(with_history)):
-        rec = next(r for r in sorted(with_history[method], key=lambda r: r["seed"]) if r.get("history"))
-        history = rec["history"]
-        steps = np.arange(1, len(history) + 1)
-        loss_ax.plot(steps, [e.get("loss_task", np.nan) for e in history], color=cmap(i % 20), lw=1.2, label=method)
-        val = [(k, e["val_overall"]) for k, e in zip(steps, history) if e.get("val_overall") is not None]
-        if val:
-            val_ax.plot(*zip(*val), color=cmap(i % 20), lw=1.2, marker="o", ms=3, label=method)
-    loss_ax.set_xlabel("epoch (stage 1, then stage 2)")
-    loss_ax.set_ylabel("training loss (task term)")
-    val_ax.set_xlabel("epoch (stage 1, then stage 2)")
-    val_ax.set_ylabel("validation accuracy (%)")
-    for ax in (loss_ax, val_ax):
-        ax.grid(alpha=0.3)
-    val_ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{title} (per method, its lowest seed that recorded a history)")
-    return _save(fig, out, name)
+    fig = learning_fig(records_by_method, title)
+    return [] if fig is None else _save(fig, out, name)
 
 
 def per_class_figure(record: dict[str, Any]):

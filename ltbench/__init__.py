@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import pluggy
+from ltbench.hookspecs import hookimpl, installed_version
 
-__version__ = "0.2.0"
-
-#: Marker for hook implementations, in plugin modules and on Method classes.
-hookimpl = pluggy.HookimplMarker("ltbench")
+__version__ = installed_version()
 
 from ltbench.errors import LtbenchError
 from ltbench.plugins.method import Method, MethodMetadata

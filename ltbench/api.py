@@ -11,7 +11,7 @@ replacement, then it goes.
 
 from __future__ import annotations
 
-from ltbench import hookimpl
+from ltbench.hookspecs import hookimpl
 from ltbench.data.samplers import class_balanced, class_share_sampler, instance_balanced
 from ltbench.data.split import Budget, DatasetSpec
 from ltbench.errors import ConfigError, LtbenchError, PluginContractError

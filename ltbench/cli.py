@@ -239,10 +239,10 @@ def _report_check(problems: list[str], remedy: str, fine: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ltbench import __version__
+    from ltbench.hookspecs import installed_version
 
     parser = argparse.ArgumentParser(prog="ltbench", description="Benchmark long-tailed recognition methods.")
-    parser.add_argument("--version", action="version", version=f"ltbench {__version__}")
+    parser.add_argument("--version", action="version", version=f"ltbench {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate methods; writes one record per run")

@@ -106,6 +106,19 @@ if TYPE_CHECKING:
     LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 hookspec = pluggy.HookspecMarker("ltbench")
+#: Marker for hook implementations, in plugin modules and on Method classes (``ltbench.hookimpl`` and
+#: ``ltbench.api.hookimpl`` are this one).
+hookimpl = pluggy.HookimplMarker("ltbench")
+
+
+def installed_version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ltbench")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
 
 
 # --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ltbench import hookimpl
+from ltbench.hookspecs import hookimpl
 from ltbench.data.split import Budget, DatasetSpec, LTData, check_images, exponential_counts, long_tailed_split
 from ltbench.errors import ConfigError, DataNotFoundError
 

@@ -1,7 +1,7 @@
 """``ltbench eval``: evaluate a trained run's model again, on its own test set or another dataset's with the same
 classes, and write a record of it.
 
-A completed run keeps ``model.pt`` beside its record (:data:`ltbench.grid.runner.MODEL_FILE`): the model's and
+A completed run keeps ``model.pt`` beside its record (:data:`ltbench.results.records.MODEL_FILE`): the model's and
 the methods' states once training was over. Evaluation rebuilds the run from its ``config.json`` (the
 backbone and the heads the methods add, and for a two-stage run the stage-2 classifier its methods build),
 loads those states and runs the same evaluation a run ends with, methods' prediction hooks included. Nothing
@@ -28,7 +28,7 @@ DEFAULT_OUTPUT = "evals"
 
 def _source(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(record, config, model state) of the completed run in ``run_dir``; a clear error when it is not one."""
-    from ltbench.grid.runner import MODEL_FILE
+    from ltbench.results.records import MODEL_FILE
     from ltbench.results.records import RESULT_FILE, load_result
     from ltbench.training import checkpoints
 
@@ -65,7 +65,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
     under ``output``."""
     from ltbench.data.split import load_checked
     from ltbench.grid.plan import Cell, resolve_device, run_dir as run_dir_of
-    from ltbench.grid.runner import MODEL_FILE, device_model, save_predictions
+    from ltbench.grid.runner import device_model, save_predictions
+    from ltbench.results.records import MODEL_FILE
     from ltbench.plugins.catalog import get_catalog
     from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE, atomic_write_json, compute
     from ltbench.training.evaluate import evaluate

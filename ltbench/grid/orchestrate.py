@@ -139,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
 def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> list[dict[str, Any]]:
     """:func:`ltbench.run`: the grid of ``experiment_file`` (if any) with ``options`` over it, run in this
     process (or ``jobs`` worker processes); the records, one per planned run, in the grid's order."""
-    from ltbench.cli import build_parser
     from ltbench.grid import experiment
     from ltbench.grid.launch import write_manifest
     from ltbench.grid.plan import resolve_device, stderr_log
@@ -156,7 +155,8 @@ def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> 
         raise ConfigError("ltbench.run() does not run under torchrun; use `ltbench run` there")
     exp = experiment.load(experiment_file) if experiment_file is not None else {}
     exp = {**exp, "variants": {**exp.get("variants", {}), **options.pop("variants", {})}}
-    args = build_parser().parse_args(["run"])
+    args = argparse.Namespace(config=None, set=None, argv=[], **{key: None for key in RUN_FLAGS},
+                              **{flag: None for flag in SLURM_FLAGS.values()})  # every flag "not given"
     for key, value in options.items():
         setattr(args, key, value)
     args.set = dict(options.get("set", {}))

@@ -1,14 +1,12 @@
 """Running a grid of (dataset, method, configuration, seed) cells and writing their records.
 
-Everything that can be checked before training is checked first, for the
-whole grid: names, options, data. A cell is identified by its resolved
-configuration (:func:`ltbench.grid.config.config_id`): a cell whose
-``result.json`` says ``completed`` (or ``diverged``) is skipped unless
-``rerun``, an interrupted cell resumes from its last checkpoint, and a cell
-with other settings is another run in another directory. A process holds a
-file lock on a cell (and on a shared stage 1) while it works on it. Any
-exception in a cell, from the core or from any plugin hook, records the cell
-as ``failed`` with the method and hook named, and the grid goes on.
+Everything that can be checked before training is checked first, for the whole grid: names, options,
+data. A cell is identified by its resolved configuration (:func:`ltbench.grid.config.config_id`): a cell
+whose ``result.json`` says ``completed`` (or ``diverged``) is skipped unless ``rerun``, an interrupted cell
+resumes from its last checkpoint, and a cell with other settings is another run in another directory. A
+process holds a file lock on a cell (and on a shared stage 1) while it works on it. Any exception in a cell,
+from the core or from any plugin hook, records the cell as ``failed`` with the method and hook named, and the
+grid goes on. A completed cell keeps its trained model (``model.pt``) beside its record.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from ltbench.grid.plan import grid_description, grid_progress, stage1_dir
 from ltbench.plugins.catalog import Catalog, get_catalog
 from ltbench.plugins.method import Method
 from ltbench.results import records as records_mod
-from ltbench.results.records import (PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json,
+from ltbench.results.records import (MODEL_FILE, PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json,
                                      atomic_write_text, json_default, load_result, versions)
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import evaluate, model_cost
@@ -190,8 +188,9 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             run.checkpoint_identity = f"config {cell.config_id}"
             train_stage2(run, plan, out / "checkpoint-stage2.pt", on_epoch_end=log_stage2)
             timing["stage2"] = prior + time.perf_counter() - t2
-        if distributed.is_main():  # the trained model as it predicts, for `ltbench eval`
-            save_model(run, out / MODEL_FILE, stages=2 if plan is not None else 1, config_id=cell.config_id)
+        if distributed.is_main():  # the trained model and method states as they predict, for `ltbench eval`
+            checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "config_id":
+                              cell.config_id, "stages": 2 if plan is not None else 1}, out / MODEL_FILE)
         t3 = time.perf_counter()
         log(f"{tag} evaluating: {len(cell.data.y_val)} validation and {len(cell.data.y_test)} test images")
         run.stage, run.epoch = 0, 0  # evaluation
@@ -469,18 +468,6 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
         ckpt.unlink(missing_ok=True)  # stage1.pt holds the finished stage; the resume checkpoint is redundant
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
-
-
-#: beside a completed run's record: the trained model and method states as they predict (after every stage's
-#: end hooks), from which ``ltbench eval`` evaluates the run again
-MODEL_FILE = "model.pt"
-
-
-def save_model(run: Run, path: Path, stages: int, config_id: str) -> None:
-    """``model.pt``: the model's and the methods' states once training is over, and how many stages built the
-    model (a second stage's classifier is the one ``ltbench_build_classifier`` builds for stage 2)."""
-    checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "stages": stages,
-                      "config_id": config_id}, path)
 
 
 def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print,

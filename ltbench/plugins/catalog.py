@@ -28,7 +28,7 @@ from typing import Any
 
 import pluggy
 
-from ltbench import hookspecs
+import ltbench.hookspecs as hookspecs
 from ltbench.data.split import DatasetSpec
 from ltbench.errors import LtbenchError, UnknownNameError
 from ltbench.plugins.method import Method, MethodMetadata
@@ -289,9 +289,9 @@ def _check_method_class(cls: Any) -> None:
 
 
 def _core_info(module: ModuleType) -> PluginInfo:
-    from ltbench import __version__
+    from ltbench.hookspecs import installed_version
 
-    return PluginInfo(module.__name__, module.__name__, "ltbench", __version__)
+    return PluginInfo(module.__name__, module.__name__, "ltbench", installed_version())
 
 
 _CATALOG: Catalog | None = None

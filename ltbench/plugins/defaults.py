@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltbench import hookimpl
+from ltbench.hookspecs import hookimpl
 from ltbench.data.samplers import instance_balanced
 from ltbench.training.targets import cross_entropy
 

@@ -10,7 +10,7 @@ naming it and the hook; the run goes on and its record is written as without it.
 
 Writing one::
 
-    from ltbench import hookimpl
+    from ltbench.hookspecs import hookimpl
     from ltbench.plugins.reporting import Reporter
 
     class PrintReporter(Reporter):
@@ -34,7 +34,7 @@ from typing import Any
 
 import pluggy
 
-from ltbench import hookspecs
+import ltbench.hookspecs as hookspecs
 from ltbench.errors import ConfigError, LtbenchError
 
 

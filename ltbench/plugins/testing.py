@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ltbench import hookimpl
+from ltbench.hookspecs import hookimpl
 from ltbench.grid.plan import plan_grid
 from ltbench.grid.runner import execute
 from ltbench.plugins.catalog import Catalog, PluginInfo, build_catalog

@@ -33,6 +33,9 @@ RESULT_FILE = "result.json"
 SCHEMA_VERSION = 3  # 2: config holds every method option; config_id, overrides, variant
 # 3: adds class_names, history, world_size, files (predictions.npz); a schema-2 reader ignores them
 PREDICTIONS_FILE = "predictions.npz"
+#: beside a completed run's record: the model's and the methods' states once training is over (after every
+#: stage's end hooks) and how many stages built the model; ``ltbench eval`` evaluates the run again from it
+MODEL_FILE = "model.pt"
 STATUSES = ("completed", "failed", "diverged")
 
 
@@ -225,10 +228,10 @@ def versions(plugins: dict[str, dict[str, str]]) -> dict[str, Any]:
     import torch
     import torchvision
 
-    from ltbench import __version__
+    from ltbench.hookspecs import installed_version
 
     git = git_commit()
-    return {"ltbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"ltbench": installed_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "plugins": plugins, "git_commit": git["commit"], "git_dirty": git["dirty"]}
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench import hookimpl
+from ltbench.hookspecs import hookimpl
 from ltbench.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ import pluggy
 import torch
 from torch import nn
 
-from ltbench import hookspecs
+import ltbench.hookspecs as hookspecs
 from ltbench.errors import CompositionError, PluginContractError
 from ltbench.plugins.defaults import CoreDefaults
 from ltbench.plugins.method import Method

@@ -235,43 +235,103 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_the_web_leaderboard_sorts_filters_and_shows_its_plots_in_a_real_browser(small_grid, tmp_path):
-    from ltbench.results import leaderboard
+def _serve(folder: Path):
+    """An HTTP server on 127.0.0.1 whose web root is ``folder`` alone: a link out of it is a 404."""
+    import functools
+    import http.server
+    import threading
 
-    out = tmp_path / "board"
-    assert leaderboard.build(small_grid, out)
-    index = out / "site" / "index.html"
-    assert "http" not in index.read_text().replace("http-equiv", "")  # nothing from elsewhere
-    browser = _browser()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/"
+
+
+def _resolves(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
     try:
-        browser.get(index.resolve().as_uri())
-        headers = browser.find_elements("css selector", "th")
-        overall = [h for h in headers if h.text == "overall"][0]
-        column = [h.text for h in headers].index("overall") + 1
+        with urllib.request.urlopen(url.split("#")[0], timeout=10) as answer:
+            return answer.status == 200
+    except urllib.error.URLError:
+        return False
 
-        def shown(col):
-            return [c.get_attribute("data-value") for c in
-                    browser.find_elements("css selector", f"tbody tr:not([hidden]) td:nth-child({col})")]
 
-        overall.click()
-        first = [float(v) for v in shown(column)]
-        assert first == sorted(first, reverse=True) and len(first) == 2
-        overall.click()
-        assert [float(v) for v in shown(column)] == sorted(first)
-        # filters: turning a family off hides its rows
+def test_the_web_leaderboard_served_alone_switches_boards_marks_noise_and_filters_its_charts(small_grid, tmp_path):
+    from ltbench.results import leaderboard, site
+
+    grid = tmp_path / "runs"
+    shutil.copytree(small_grid, grid)
+    assert main(["run", "--methods", "ce", "--datasets", "synthetic-lt", "--imbalance-factor", "10", "--budget",
+                 "smoke", "--output", str(grid), "--quiet"]) == 0  # a second board
+    out = tmp_path / "board"
+    assert leaderboard.build(grid, out)
+    served = tmp_path / "served"
+    shutil.copytree(out / "site", served)  # the folder alone, as the workflow publishes it
+    assert "http" not in (served / "index.html").read_text()  # nothing loaded from elsewhere
+    browser = _browser()  # skips, saying why, without selenium or chromium
+    from selenium.webdriver.support.ui import Select
+
+    server, base = _serve(served)
+    try:
+        browser.get(base + "index.html")
+        boards = browser.find_elements("css selector", "section.board")
+        assert len(boards) == 2 and [b.is_displayed() for b in boards] == [True, False]
+        Select(browser.find_element("id", "board-switch")).select_by_value("synthetic-lt-if30-smoke")
+        assert [b.is_displayed() for b in boards] == [False, True]
+        board = boards[1]
+        records = [r for r in summary.load_records(out / "records") if r["dataset"] == "synthetic-lt-if30"]
+        heading = board.find_element("css selector", "h2").text
+        assert heading.startswith("synthetic-lt-if30 · budget smoke · ") and records[0]["config"]["backbone"] in heading
+        assert heading.endswith(f"{records[0]['config']['epochs']} backbone epochs")
+        headers = board.find_elements("css selector", "th")
+        names = [h.text for h in headers]
+        assert {"backbone epochs", "params (M)", "MACs (M)", "wall (s)", "paper many"} <= set(names)
+        assert all(h.get_attribute("title") for h in headers)  # each column says what it means
+
+        # the best of each accuracy column, and whether the other row is within noise of it, as `compare` says
+        def cell(method, column):
+            row = board.find_element("xpath", f".//tbody/tr[td[1]/a[text()='{method}']]")
+            return row.find_elements("css selector", "td")[names.index(column)].text
+
+        for g in ("overall", "many", "medium", "few"):
+            means = {m: np.mean([r["metrics"][g] for r in records if r["variant"] == m]) for m in ("ce", "cb-sampling")}
+            best, other = sorted(means, key=means.get, reverse=True)
+            assert "★" in cell(best, g) and "★" not in cell(other, g)
+            verdict = summary.compare(records, other, best, n_boot=site.NOISE_DRAWS)["groups"][g]
+            assert ("≈" in cell(other, g)) == (not verdict["distinguishable"])
+
+        def drawn(selector):
+            return [e for e in board.find_elements("css selector", selector) if e.is_displayed()]
+
+        assert len(drawn("svg.pareto .point")) == 2 and len(drawn("svg.bars g.method")) == 2
+        assert len(board.find_element("css selector", "svg.pareto .front").get_attribute("points").split()) >= 1
+        # the filters apply to the rows and to both charts; the front is drawn again over what is shown
         browser.find_element("css selector", '.filters input[value="re-sampling"]').click()
-        assert shown(1) == ["ce"]
-        images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
-        assert len(images) == 3 and all(ok for _, ok in images), images
-        # every row links to its configuration and records, and they exist
-        links = browser.execute_script("return Array.from(document.querySelectorAll('td a')).map(a => a.href)")
-        assert len(links) == 2 * (1 + 2)
-        assert all(Path(__import__("urllib.parse").parse.unquote(link[len("file://"):])).exists() for link in links)
+        assert [r.text.split()[0] for r in board.find_elements("css selector", "tbody tr") if r.is_displayed()] == ["ce"]
+        assert len(drawn("svg.pareto .point")) == 1 and len(drawn("svg.bars g.method")) == 1
+        assert len(board.find_element("css selector", "svg.pareto .front").get_attribute("points").split()) == 1
+        # every link and image of the index resolves with the site folder as the web root
+        urls = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+                                      ".concat(Array.from(document.images).map(i => i.src))")
+        assert len(urls) > 10 and all(_resolves(u) for u in urls), [u for u in urls if not _resolves(u)]
+        images = browser.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        assert images and all(images)
+        # one method's page: per-class accuracy (a point per class), learning curves, its links
+        browser.find_element("xpath", "//section[@id='board-synthetic-lt-if30-smoke']//a[text()='ce']").click()
+        assert browser.find_element("css selector", "h1").text == "ce"
+        assert len(browser.find_elements("css selector", "svg.per-class .point")) == len(records[0]["train_counts"])
+        assert browser.find_elements("css selector", "svg.learning polyline")
+        urls = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+        local = [u for u in urls if u.startswith(base)]
+        assert len(local) >= 3 and all(_resolves(u) for u in local)
         errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
     finally:
         browser.quit()
+        server.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,8 +350,11 @@ def test_the_leaderboard_workflow_is_valid_and_runs_only_commands_that_exist():
     runs = [s["run"] for s in steps if "run" in s]
     assert any("ci/leaderboard.sh" in r for r in runs)
     assert workflow["jobs"]["deploy"]["needs"] == "build"
-    assert any(s.get("uses", "").startswith("actions/upload-pages-artifact") and s["with"]["path"] == "leaderboards/site"
+    # the board at the root of the published folder, the docs site (built strictly) under docs/
+    assert any(s.get("uses", "").startswith("actions/upload-pages-artifact") and s["with"]["path"] == "_pages"
                for s in steps)
+    assert any("cp -r leaderboards/site/. _pages/" in r and "mkdocs build --strict --site-dir _pages/docs" in r
+               for r in runs)
     commands = [c for r in runs for c in _ltbench_lines(r)]
     for script in {word for r in runs for word in r.split() if word.startswith("ci/")}:
         commands += _ltbench_lines((REPO / script).read_text())

@@ -1,37 +1,53 @@
-"""The web leaderboard: a static site (``index.html``, plots, configurations) written by
-``ltbench leaderboard build`` into ``<out>/site/``. Nothing is fetched from elsewhere: the page's script and
-style are inline, the plots and configurations are files beside it, so it opens from disk or any static host.
+"""The web leaderboard: a static site written by ``ltbench leaderboard build`` into ``<out>/site/``. Nothing is
+fetched from elsewhere and every link stays inside the folder (the records it links to are copied in), so it
+opens from disk or from any static host that serves the folder alone.
 
-Per dataset and budget, a table (click a column header to sort by it, again to reverse; checkboxes filter by
-method family) with the paper's number beside ours, each row linking to its resolved configuration and to
-its records, and the plots of :mod:`ltbench.results.plots`.
+``index.html`` holds every board (one per dataset and budget) behind a switcher. Each board's heading says its
+dataset, budget, backbones and epochs; its table has the markdown board's columns (accuracy per shot group,
+seeds, backbone epochs, parameters, MACs, wall time; each header explains itself on hover and in the notes
+below) and the paper's numbers where the source gives them. The best mean of each accuracy column is marked
+★, and a row whose difference from that best is not distinguishable from noise by ltbench's paired bootstrap
+over seeds and test images (:func:`ltbench.results.summary.compare`) is marked ≈. Two charts follow, drawn as
+inline SVG so that the family filters apply to them as to the rows: accuracy against training compute with
+the Pareto front of the rows shown, and the shot groups per method. Every row links to a page of its own
+(``methods/<board>/<method>.html``: per-class accuracy against training count, learning curves, the method's
+paper and interpretations, its configuration and records). The matplotlib figures of
+:mod:`ltbench.results.plots` (all rows, unfiltered) close each board.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import os
+import math
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ltbench.results import plots
-from ltbench.results.records import reference_result
+from ltbench.results import charts, plots
+from ltbench.results.records import compute, reference_result, reference_setting
 from ltbench.results.summary import GROUPS
 
 SITE = "site"
+#: bootstrap draws for the within-noise marks (seeded: a rebuild marks the same rows)
+NOISE_DRAWS = 1000
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222; }
-table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
-th, td { padding: 0.3rem 0.5rem; border-bottom: 1px solid #ddd; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; color: #222; padding: 0 1rem; }
+table { border-collapse: collapse; width: 100%; font-size: 0.85rem; }
+th, td { padding: 0.3rem 0.45rem; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td:first-child, th.text, td.text { text-align: left; }
 th { cursor: pointer; user-select: none; background: #f4f4f4; position: sticky; top: 0; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 .sd { color: #888; font-size: 0.8em; } .filters label { margin-right: 1rem; } img { max-width: 100%; }
-figure { margin: 1rem 0; } .note { color: #555; font-size: 0.9rem; }
+.best { font-weight: 600; } .mark { color: #b15c00; } figure { margin: 1rem 0; } .note { color: #555; font-size: 0.9rem; }
+dl.columns { font-size: 0.85rem; color: #444; display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
+dl.columns dt { font-weight: 600; } svg { max-width: 100%; height: auto; font-size: 11px; }
+svg .axis { stroke: #444; } svg .tick { stroke: #ccc; } svg .front { fill: none; stroke: #d62728; stroke-width: 1.5; }
+svg .point { fill: #1f77b4; fill-opacity: 0.8; } svg .stage2 { stroke: #888; stroke-dasharray: 3 3; }
 """
 
 SCRIPT = """
@@ -48,13 +64,60 @@ function sortTable(th) {
     return dir === 'ascending' ? c : -c; });
   rows.forEach(r => body.appendChild(r));
 }
+function drawFront(svg) {  // the Pareto front of the points shown: less compute, higher accuracy
+  const pts = Array.from(svg.querySelectorAll('.point')).filter(p => p.style.display !== 'none')
+    .map(p => [parseFloat(p.getAttribute('cx')), parseFloat(p.getAttribute('cy'))]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let best = Infinity; const front = [];
+  pts.forEach(([x, y]) => { if (y < best) { best = y; front.push(x + ',' + y); } });
+  svg.querySelector('.front').setAttribute('points', front.join(' '));
+}
+function layoutBars(svg) {  // the groups shown, side by side
+  const step = parseFloat(svg.dataset.step), left = parseFloat(svg.dataset.left); let i = 0;
+  svg.querySelectorAll('g.method').forEach(g => { if (g.style.display !== 'none') {
+    g.setAttribute('transform', 'translate(' + (left + step * i++) + ',0)'); } });
+}
 function applyFilters() {
   const on = new Set(Array.from(document.querySelectorAll('.filters input:checked')).map(i => i.value));
-  document.querySelectorAll('tbody tr').forEach(r => { r.hidden = !on.has(r.dataset.family); });
+  document.querySelectorAll('[data-family]').forEach(e => {
+    const shown = on.has(e.dataset.family);
+    if (e.tagName === 'TR') { e.hidden = !shown; } else { e.style.display = shown ? '' : 'none'; } });
+  document.querySelectorAll('svg.pareto').forEach(drawFront);
+  document.querySelectorAll('svg.bars').forEach(layoutBars);
+}
+function showBoard(key) {
+  document.querySelectorAll('section.board').forEach(s => { s.hidden = s.id !== 'board-' + key; });
+  document.getElementById('board-switch').value = key;
 }
 document.querySelectorAll('th').forEach(th => th.addEventListener('click', () => sortTable(th)));
 document.querySelectorAll('.filters input').forEach(i => i.addEventListener('change', applyFilters));
+const switcher = document.getElementById('board-switch');
+switcher.addEventListener('change', () => { showBoard(switcher.value); history.replaceState(null, '', '#' + switcher.value); });
+showBoard(location.hash.slice(1) && document.getElementById('board-' + location.hash.slice(1)) ? location.hash.slice(1) : switcher.value);
 """
+
+COLUMNS = {  # header -> what it means (the header's tooltip, and the notes under each table)
+    "method": "the method, or a variant of it with the options that differ from its defaults; links to its page",
+    "family": "the method's family (plugin metadata); the filters above select families",
+    "overall": "mean of the per-class test accuracies (%), mean ± std over seeds",
+    "many": "mean accuracy of the many-shot classes (more than 100 training images)",
+    "medium": "mean accuracy of the medium-shot classes (20 to 100 training images)",
+    "few": "mean accuracy of the few-shot classes (fewer than 20 training images)",
+    "seeds": "how many seeds (subset draws and initialisations) the mean is over",
+    "backbone epochs": "epochs that trained the backbone's weights: stage 1, plus a stage 2 that fine-tunes it; "
+                       "a row with more had more compute than its baselines",
+    "params (M)": "parameters of the trained model, heads a method adds included (e.g. RIDE's experts)",
+    "MACs (M)": "multiply-accumulates to classify one test image along the method's evaluation path",
+    "wall (s)": "mean wall time per run, a reused stage 1 counted at what it cost to train; machine and load vary",
+    "paper overall": "the paper's number; † where it comes from another setting (hover it: backbone, epochs), "
+                     "so that it orients rather than compares",
+    "paper many": "the paper's many-shot number, where its source gives one",
+    "paper medium": "the paper's medium-shot number, where its source gives one",
+    "paper few": "the paper's few-shot number, where its source gives one",
+    "config": "the resolved configuration (every option, defaults included); its hash names the run",
+    "records (seed)": "each seed's result.json",
+}
+TEXT_COLUMNS = ("method", "family", "config", "records (seed)")
+SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 
 def _families() -> dict[str, str]:
@@ -68,72 +131,216 @@ def _family(method: str, families: dict[str, str]) -> str:
     return parts[0] if len(set(parts)) == 1 else "composed"
 
 
-def _paper(rec: dict[str, Any]) -> float | None:
-    return reference_result(rec).get("overall")
+def _finite(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
-def _num(value: float | None, sd: float | None = None) -> str:
+def _num(value: float | None, sd: float | None = None, mark: str = "", digits: int = 2) -> str:
     if value is None or np.isnan(value):
         return '<td data-value="">–</td>'
-    shown = f"{value:.2f}" + (f' <span class="sd">± {sd:.2f}</span>' if sd is not None and not np.isnan(sd) else "")
-    return f'<td data-value="{value:.6f}">{shown}</td>'
+    shown = f"{value:.{digits}f}" + (f' <span class="sd">± {sd:.2f}</span>' if sd is not None and not np.isnan(sd) else "")
+    cls = ' class="best"' if mark == "★" else ""
+    label = {"★": "best of the column", "≈": "not distinguishable from the best (paired bootstrap)"}.get(mark, "")
+    badge = f' <span class="mark" title="{label}">{mark}</span>' if mark else ""
+    return f'<td{cls} data-value="{value:.6f}">{shown}{badge}</td>'
+
+
+def _slug(name: str) -> str:
+    return SAFE.sub("-", name).strip("-") or "method"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+class Row:
+    """One row of a board: a method (or variant) with its records, sorted by seed."""
+
+    def __init__(self, name: str, recs: list[dict[str, Any]], families: dict[str, str]) -> None:
+        self.name, self.recs = name, sorted(recs, key=lambda r: r["seed"])
+        first = self.recs[0]
+        self.family = _family(first["method"], families)
+        self.slug = _slug(name)
+        self.mean, self.sd = {}, {}
+        for g in GROUPS:
+            values = [r["metrics"][g] for r in self.recs if r["metrics"][g] is not None]
+            self.mean[g] = float(np.mean(values)) if values else None
+            self.sd[g] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        costs = [compute(r) for r in self.recs]  # from the record's cost, as the markdown board
+        self.backbone_epochs = costs[0]["backbone_epochs"]
+        self.params = _mean([c.get("parameters") for c in costs])
+        self.macs = _mean([c.get("inference_macs_per_image") for c in costs])
+        self.wall = _mean([r.get("wall_time_s") for r in self.recs])
+        self.paper = reference_result(first)
+        self.setting = reference_setting(first) if self.paper else "no published number"
+
+    def paper_number(self, group: str) -> float | None:
+        return _finite(self.paper.get(group))
+
+
+def _noise_marks(rows: list[Row], records: list[dict[str, Any]], dataset: str, budget: str) -> dict[tuple[str, str], str]:
+    """{(row, group): "★" for the column's best mean, "≈" for a row not distinguishable from it}."""
+    from ltbench.results.summary import compare
+
+    marks: dict[tuple[str, str], str] = {}
+    verdicts: dict[tuple[str, str], dict[str, Any]] = {}
+    for g in GROUPS:
+        scored = [r for r in rows if r.mean[g] is not None]
+        if not scored:
+            continue
+        best = max(scored, key=lambda r: r.mean[g])
+        marks[(best.name, g)] = "★"
+        for row in scored:
+            if row is best:
+                continue
+            pair = (row.name, best.name)
+            if pair not in verdicts:
+                try:
+                    verdicts[pair] = compare(records, row.name, best.name, dataset=dataset, budget=budget,
+                                             n_boot=NOISE_DRAWS)["groups"]
+                except Exception:  # noqa: BLE001 - no seed in common: no verdict, no mark
+                    verdicts[pair] = {}
+            verdict = verdicts[pair].get(g)
+            if verdict is not None and not verdict["distinguishable"]:
+                marks[(row.name, g)] = "≈"
+    return marks
+
+
+# -- pages ------------------------------------------------------------------------------------------------------
+
+
+def _record_path(rec: dict[str, Any]) -> str:
+    return f"records/{rec['dataset']}/{rec['budget']}/{rec['method']}/{rec['config_id']}/seed{rec['seed']}.json"
+
+
+def _page(title: str, body: str, root: str = "") -> str:
+    """A page of the site; ``root`` leads from the page's folder back to the site's (for ``style.css``)."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+            f'<link rel="stylesheet" href="{root}style.css"></head>\n<body>{body}</body></html>\n')
+
+
+def _method_page(row: Row, key: str, heading: str) -> str:
+    first = row.recs[0]
+    metas = first.get("method_metadata") or {}
+    about = []
+    for name in first.get("methods", [first["method"]]):
+        meta = metas.get(name) if isinstance(metas.get(name), dict) else {}
+        paper, code = meta.get("paper"), meta.get("code_url")
+        links = (f' · <a href="{html.escape(code)}">code</a>' if isinstance(code, str) and code.startswith("https://")
+                 else "")
+        about.append(f"<h3>{html.escape(name)}: {html.escape(str(meta.get('title', '')))}</h3>"
+                     f"<p>{html.escape(str(paper or ''))} ({html.escape(str(meta.get('venue', '')))} "
+                     f"{html.escape(str(meta.get('year', '')))}){links}</p>"
+                     f"<p>{html.escape(str(meta.get('summary', '')))}</p>")
+        interpretations = meta.get("interpretations") or []
+        if interpretations:
+            about.append("<p><b>Where ltbench interprets the paper:</b></p><ul>" + "".join(
+                f"<li>{html.escape(str(i))}</li>" for i in interpretations) + "</ul>")
+    table = "<table><thead><tr><th class=\"text\">seed</th>" + "".join(f"<th>{g}</th>" for g in GROUPS) + \
+        "<th class=\"text\">record</th></tr></thead><tbody>"
+    for rec in row.recs:
+        table += f"<tr><td class=\"text\">{rec['seed']}</td>" + "".join(
+            _num(rec["metrics"][g]) for g in GROUPS) + (f'<td class="text"><a href="../../{_record_path(rec)}">'
+                                                       f"result.json</a></td></tr>")
+    table += "<tr><td class=\"text\">paper</td>" + "".join(_num(row.paper_number(g)) for g in GROUPS) + \
+        f'<td class="text">{html.escape(row.setting or str(row.paper.get("source", "")))}</td></tr></tbody></table>'
+    history = next((r["history"] for r in row.recs if r.get("history")), [])
+    body = (f'<p><a href="../../index.html#{html.escape(key)}">← {html.escape(heading)}</a></p>'
+            f"<h1>{html.escape(row.name)}</h1>{''.join(about)}<h2>Accuracy</h2>{table}"
+            f'<p>Configuration: <a href="../../configs/{html.escape(first["config_id"])}.json">'
+            f'{html.escape(first["config_id"])}</a> · backbone epochs {row.backbone_epochs}</p>'
+            f"<h2>Per-class accuracy against training count</h2>{charts.per_class_chart(row.recs)}"
+            + (f"<h2>Learning curves (seed {next(r['seed'] for r in row.recs if r.get('history'))})</h2>"
+               f"{charts.learning_chart(history)}" if history else ""))
+    return _page(f"{row.name} — {heading}", body, root="../../")
+
+
+def _heading(dataset: str, budget: str, recs: list[dict[str, Any]], rows: list[Row]) -> str:
+    backbones = sorted({str(r["config"].get("backbone")) for r in recs})
+    epochs = sorted({r.backbone_epochs for r in rows})
+    return (f"{dataset} · budget {budget} · {', '.join(backbones)} · "
+            f"{', '.join(map(str, epochs))} backbone epochs")
 
 
 def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     """Write the site for ``records`` (each with its ``_path``) into ``site``; return the files written."""
     site = Path(site)
-    (site / "configs").mkdir(parents=True, exist_ok=True)
-    for stale in (site / "configs").glob("*.json"):  # generated: a configuration no record has any more goes
-        stale.unlink()
+    for generated in ("configs", "records", "methods"):  # a rebuild leaves nothing a record no longer names
+        shutil.rmtree(site / generated, ignore_errors=True)
+        (site / generated).mkdir(parents=True)
     written = plots.plot_records(records, site / "plots")
     families = _families()
-    sections, all_families = [], set()
+    sections, options, all_families = [], [], set()
     for (dataset, budget), by_method in sorted(plots.by_place(records).items()):
-        rows = []
-        for method, recs in by_method.items():
-            recs = sorted(recs, key=lambda r: r["seed"])
-            config = site / "configs" / f"{recs[0]['config_id']}.json"
-            config.write_text(json.dumps(recs[0]["config"], indent=2, sort_keys=True) + "\n")
-            written.append(config)
-            family = html.escape(_family(recs[0]["method"], families))  # plugin metadata: escaped as record text
-            all_families.add(family)
-            cells = [f'<td class="text" data-value="{html.escape(method)}">{html.escape(method)}</td>',
-                     f'<td class="text" data-value="{family}">{family}</td>']
-            for g in GROUPS:
-                values = [r["metrics"][g] for r in recs if r["metrics"][g] is not None]
-                cells.append(_num(float(np.mean(values)) if values else None,
-                                  float(np.std(values, ddof=1)) if len(values) > 1 else None))
-            cells.append(f'<td data-value="{len(recs)}">{len(recs)}</td>')
-            cells.append(_num(_paper(recs[0])))
-            links = " ".join(f'<a href="{html.escape(os.path.relpath(r["_path"], site))}">{html.escape(str(r["seed"]))}'
-                             f'</a>' for r in recs)
-            config_id = html.escape(recs[0]["config_id"])
-            cells.append(f'<td class="text" data-value="{config_id}"><a href="configs/{config_id}.json">{config_id}'
-                         f'</a></td>')
-            cells.append(f'<td class="text" data-value="">{links}</td>')
-            rows.append(f'<tr data-family="{family}">{"".join(cells)}</tr>')
-        headers = ["method", "family", *GROUPS, "seeds", "paper overall", "config", "records (seed)"]
-        head = "".join(f'<th class="{"text" if h in ("method", "family", "config", "records (seed)") else ""}">'
-                       f"{h}</th>" for h in headers)
         key = f"{dataset}-{budget}"
+        rows = sorted((Row(name, recs, families) for name, recs in by_method.items()),
+                      key=lambda r: -(r.mean["overall"] if r.mean["overall"] is not None else -1))
+        board_recs = [r for row in rows for r in row.recs]
+        marks = _noise_marks(rows, board_recs, dataset, budget)
+        heading = _heading(dataset, budget, board_recs, rows)
+        (site / "methods" / key).mkdir(parents=True, exist_ok=True)
+        body_rows = []
+        for row in rows:
+            all_families.add(row.family)
+            for rec in row.recs:
+                target = site / _record_path(rec)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(rec["_path"], target)  # linked from the site, so served with it
+                written.append(target)
+            config = site / "configs" / f"{row.recs[0]['config_id']}.json"
+            config.write_text(json.dumps(row.recs[0]["config"], indent=2, sort_keys=True) + "\n")
+            page = site / "methods" / key / f"{row.slug}.html"
+            page.write_text(_method_page(row, key, heading))
+            written += [config, page]
+            name, family = html.escape(row.name), html.escape(row.family)
+            cells = [f'<td class="text" data-value="{name}"><a href="methods/{html.escape(key)}/{row.slug}.html">'
+                     f"{name}</a></td>", f'<td class="text" data-value="{family}">{family}</td>']
+            cells += [_num(row.mean[g], row.sd[g], marks.get((row.name, g), "")) for g in GROUPS]
+            cells.append(f'<td data-value="{len(row.recs)}">{len(row.recs)}</td>')
+            cells.append(f'<td data-value="{row.backbone_epochs}">{row.backbone_epochs}</td>')
+            cells.append(_num(row.params / 1e6 if row.params else None, digits=3))
+            cells.append(_num(row.macs / 1e6 if row.macs else None))
+            cells.append(_num(row.wall))
+            paper = [_num(row.paper_number(g)) for g in GROUPS]
+            if row.setting and row.paper_number("overall") is not None:  # another setting: said, not compared
+                paper[0] = paper[0].replace("</td>", f' <span class="mark" title="{html.escape(row.setting)}">†'
+                                                      f"</span></td>")
+            cells += paper
+            config_id = html.escape(row.recs[0]["config_id"])
+            cells.append(f'<td class="text" data-value="{config_id}"><a href="configs/{config_id}.json">{config_id}'
+                         f"</a></td>")
+            links = " ".join(f'<a href="{_record_path(r)}">{r["seed"]}</a>' for r in row.recs)
+            cells.append(f'<td class="text" data-value="">{links}</td>')
+            body_rows.append(f'<tr data-family="{family}">{"".join(cells)}</tr>')
+        head = "".join(f'<th class="{"text" if h in TEXT_COLUMNS else ""}" title="{html.escape(t)}">{html.escape(h)}'
+                       f"</th>" for h, t in COLUMNS.items())
+        notes = "".join(f"<dt>{html.escape(h)}</dt><dd>{html.escape(t)}</dd>" for h, t in COLUMNS.items())
         figures = "".join(f'<figure><img src="plots/{html.escape(key)}-{kind}.png" alt="{kind} plot for '
-                          f'{html.escape(key)}"></figure>' for kind in ("groups", "per-class", "learning")
+                          f'{html.escape(key)} (all rows)"></figure>' for kind in ("groups", "per-class", "learning")
                           if (site / "plots" / f"{key}-{kind}.png").exists())
-        sections.append(f'<section id="{html.escape(key)}"><h2>{html.escape(dataset)}, budget <code>{html.escape(budget)}'
-                        f'</code></h2><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-                        f"{figures}</section>")
-    filters = "".join(f'<label><input type="checkbox" value="{f}" checked> {f}</label>' for f in sorted(all_families))
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ltbench leaderboard</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
-<body><h1>ltbench leaderboard</h1>
-<p class="note">Top-1 accuracy (%) on the balanced test set, mean ± std over seeds; many-shot, medium-shot and
-few-shot classes as the dataset defines them. The paper's number is the paper's own setting (other backbones
-and budgets): for orientation, not comparison. Click a column header to sort.</p>
-<p class="filters">Method families: {filters}</p>
-{"".join(sections)}
-<script>{SCRIPT}</script></body></html>
-"""
-    index = site / "index.html"
-    index.write_text(page)
-    return [index, *written]
+        sections.append(
+            f'<section class="board" id="board-{html.escape(key)}"><h2>{html.escape(heading)}</h2>'
+            f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
+            f'<p class="note">★ the best mean of the column; ≈ not distinguishable from it (ltbench\'s paired '
+            f"bootstrap over seeds and test images, {NOISE_DRAWS} draws, 95 %). Hover a header for what it "
+            f'means:</p><dl class="columns">{notes}</dl>'
+            f"<h3>Accuracy against training compute</h3>{charts.pareto_chart(rows, key)}"
+            f'<p class="note">The red line joins the rows no other row beats with less compute (the Pareto front '
+            f"of the rows shown).</p><h3>Shot groups per method</h3>{charts.bars_chart(rows, key)}"
+            f"<h3>Figures (all rows, unfiltered)</h3>{figures}</section>")
+        options.append(f'<option value="{html.escape(key)}">{html.escape(heading)}</option>')
+    filters = "".join(f'<label><input type="checkbox" value="{html.escape(f)}" checked> {html.escape(f)}</label>'
+                      for f in sorted(all_families))
+    body = (f"<h1>ltbench leaderboard</h1>"
+            f'<p class="note">Top-1 accuracy (%) on the balanced test set at the final epoch, mean ± std over seeds. '
+            f"A paper's number marked † comes from another setting (hover it): it orients, it does not compare. "
+            f"Click a header to sort.</p>"
+            f'<p><label>Board: <select id="board-switch">{"".join(options)}</select></label></p>'
+            f'<p class="filters">Method families: {filters}</p>{"".join(sections)}<script>{SCRIPT}</script>')
+    index, style = site / "index.html", site / "style.css"
+    index.write_text(_page("ltbench leaderboard", body))
+    style.write_text(STYLE.lstrip())
+    return [index, style, *written]

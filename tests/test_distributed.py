@@ -243,6 +243,7 @@ def _one_rank_fails(rank: int, out: Path, method: str) -> None:
 
 @pytest.mark.parametrize("method, said", [("raises-on-rank-1", "only rank 1 blew up"),
                                           ("stops-rank-1", "rank(s) 1 stopped answering")])
+@pytest.mark.slow
 def test_a_failure_or_a_stop_on_one_rank_ends_the_job_within_minutes_with_a_record(method, said, tmp_path,
                                                                                     monkeypatch):
     monkeypatch.setenv("LTBENCH_RANK_TIMEOUT_S", "40")

@@ -151,6 +151,7 @@ def test_the_test_split_cannot_be_read_during_training(catalog, tmp_path):
     assert "test split is not available during training" in rec["error"]
 
 
+@pytest.mark.slow
 def test_class_balanced_sampling_lifts_few_shot_accuracy_on_real_data(tmp_path):
     """Fashion-MNIST-LT (embedded, real images), smoke budget: re-balancing must reach the few-shot classes."""
     ce, cb = run_methods(catalog_with(), ["ce", "cb-sampling"], tmp_path, dataset="fashion-mnist-lt")

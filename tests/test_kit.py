@@ -141,6 +141,7 @@ class PerRankRows(Method):
         self.rows = int(state["rows"])
 
 
+@pytest.mark.slow
 def test_the_distributed_check_compares_two_processes_with_one(tmp_path):
     from ltbench.plugins.testing import check_distributed
 
@@ -201,6 +202,7 @@ def test_new_plugin_refuses_a_name_whose_package_would_shadow_or_be_shadowed(tmp
     assert "'ltbench_plugins' for method 'plugins' is taken by ltbench itself" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_new_plugin_writes_a_package_that_installs_and_passes_its_own_tests(tmp_path, capsys):
     import os
     import subprocess

@@ -157,6 +157,7 @@ def test_each_run_gets_fresh_method_instances_and_only_selected_methods_run(tmp_
     assert toy.Counter.calls == [0] * epochs + [1] * epochs
 
 
+@pytest.mark.slow
 def test_example_third_party_package_installs_and_its_method_runs(tmp_path):
     """pip-install plugins/ltbench-example-plugin into a scratch target and use it from a fresh process."""
     target = tmp_path / "site"

@@ -226,6 +226,7 @@ def test_an_unknown_or_unavailable_reporter_is_refused_before_anything_runs(tmp_
     assert not list(tmp_path.rglob(RESULT_FILE))
 
 
+@pytest.mark.slow
 def test_worker_processes_report_into_the_grids_one_stream(tmp_path):
     assert main(["run", "--methods", "ce,focal", "--datasets", "synthetic-lt", "--budget", "smoke", "--quiet",
                  "--output", str(tmp_path), "--report", "jsonl", "--jobs", "2"]) == 0
@@ -235,6 +236,7 @@ def test_worker_processes_report_into_the_grids_one_stream(tmp_path):
     assert kinds.count("run_start") == kinds.count("run_end") == 2 and kinds.count("epoch_end") == 6
 
 
+@pytest.mark.slow
 def test_cluster_jobs_report_their_runs_into_the_grids_stream(tmp_path):
     pytest.importorskip("submitit")
     assert main(["run", "--methods", "ce,focal", "--datasets", "synthetic-lt", "--budget", "smoke", "--quiet",

@@ -259,6 +259,7 @@ def _resolves(url: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_the_web_leaderboard_served_alone_switches_boards_marks_noise_and_filters_its_charts(small_grid, tmp_path):
     from ltbench.results import leaderboard, site
 

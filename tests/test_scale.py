@@ -28,6 +28,7 @@ def _records(out: Path) -> dict[tuple[str, int], dict]:
     return found
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_records_of_jobs_1_and_trains_each_shared_stage_1_once(tmp_path, capsys):
     """The issue's acceptance grid on the default dataset. Thread count changes CPU rounding, so the
     sequential run uses the workers' one thread per run."""
@@ -46,6 +47,7 @@ def test_jobs_2_gives_the_records_of_jobs_1_and_trains_each_shared_stage_1_once(
         assert sorted(s["reused"] for s in sharing) == [False, True, True]
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_only_its_run_and_the_same_command_resumes_it(tmp_path, monkeypatch):
     monkeypatch.setenv("LTBENCH_TEST_DIE_MARKER", str(tmp_path / "died"))
     factory = functools.partial(catalog_with, *toy.ALL)

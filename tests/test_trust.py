@@ -526,6 +526,7 @@ def _wait_for(path: Path, text: str, timeout: float = 120) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text() if path.exists() else ''}")
 
 
+@pytest.mark.slow
 def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
     first = _start(tmp_path, "--methods", "ce", "--epochs", "80", name="first")
     _wait_for(tmp_path / "first.log", "stage 1 epoch 1/80")
@@ -538,6 +539,7 @@ def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
     assert len(_records(tmp_path / "runs")) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_wanting_one_shared_stage1_train_it_once(tmp_path):
     first = _start(tmp_path, "--methods", "crt", "--epochs", "80", name="first")
     _wait_for(tmp_path / "first.log", "stage 1 epoch 1/80")
@@ -549,6 +551,7 @@ def test_two_processes_wanting_one_shared_stage1_train_it_once(tmp_path):
     assert recs["tau-norm"]["stage1"]["reused"] and recs["tau-norm"]["stage1"]["source"] == recs["crt"]["stage1"]["source"]
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     first = _start(tmp_path, "--methods", "ce", "--epochs", "80", name="first")
     _wait_for(tmp_path / "first.log", "stage 1 epoch 2/80")

@@ -318,8 +318,13 @@ def test_the_web_leaderboard_served_alone_switches_boards_marks_noise_and_filter
         urls = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
                                       ".concat(Array.from(document.images).map(i => i.src))")
         assert len(urls) > 10 and all(_resolves(u) for u in urls), [u for u in urls if not _resolves(u)]
+        # the figures of every row at once are a page of their own: nothing on the index ignores the filters
+        figures = board.find_element("partial link text", "Every row in one figure each").get_attribute("href")
+        browser.get(figures)
         images = browser.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
-        assert images and all(images)
+        assert len(images) == 3 and all(images)
+        browser.back()
+        Select(browser.find_element("id", "board-switch")).select_by_value("synthetic-lt-if30-smoke")
         # one method's page: per-class accuracy (a point per class), learning curves, its links
         browser.find_element("xpath", "//section[@id='board-synthetic-lt-if30-smoke']//a[text()='ce']").click()
         assert browser.find_element("css selector", "h1").text == "ce"

@@ -12,7 +12,8 @@ inline SVG so that the family filters apply to them as to the rows: accuracy aga
 the Pareto front of the rows shown, and the shot groups per method. Every row links to a page of its own
 (``methods/<board>/<method>.html``: per-class accuracy against training count, learning curves, the method's
 paper and interpretations, its configuration and records). The matplotlib figures of
-:mod:`ltbench.results.plots` (all rows, unfiltered) close each board.
+:mod:`ltbench.results.plots`, which draw every row at once, are on a page of their own per board
+(``figures/<board>.html``), linked under the charts: everything on the index follows the filters.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def _heading(dataset: str, budget: str, recs: list[dict[str, Any]], rows: list[R
 def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     """Write the site for ``records`` (each with its ``_path``) into ``site``; return the files written."""
     site = Path(site)
-    for generated in ("configs", "records", "methods"):  # a rebuild leaves nothing a record no longer names
+    for generated in ("configs", "records", "methods", "figures"):  # a rebuild leaves nothing a record no longer names
         shutil.rmtree(site / generated, ignore_errors=True)
         (site / generated).mkdir(parents=True)
     written = plots.plot_records(records, site / "plots")
@@ -318,9 +319,15 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
         head = "".join(f'<th class="{"text" if h in TEXT_COLUMNS else ""}" title="{html.escape(t)}">{html.escape(h)}'
                        f"</th>" for h, t in COLUMNS.items())
         notes = "".join(f"<dt>{html.escape(h)}</dt><dd>{html.escape(t)}</dd>" for h, t in COLUMNS.items())
-        figures = "".join(f'<figure><img src="plots/{html.escape(key)}-{kind}.png" alt="{kind} plot for '
+        figures = "".join(f'<figure><img src="../plots/{html.escape(key)}-{kind}.png" alt="{kind} plot for '
                           f'{html.escape(key)} (all rows)"></figure>' for kind in ("groups", "per-class", "learning")
                           if (site / "plots" / f"{key}-{kind}.png").exists())
+        figures_page = site / "figures" / f"{key}.html"
+        figures_page.parent.mkdir(exist_ok=True)
+        figures_page.write_text(_page(f"{heading}: figures", f'<p><a href="../index.html#{html.escape(key)}">← '
+                                      f"{html.escape(heading)}</a></p><h1>Every row, in one figure each</h1>"
+                                      f"{figures}", root="../"))
+        written.append(figures_page)
         sections.append(
             f'<section class="board" id="board-{html.escape(key)}"><h2>{html.escape(heading)}</h2>'
             f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
@@ -330,7 +337,8 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
             f"<h3>Accuracy against training compute</h3>{charts.pareto_chart(rows, key)}"
             f'<p class="note">The red line joins the rows no other row beats with less compute (the Pareto front '
             f"of the rows shown).</p><h3>Shot groups per method</h3>{charts.bars_chart(rows, key)}"
-            f"<h3>Figures (all rows, unfiltered)</h3>{figures}</section>")
+            f'<p><a href="figures/{html.escape(key)}.html">Every row in one figure each</a> (per-class accuracy, '
+            f"shot groups and learning curves, unfiltered).</p></section>")
         options.append(f'<option value="{html.escape(key)}">{html.escape(heading)}</option>')
     filters = "".join(f'<label><input type="checkbox" value="{html.escape(f)}" checked> {html.escape(f)}</label>'
                       for f in sorted(all_families))

@@ -64,11 +64,10 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
     """Evaluate the completed run in ``run_dir`` on ``dataset`` (default: its own) and return the record written
     under ``output``."""
     from ltbench.data.split import load_checked
-    from ltbench.grid.plan import Cell, resolve_device, run_dir as run_dir_of
+    from ltbench.grid.plan import resolve_device, run_dir as run_dir_of
     from ltbench.grid.runner import device_model, save_predictions
-    from ltbench.results.records import MODEL_FILE
     from ltbench.plugins.catalog import get_catalog
-    from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE, atomic_write_json, compute
+    from ltbench.results.records import MODEL_FILE, PREDICTIONS_FILE, RESULT_FILE, atomic_write_json, compute
     from ltbench.training.evaluate import evaluate
     from ltbench.training.hooks import build_classifier
     from ltbench.training.run import build_run
@@ -104,12 +103,10 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
         raise ConfigError(f"ltbench eval: the evaluation's record would replace the run's own ({run_dir}); give "
                           f"another --output (default {DEFAULT_OUTPUT}/)")
 
-    cell = Cell(spec, record["dataset"], trained_on, record["method"], record["seed"], config, record["budget"],
-                record["overrides"])
     built = {**config, "pretrained": False, "pretrained_path": ""}  # the weights come from model.pt
     started = datetime.now(timezone.utc)
     log(f"ltbench eval: rebuilding {record['variant']} seed {record['seed']} from {run_dir}")
-    run = build_run(catalog, cell.dataset, trained_on, built, record["seed"], device_, out, log=log)
+    run = build_run(catalog, spec, trained_on, built, record["seed"], device_, out, log=log)
     for method in run.methods:
         method.load_state_dict(state["methods"].get(method.name, {}))
     if state["stages"] == 2:  # the stage-2 classifier, built as the run built it

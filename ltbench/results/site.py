@@ -197,12 +197,10 @@ def _noise_marks(rows: list[Row], records: list[dict[str, Any]], dataset: str, b
             if row is best:
                 continue
             pair = (row.name, best.name)
-            if pair not in verdicts:
-                try:
-                    verdicts[pair] = compare(records, row.name, best.name, dataset=dataset, budget=budget,
-                                             n_boot=NOISE_DRAWS)["groups"]
-                except Exception:  # noqa: BLE001 - no seed in common: no verdict, no mark
-                    verdicts[pair] = {}
+            if pair not in verdicts:  # rows without a seed in common cannot be paired: no verdict, no mark
+                common = {r["seed"] for r in row.recs} & {r["seed"] for r in best.recs}
+                verdicts[pair] = compare(records, row.name, best.name, dataset=dataset, budget=budget,
+                                         n_boot=NOISE_DRAWS)["groups"] if common else {}
             verdict = verdicts[pair].get(g)
             if verdict is not None and not verdict["distinguishable"]:
                 marks[(row.name, g)] = "≈"

@@ -25,7 +25,7 @@ from ltbench.training.backbones import BackboneSpec, CifarResNet
 from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather_rows, is_distributed, rank,
                                           shard_rows, world_size)
 from ltbench.training.evaluate import extract_features
-from ltbench.training.model import LTModel, ModelOutput
+from ltbench.training.model import LTModel, ModelOutput, projection_head
 from ltbench.training.run import Batch, Run, SecondStage
 from ltbench.training.targets import as_soft, cross_entropy, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
 
@@ -39,7 +39,7 @@ SECTIONS: dict[str, list[str]] = {
     "What hooks receive and return": ["Run", "Batch", "SecondStage", "ModelOutput", "LTModel"],
     "Helpers": ["extract_features", "class_balanced", "class_share_sampler", "instance_balanced", "as_soft",
                 "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
-                "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet"],
+                "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet", "projection_head"],
     "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree",
                        "barrier"],
     "Errors": ["LtbenchError", "ConfigError", "PluginContractError"],

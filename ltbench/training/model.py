@@ -56,3 +56,10 @@ class LTModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def projection_head(dim: int, out: int) -> nn.Sequential:
+    """The MLP projection contrastive methods put on the pooled features (SimCLR / MoCo v2, as BCL's and
+    PaCo's official code build it): ``Linear(dim, dim)``, ``BatchNorm1d``, ``ReLU``, ``Linear(dim, out)``.
+    A method adds it to ``model.heads`` in ``ltbench_configure_model``."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))

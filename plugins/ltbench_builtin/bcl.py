@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, soft_cross_entropy
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, projection_head, soft_cross_entropy
 
 
 def balanced_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
@@ -67,11 +67,6 @@ class ScaledCosine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * (F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0))
-
-
-def mlp_head(dim: int, out: int) -> nn.Sequential:
-    """The official projection: Linear(d, d), BatchNorm, ReLU, Linear(d, out)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
 
 class BalancedContrastiveLearning(Method):
@@ -124,8 +119,8 @@ class BalancedContrastiveLearning(Method):
     @hookimpl
     def ltbench_configure_model(self, model):
         d = model.num_features
-        model.heads["bcl_projection"] = mlp_head(d, self.opts["feat_dim"])
-        model.heads["bcl_centres"] = mlp_head(d, self.opts["feat_dim"])
+        model.heads["bcl_projection"] = projection_head(d, self.opts["feat_dim"])
+        model.heads["bcl_centres"] = projection_head(d, self.opts["feat_dim"])
 
     @hookimpl
     def ltbench_train_views(self, stage):

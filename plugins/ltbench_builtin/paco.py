@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl
+from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, projection_head
 
 
 def paco_loss(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, queue: torch.Tensor,
@@ -80,11 +80,6 @@ class KeyQueue(nn.Module):
         self.keys[where] = keys.to(self.keys.dtype)
         self.labels[where] = labels
         self.pointer.fill_((int(self.pointer) + n) % size)
-
-
-def mlp_head(dim: int, out: int) -> nn.Sequential:
-    """MoCo v2's projection, as PaCo's builder: Linear(d, d), BatchNorm, ReLU, Linear(d, out)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
 
 class ParametricContrastiveLearning(Method):
@@ -136,9 +131,11 @@ class ParametricContrastiveLearning(Method):
             raise ConfigError(f"paco.key_momentum must be in [0, 1), got {self.opts['key_momentum']}")
 
     @hookimpl
-    def ltbench_configure_model(self, model):
+    def ltbench_configure_model(self, run, model):
+        counts = np.asarray(run.train_counts, dtype=np.float64)  # the log prior rebalances the centres' logits
+        self._log_prior = torch.tensor(np.log(counts / counts.sum() + 1e-9), dtype=torch.float32, device=run.device)
         d, dim = model.num_features, self.opts["dim"]
-        model.heads["paco_projection"] = mlp_head(d, dim)
+        model.heads["paco_projection"] = projection_head(d, dim)
         model.heads["paco_key_backbone"] = copy.deepcopy(model.backbone)  # the key encoder starts as the query's
         model.heads["paco_key_projection"] = copy.deepcopy(model.heads["paco_projection"])
         for name in ("paco_key_backbone", "paco_key_projection"):
@@ -180,11 +177,9 @@ class ParametricContrastiveLearning(Method):
             pooled = key_backbone.forward_pool(key_backbone.forward_features(batch.extra_views[0]))
             keys = F.normalize(heads["paco_key_projection"](pooled), dim=1)
         labels = batch.labels[: len(batch.images)]
-        counts = np.asarray(run.train_counts, dtype=np.float64)
-        log_prior = torch.tensor(np.log(counts / counts.sum() + 1e-9), dtype=torch.float32, device=queries.device)
         queue = heads["paco_queue"]
         per_anchor = paco_loss(queries.float(), keys.float(), labels, queue.keys.clone(), queue.labels.clone(),
-                               output.logits[rows].float() + log_prior, self.opts["alpha"], self.opts["beta"],
+                               output.logits[rows].float() + self._log_prior, self.opts["alpha"], self.opts["beta"],
                                self.opts["gamma"], self.opts["temperature"])
         queue.push(keys, labels)
         weights = batch.row_weights

@@ -173,3 +173,40 @@ class BadViews(Method):
 def test_a_views_answer_below_one_is_a_contract_error(tmp_path):
     (rec,) = run_methods(catalog_with(BadViews), ["bad-views"], tmp_path)
     assert rec["status"] == "failed" and "ltbench_train_views returned 0" in rec["error"]
+
+
+def test_row_weights_scale_each_row_of_every_zoo_loss_and_one_is_the_unweighted_loss():
+    from ltbench_builtin.losses import focal_loss, ldam_loss, logit_adjusted_loss, sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 5, generator=g), torch.tensor([0, 1, 2, 3, 4, 0])
+    w = torch.rand(5, generator=g) + 0.5
+    r = torch.tensor([1.0, 0.0, 2.0, 0.5, 1.0, 3.0])
+    losses = {
+        "ce": lambda x, y, rw=None: cross_entropy(x, y, row_weights=rw),
+        "class-weighted ce": lambda x, y, rw=None: soft_cross_entropy(x, y, w, row_weights=rw),
+        "focal": lambda x, y, rw=None: focal_loss(x, y, 2.0, w, row_weights=rw),
+        "sigmoid focal": lambda x, y, rw=None: sigmoid_focal_loss(x, y, 2.0, w, row_weights=rw),
+        "ldam": lambda x, y, rw=None: ldam_loss(torch.tanh(x), y, torch.full((5,), 0.3), 10.0, w, row_weights=rw),
+        "logit-adjust": lambda x, y, rw=None: logit_adjusted_loss(x, y, torch.log(w / w.sum()), 1.0, row_weights=rw),
+    }
+    for name, loss in losses.items():
+        assert torch.allclose(loss(logits, labels, torch.ones(6)), loss(logits, labels), atol=1e-6), name
+        # row i's term is r_i times its own: the weighted loss is the sum of one-row-at-a-time contributions
+        alone = torch.stack([loss(logits, labels, F.one_hot(torch.tensor(i), 6).float()) for i in range(6)])
+        assert torch.allclose(loss(logits, labels, r), (alone * r).sum(), atol=1e-5), name
+        assert alone[1] > 0, name  # a row that counts when weighted
+
+
+def test_a_re_weighting_method_composes_with_a_loss_method_and_its_weights_reach_that_loss(tmp_path):
+    catalog = catalog_with(HalfWeights, ZeroWeights, PlainLoss)
+    (ldam,) = run_methods(catalog, ["ldam-drw"], tmp_path / "ldam")
+    (half,) = run_methods(catalog, ["half-weights+ldam-drw"], tmp_path / "half")
+    (zero,) = run_methods(catalog, ["zero-weights+ldam-drw"], tmp_path / "zero")
+    assert half["status"] == zero["status"] == "completed", (half["error"], zero["error"])
+    # weight 0 on every row: no gradient, the loss logged is 0 and the weights never move from the start
+    assert all(e["loss_task"] == 0.0 for e in zero["history"])
+    # weight 0.5 (0 for class 0): the logged loss is smaller than ldam-drw's from the first epoch on
+    assert half["history"][0]["loss_task"] < 0.6 * ldam["history"][0]["loss_task"]
+
+

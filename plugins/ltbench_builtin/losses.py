@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, is_soft, soft_cross_entropy, weighted_mean
+from ltbench.api import (ConfigError, Method, MethodMetadata, as_soft, hookimpl, is_soft, soft_cross_entropy,
+                         weighted_mean)
 
 from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 
@@ -41,16 +42,16 @@ def class_balanced_weights(counts: np.ndarray, beta: float) -> torch.Tensor:
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
+               weight: torch.Tensor | None = None, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum_i w_{y_i} (1 - p_i)^gamma * CE_i / sum_i w_{y_i}, p_i the softmax probability of the true class.
 
     With ``weight=None`` it is the plain mean; at gamma 0 it is (weighted) cross-entropy. Soft targets q:
     ``-sum_c q_c (1 - p_c)^gamma log p_c`` per row.
     """
-    if is_soft(targets):
+    if is_soft(targets) or row_weights is not None:
         log_p_all = F.log_softmax(logits, dim=1)
-        q = targets.to(logits.dtype)
-        return weighted_mean(-q * (1.0 - log_p_all.exp()) ** gamma * log_p_all, q, weight)
+        q = as_soft(targets, logits.shape[1], logits.dtype)
+        return weighted_mean(-q * (1.0 - log_p_all.exp()) ** gamma * log_p_all, q, weight, row_weights)
     log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
     per_sample = -((1.0 - log_p.exp()) ** gamma) * log_p
     if weight is None:
@@ -60,7 +61,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+                       weight: torch.Tensor | None = None, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cui et al.'s class-balanced sigmoid focal loss (their code's ``focal_loss`` on one-hot labels): for a row
     with label y, ``w_y * sum_c (1 - p_t)^gamma * BCE(z_c, [c == y])`` (p_t the sigmoid probability of the
     right binary answer), summed over rows and divided by their number. Soft targets q: ``sum_y q_y`` times the
@@ -72,6 +73,8 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float
     q = targets.to(logits.dtype) if is_soft(targets) else F.one_hot(targets, logits.shape[1]).to(logits.dtype)
     if weight is not None:
         per_label = per_label * weight.to(logits.device, logits.dtype)
+    if row_weights is not None:
+        q = q * row_weights.to(logits.device, logits.dtype)[:, None]
     return (q * per_label).sum() / len(q)
 
 
@@ -82,19 +85,19 @@ def ldam_margins(counts: np.ndarray, max_margin: float = 0.5) -> torch.Tensor:
 
 
 def ldam_loss(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float,
-              weight: torch.Tensor | None = None) -> torch.Tensor:
+              weight: torch.Tensor | None = None, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """CE(s * (cos - m_y at the true class), y), weighted as F.cross_entropy weights.
 
     Soft targets q: ``sum_c q_c * CE(s * (cos - m_c at class c), c)`` per row (:func:`ldam_loss_soft`)."""
-    if is_soft(targets):
-        return ldam_loss_soft(cosine, targets, margins, scale, weight)
+    if is_soft(targets) or row_weights is not None:
+        return ldam_loss_soft(cosine, as_soft(targets, cosine.shape[1]), margins, scale, weight, row_weights)
     margin = margins.to(cosine.device)[targets]
     adjusted = cosine - F.one_hot(targets, cosine.shape[1]).to(cosine.dtype) * margin[:, None]
     return F.cross_entropy(scale * adjusted, targets, weight=None if weight is None else weight.to(cosine.device))
 
 
 def ldam_loss_soft(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float,
-                   weight: torch.Tensor | None = None) -> torch.Tensor:
+                   weight: torch.Tensor | None = None, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """LDAM on soft targets, for every class at once: with z = s * cos, the loss of label c is
     ``-(z_c - s m_c) + log(sum_{j != c} e^{z_j} + e^{z_c - s m_c})``, computed in float64 (the sum
     without e^{z_c} is a difference that float32 loses when class c dominates)."""
@@ -106,20 +109,23 @@ def ldam_loss_soft(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.T
     rest = without_margin - e * (1.0 - (-sm).exp())  # sum_{j != c} e^{z_j} + e^{z_c - s m_c}, shifted by top
     loss_per_label = -(z - sm - top) + rest.log()
     q = targets.double()
-    return weighted_mean(q * loss_per_label, q, weight).to(cosine.dtype)
+    return weighted_mean(q * loss_per_label, q, weight, row_weights).to(cosine.dtype)
 
 
 def logit_adjusted_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior: torch.Tensor,
-                        tau: float = 1.0) -> torch.Tensor:
+                        tau: float = 1.0, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Menon et al. 2021 / Ren et al. 2020: CE(logits + tau * log pi, y) (soft targets: soft CE)."""
     adjusted = logits + tau * log_prior.to(logits.device)
-    return soft_cross_entropy(adjusted, targets) if is_soft(targets) else F.cross_entropy(adjusted, targets)
+    if is_soft(targets) or row_weights is not None:
+        return soft_cross_entropy(adjusted, targets, row_weights=row_weights)
+    return F.cross_entropy(adjusted, targets)
 
 
-def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """``F.cross_entropy(logits, y, weight=w)``; soft targets: :func:`ltbench.training.targets.soft_cross_entropy`."""
-    if is_soft(targets):
-        return soft_cross_entropy(logits, targets, weight)
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None,
+                           row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.cross_entropy(logits, y, weight=w)``; soft targets (or row weights): ``ltbench.api.soft_cross_entropy``."""
+    if is_soft(targets) or row_weights is not None:
+        return soft_cross_entropy(logits, targets, weight, row_weights)
     return F.cross_entropy(logits, targets, weight=weight)
 
 
@@ -185,7 +191,7 @@ class ClassBalancedLoss(Method):
     @hookimpl
     def ltbench_build_loss(self, run):
         weight = class_balanced_weights(run.train_counts, self.opts["beta"]).to(run.device)
-        return lambda logits, targets: weighted_cross_entropy(logits, targets, weight)
+        return lambda logits, targets, row_weights=None: weighted_cross_entropy(logits, targets, weight, row_weights)
 
 
 FOCAL_KINDS = ("sigmoid", "softmax")
@@ -238,8 +244,8 @@ class ClassBalancedFocal(Method):
         weight = class_balanced_weights(run.train_counts, self.opts["beta"]).to(run.device)
         gamma = self.opts["gamma"]
         if self.opts["kind"] == "sigmoid":
-            return lambda logits, targets: sigmoid_focal_loss(logits, targets, gamma, weight)
-        return lambda logits, targets: focal_loss(logits, targets, gamma, weight)
+            return lambda logits, targets, row_weights=None: sigmoid_focal_loss(logits, targets, gamma, weight, row_weights)
+        return lambda logits, targets, row_weights=None: focal_loss(logits, targets, gamma, weight, row_weights)
 
 
 class Focal(Method):
@@ -260,7 +266,7 @@ class Focal(Method):
     @hookimpl
     def ltbench_build_loss(self):
         gamma = self.opts["gamma"]
-        return lambda logits, targets: focal_loss(logits, targets, gamma)
+        return lambda logits, targets, row_weights=None: focal_loss(logits, targets, gamma, None, row_weights)
 
 
 class LDAM(Method):
@@ -291,7 +297,8 @@ class LDAM(Method):
     def ltbench_build_loss(self, run):
         margins = ldam_margins(run.train_counts, self.opts["max_margin"]).to(run.device)
         scale = self.opts["scale"]
-        return lambda cosine, targets: ldam_loss(cosine, targets, margins, scale, self.weight_at(run))
+        return lambda cosine, targets, row_weights=None: ldam_loss(cosine, targets, margins, scale, self.weight_at(run),
+                                                                   row_weights)
 
 
 class LDAMDRW(LDAM):
@@ -349,7 +356,7 @@ class BalancedSoftmax(Method):
     @hookimpl
     def ltbench_build_loss(self, run):
         prior = log_prior(run.train_counts).to(run.device)
-        return lambda logits, targets: logit_adjusted_loss(logits, targets, prior, 1.0)
+        return lambda logits, targets, row_weights=None: logit_adjusted_loss(logits, targets, prior, 1.0, row_weights)
 
 
 class LogitAdjustLoss(Method):
@@ -375,7 +382,7 @@ class LogitAdjustLoss(Method):
     def ltbench_build_loss(self, run):
         prior = log_prior(run.train_counts).to(run.device)
         tau = self.opts["tau"]
-        return lambda logits, targets: logit_adjusted_loss(logits, targets, prior, tau)
+        return lambda logits, targets, row_weights=None: logit_adjusted_loss(logits, targets, prior, tau, row_weights)
 
 
 @hookimpl

@@ -225,8 +225,8 @@ def ltbench_build_loss(run: Run, stage: int) -> LossFn | None:
 
     When a method set per-row weights (``batch.row_weights``) the loss is called as
     ``loss(logits, targets, row_weights=r)``: accept the keyword to compose with re-weighting methods (the
-    core default and the helpers of :mod:`ltbench.training.targets` take it); a loss without it fails such a
-    run with an error naming the loss's method.
+    core default, the helpers of :mod:`ltbench.training.targets` and every loss of the zoo take it); a loss
+    without it fails such a run with an error naming the loss's method.
     """
 
 

@@ -4,6 +4,7 @@ run's methods; composition rules; the classifier, sampler, loss and extra-loss t
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -133,6 +134,18 @@ def train_views(run: Run, stage: int, on_features: bool) -> int:
 
 
 def _takes_row_weights(loss_fn) -> bool:
+    try:  # asked at every weighted step, of the one loss a stage builds: remembered where it can be
+        return _takes_row_weights_cached(loss_fn)
+    except TypeError:  # an unhashable callable
+        return _signature_takes_row_weights(loss_fn)
+
+
+@functools.lru_cache(maxsize=16)
+def _takes_row_weights_cached(loss_fn) -> bool:
+    return _signature_takes_row_weights(loss_fn)
+
+
+def _signature_takes_row_weights(loss_fn) -> bool:
     try:
         params = inspect.signature(loss_fn).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: it cannot take the keyword

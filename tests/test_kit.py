@@ -24,6 +24,15 @@ def test_every_built_in_method_passes_the_conformance_check(name, tmp_path):
     assert record["status"] == "completed"
 
 
+def test_the_conformance_check_leaves_the_catalog_it_is_given_as_it_was(tmp_path):
+    from ltbench.api import build_catalog
+
+    catalog = build_catalog()
+    before = sorted(catalog.methods), [p.name for p in catalog.plugins]
+    check_method(losses.Focal, tmp_path, catalog=catalog)
+    assert (sorted(catalog.methods), [p.name for p in catalog.plugins]) == before
+
+
 @pytest.mark.parametrize("name", ["LabelSmoothing", "ExampleMixup", "ExampleSecondHead"])
 def test_the_example_plugin_passes_the_conformance_check(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "plugins" / "ltbench-example-plugin"))

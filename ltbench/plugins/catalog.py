@@ -16,6 +16,8 @@ distributions, so that which one wins never depends on install order.
 
 from __future__ import annotations
 
+import copy
+
 import importlib.metadata as md
 import inspect
 import json
@@ -107,6 +109,14 @@ class Catalog:
         self.owners: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) -> the plugin that registered it
         #: (kind, name) -> "dist (plugin)" of every claimant, for names two plugins registered
         self.contested: dict[tuple[str, str], list[str]] = {}
+
+    def copy(self) -> "Catalog":
+        """A catalog with the same entries whose tables can be added to without changing this one."""
+        other = Catalog()
+        for table in ("methods", "datasets", "backbones", "reporters", "plugins", "broken", "owners", "contested"):
+            setattr(other, table, copy.copy(getattr(self, table)))
+        other.contested = {key: list(names) for key, names in self.contested.items()}
+        return other
 
     # -- loading ---------------------------------------------------------------
     def add_plugin(self, obj: Any, info: PluginInfo) -> None:

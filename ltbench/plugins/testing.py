@@ -157,7 +157,8 @@ def check_method(cls: type[Method], output: Path, settings: dict[str, Any] | Non
 
     # 6. composes with a method that only broadcasts, to the same result; with a loss method, unless it answers
     #    the loss itself
-    if BroadcastProbe.name not in catalog.methods:
+    if BroadcastProbe.name not in catalog.methods:  # on a copy: the caller's catalog stays as it was passed
+        catalog = catalog.copy()
         catalog.add_plugin(_ProbePlugin(), PluginInfo("ltbench-kit-probe", __name__, "ltbench", "0"))
     (probed,) = run_methods(catalog, [f"{cls.name}+{BroadcastProbe.name}"], output / "probed", settings=settings)
     assert probed["status"] == "completed", f"{cls.name}+{BroadcastProbe.name}: {probed['status']}: {probed['error']}"

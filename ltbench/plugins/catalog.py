@@ -204,27 +204,23 @@ class Catalog:
             self.add_plugin(obj, info)
 
     # -- look-ups --------------------------------------------------------------
-    def _check_contested(self, kind: str, name: str) -> None:
+    def _look_up(self, kind: str, table: dict[str, Any], name: str, hint: tuple[str, ...] = ()) -> Any:
+        """``table[name]``, or the error naming the valid names (and ``hint``), or why two plugins' claims to it
+        cancel."""
         if (kind, name) in self.contested:
             raise LtbenchError(_contested(kind, name, self.contested[kind, name]))
+        if name not in table:
+            raise UnknownNameError(kind, name, [*table, *hint])
+        return table[name]
 
     def method(self, name: str) -> MethodEntry:
-        self._check_contested("method", name)
-        if name not in self.methods:
-            raise UnknownNameError("method", name, self.methods)
-        return self.methods[name]
+        return self._look_up("method", self.methods, name)
 
     def reporter(self, name: str) -> type:
-        self._check_contested("reporter", name)
-        if name not in self.reporters:
-            raise UnknownNameError("reporter", name, self.reporters)
-        return self.reporters[name]
+        return self._look_up("reporter", self.reporters, name)
 
     def dataset(self, name: str) -> DatasetSpec:
-        self._check_contested("dataset", name)
-        if name not in self.datasets:
-            raise UnknownNameError("dataset", name, self.datasets)
-        return self.datasets[name]
+        return self._look_up("dataset", self.datasets, name)
 
     def backbone(self, name: str) -> BackboneSpec:
         if name.startswith(TIMM_PREFIX):
@@ -236,10 +232,7 @@ class Catalog:
             if model_name not in timm.list_models():
                 raise UnknownNameError("timm model", model_name, timm.list_models())
             return BackboneSpec(name, f"timm model {model_name}", lambda c: TimmBackbone(model_name, c))
-        self._check_contested("backbone", name)
-        if name not in self.backbones:
-            raise UnknownNameError("backbone", name, [*self.backbones, TIMM_PREFIX + "<timm model name>"])
-        return self.backbones[name]
+        return self._look_up("backbone", self.backbones, name, hint=(TIMM_PREFIX + "<timm model name>",))
 
 
 def _who(info: PluginInfo) -> str:

@@ -18,33 +18,20 @@ import time
 import numpy as np
 import torch
 
-from ltbench.grid.plan import plan_grid, resolve_device
-from ltbench.plugins.catalog import get_catalog
-from ltbench.training.hooks import build_loss
-from ltbench.training.loop import image_batch, run_steps
-from ltbench.training.run import build_run
+from bench_steps import ltbench_stepper
+from ltbench.grid.plan import resolve_device
 
 
 def stepper(args: argparse.Namespace, settings: dict[str, str], device: torch.device):
-    catalog = get_catalog()
-    (cell,) = plan_grid([args.method], [args.dataset], [0], args.budget, settings=settings,
-                        data_root=args.data_root, catalog=catalog)
-    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, device, out_dir=None, log=lambda m: None)
-    cfg = cell.config
-    optimizer = torch.optim.SGD([p for p in run.model.parameters() if p.requires_grad], lr=cfg["lr"],
-                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    loss_fn, make_batch = build_loss(run, 1), image_batch(run, run.train_labels)
-    rng = torch.Generator().manual_seed(0)
-    batch = cfg["batch_size"]
+    cell, run, train = ltbench_stepper(args.method, args.dataset, args.budget, settings, args.data_root, device,
+                                       args.steps)
+    images = args.steps * cell.config["batch_size"]
 
     def steps() -> float:
-        order = torch.randint(0, len(run.train_labels), (args.steps * batch,), generator=rng)
         t0 = time.perf_counter()
-        sums, _ = run_steps(run, optimizer, loss_fn, order, batch, make_batch)
-        float(sums["task"])
-        return args.steps * batch / (time.perf_counter() - t0)
+        train()
+        return images / (time.perf_counter() - t0)
 
-    run.model.train()
     return cell, steps
 
 

@@ -20,13 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltbench.grid.plan import plan_grid, resolve_device
+from bench_steps import ltbench_stepper
+from ltbench.grid.plan import resolve_device
 from ltbench.plugins.catalog import get_catalog
 from ltbench.training.evaluate import evaluate
-from ltbench.training.hooks import build_loss
-from ltbench.training.loop import image_batch, run_steps
 from ltbench.training.model import LTModel
-from ltbench.training.run import build_run
 
 
 def _sync(device: torch.device) -> None:
@@ -45,14 +43,9 @@ def _timed(device: torch.device, fn) -> float:
 def bench(backbone: str, args: argparse.Namespace, device: torch.device) -> None:
     catalog = get_catalog()
     settings = {"backbone": backbone, "batch_size": str(args.batch_size), **dict(s.split("=", 1) for s in args.set)}
-    (cell,) = plan_grid([args.method], [args.dataset], [0], args.budget, settings=settings,
-                        data_root=args.data_root, catalog=catalog)
-    run = build_run(catalog, cell.dataset, cell.data, cell.config, 0, device, out_dir=None, log=lambda m: None)
+    cell, run, ltbench_steps = ltbench_stepper(args.method, args.dataset, args.budget, settings, args.data_root,
+                                               device, args.steps)
     cfg = cell.config
-    optimizer = torch.optim.SGD([p for p in run.model.parameters() if p.requires_grad], lr=cfg["lr"],
-                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    loss_fn = build_loss(run, 1)
-    make_batch = image_batch(run, run.train_labels)
     bs, n = args.batch_size, args.steps
     rng = torch.Generator().manual_seed(0)
 
@@ -74,11 +67,6 @@ def bench(backbone: str, args: argparse.Namespace, device: torch.device) -> None
             bare_opt.zero_grad(set_to_none=True)
             loss.backward()
             bare_opt.step()
-
-    def ltbench_steps() -> None:
-        order = torch.randint(0, len(run.train_labels), (n * bs,), generator=rng)
-        sums, _ = run_steps(run, optimizer, loss_fn, order, bs, make_batch)
-        float(sums["task"])  # the per-epoch read, here once per chunk
 
     x_test, y_test = cell.data.x_test, cell.data.y_test
     eval_bs = cfg["eval_batch_size"]

@@ -15,8 +15,8 @@ from ltbench.data.files import load_image_folder_lt
 from ltbench.data.imagefiles import FileImageStore, ImageFiles
 from ltbench.errors import DataNotFoundError
 from ltbench.grid.plan import plan_grid
-from ltbench.grid.runner import execute
-from ltbench.plugins.testing import catalog_with
+from ltbench.plugins.testing import catalog_with, check_streaming
+from ltbench_builtin.ce import CrossEntropy
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +39,11 @@ def test_export_writes_the_split_as_lossless_files_in_imagenet_lt_list_format(ex
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_training_through_the_streaming_path_is_exactly_the_in_memory_training(exported, tmp_path, workers):
-    catalog = catalog_with()
-    (memory,) = plan_grid(["ce"], ["synthetic-lt"], [0], "smoke", catalog=catalog)
-    files = load_image_folder_lt(str(exported), 0.0)
-    files = dataclasses.replace(files, x_train=dataclasses.replace(files.x_train), group_thresholds=memory.data.group_thresholds)
-    config = {**memory.config, "workers": workers}
-    streamed = dataclasses.replace(memory, data=files, config=config)
-    a = execute(memory, tmp_path / "memory", torch.device("cpu"), log=lambda m: None, catalog=catalog)
-    b = execute(streamed, tmp_path / "files", torch.device("cpu"), log=lambda m: None, catalog=catalog)
-    assert a["status"] == b["status"] == "completed"
-    assert [e["loss_task"] for e in a["history"]] == [e["loss_task"] for e in b["history"]]
-    assert a["per_class_accuracy"] == b["per_class_accuracy"]
+def test_training_through_the_streaming_path_is_exactly_the_in_memory_training(tmp_path, workers):
+    # the kit's check: synthetic-lt exported to image files and streamed (``workers`` decoding processes) trains
+    # to the in-memory run's losses and per-class accuracy, bit for bit
+    streamed = check_streaming(CrossEntropy, tmp_path, workers=workers)
+    assert streamed["status"] == "completed" and streamed["config"]["workers"] == workers
 
 
 def test_the_streaming_store_never_holds_the_split_and_decodes_ahead(exported):

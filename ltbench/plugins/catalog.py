@@ -110,7 +110,7 @@ class Catalog:
         #: (kind, name) -> "dist (plugin)" of every claimant, for names two plugins registered
         self.contested: dict[tuple[str, str], list[str]] = {}
 
-    def copy(self) -> "Catalog":
+    def copy(self) -> Catalog:
         """A catalog with the same entries whose tables can be added to without changing this one."""
         other = Catalog()
         for table in ("methods", "datasets", "backbones", "reporters", "plugins", "broken", "owners", "contested"):

@@ -12,9 +12,6 @@ normalised ``feat_dim`` embeddings) and trains them with the *balanced* supervis
 
 The loss is ``alpha * LA-CE + beta * BCL`` (official ``main.py``; ``loss/contrastive.py`` ``BalSCL``;
 ``loss/logitadjust.py``), every view in one forward pass (``ltbench_train_views`` asks for three).
-
-Not yet in the ``ltbench`` entry-point group: it is registered with its three-seed ``cpu`` board rows, which
-have not been trained yet (``ltbench.api.catalog_with(BalancedContrastiveLearning)`` runs it meanwhile).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ltbench.api import ConfigError
-from ltbench.plugins.testing import build_tiny_run, catalog_with, check_method, run_methods
+from ltbench.plugins.testing import build_tiny_run, catalog_with, run_methods
 from ltbench_builtin.paco import KeyQueue, ParametricContrastiveLearning, paco_loss
 
 
@@ -66,7 +66,7 @@ def test_the_queue_keeps_the_last_keys_and_wraps():
 
 
 def test_a_step_moves_the_key_encoder_by_momentum_and_enqueues_the_keys(tmp_path):
-    catalog = catalog_with(ParametricContrastiveLearning)
+    catalog = catalog_with()
     run = build_tiny_run(tmp_path / "built", "paco", settings={"paco.key_momentum": 0.9}, catalog=catalog)
     model, (method,) = run.model, run.methods
     heads = model.heads
@@ -95,7 +95,7 @@ def test_a_step_moves_the_key_encoder_by_momentum_and_enqueues_the_keys(tmp_path
 
 
 def test_paco_trains_two_views_and_its_loss_falls(tmp_path):
-    catalog = catalog_with(ParametricContrastiveLearning)
+    catalog = catalog_with()
     (ce,) = run_methods(catalog, ["ce"], tmp_path / "ce")
     (paco,) = run_methods(catalog, ["paco"], tmp_path / "paco", epochs=4)
     assert paco["status"] == "completed", paco["error"]
@@ -114,7 +114,3 @@ def test_bad_options_are_named_errors():
         ParametricContrastiveLearning(alpha=0.0, beta=0.0)
     with pytest.raises(ConfigError, match="paco.gamma is a weight"):
         ParametricContrastiveLearning(gamma=-1)
-
-
-def test_paco_passes_the_conformance_kit(tmp_path):
-    check_method(ParametricContrastiveLearning, tmp_path, catalog=catalog_with(ParametricContrastiveLearning))

@@ -18,9 +18,6 @@ build time, never trained by gradients) toward the query encoder, ``k <- m k + (
 with it, computes the PaCo loss over ``[queries, keys, queue]``, and enqueues the keys (``paco_queue``'s
 buffers). All of it is model state: checkpoints carry it, so an interrupted run resumes exactly. PaCo trains
 with this one loss, so its task term is zero.
-
-Not yet in the ``ltbench`` entry-point group: it is registered with its three-seed ``cpu`` board rows, which
-have not been trained yet (``ltbench.api.catalog_with(ParametricContrastiveLearning)`` runs it meanwhile).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ distributions, so that which one wins never depends on install order.
 from __future__ import annotations
 
 import copy
-
 import importlib.metadata as md
 import inspect
 import json
@@ -113,7 +112,7 @@ class Catalog:
     def copy(self) -> Catalog:
         """A catalog with the same entries whose tables can be added to without changing this one."""
         other = Catalog()
-        for table in ("methods", "datasets", "backbones", "reporters", "plugins", "broken", "owners", "contested"):
+        for table in ("methods", "datasets", "backbones", "reporters", "plugins", "broken", "owners"):
             setattr(other, table, copy.copy(getattr(self, table)))
         other.contested = {key: list(names) for key, names in self.contested.items()}
         return other

@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "leaderboards" / "records"
 CARRIED = REPO / "leaderboards" / "in-progress"
-EXPERIMENT = REPO / "leaderboards" / "cifar100-lt-if100-paper.toml"
+#: every paper-budget experiment file (one per dataset and imbalance factor); ``save`` carries the runs of all of them
+EXPERIMENTS = sorted((REPO / "leaderboards").glob("*-paper.toml"))
 #: what a run directory or a shared stage 1 needs to resume, or to be reused once finished
 RESUME_FILES = ("checkpoint-stage1.pt", "checkpoint-stage2.pt", "stage1-progress.json", "stage2-progress.json",
                 "config.json", "data.json")
@@ -75,13 +76,20 @@ def _seconds(directory: Path) -> float:
     return total
 
 
-def save(records: Path, carried: Path, experiment: Path, data_root: str | None) -> list[str]:
+def save(records: Path, carried: Path, experiments: Path | list[Path], data_root: str | None) -> list[str]:
+    """Carry what the unfinished runs of ``experiments`` (one experiment file or several) need; drop the rest."""
     keep: set[Path] = set()
     said = []
-    for directory, names in needed(records, experiment, data_root).items():
+    wanted: dict[Path, tuple[str, ...]] = {}
+    for experiment in [experiments] if isinstance(experiments, Path) else experiments:
+        for directory, names in needed(records, experiment, data_root).items():
+            wanted[directory] = tuple(dict.fromkeys(wanted.get(directory, ()) + names))
+    for directory, names in wanted.items():
         present = [n for n in names if (directory / n).exists()]
         if not any(n.endswith(".pt") for n in present):
-            continue  # nothing trained yet: nothing to carry
+            # nothing trained here: what an earlier machine carried for it stays (it was not restored here)
+            keep.update(p for p in (carried / directory.relative_to(records)).glob("*") if p.is_file())
+            continue
         target = carried / directory.relative_to(records)
         target.mkdir(parents=True, exist_ok=True)
         for name in present:
@@ -117,13 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("save", "restore"))
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
                         help="where cifar100.npz is (save plans the experiment file, which loads the split)")
-    parser.add_argument("--experiment", default=str(EXPERIMENT))
+    parser.add_argument("--experiment", action="append", default=None,
+                        help="an experiment file whose unfinished runs are carried (repeat it; default: every "
+                        "leaderboards/*-paper.toml)")
     parser.add_argument("--records", default=str(RECORDS))
     parser.add_argument("--carried", default=str(CARRIED))
     args = parser.parse_args(argv)
     records, carried = Path(args.records), Path(args.carried)
     if args.action == "save":
-        said = save(records, carried, Path(args.experiment), args.data_root)
+        experiments = [Path(e) for e in args.experiment] if args.experiment else EXPERIMENTS
+        said = save(records, carried, experiments, args.data_root)
     else:
         said = restore(records, carried) if carried.exists() else []
     print("\n".join(said) or "nothing to do")

@@ -185,6 +185,32 @@ def test_an_interrupted_run_resumes_on_a_fresh_checkout_from_the_carried_checkpo
     assert not [p for p in carried.rglob("*") if p.is_file()]
 
 
+def test_save_carries_the_unfinished_runs_of_every_experiment_file_it_is_given(tmp_path):
+    progress = _progress_script()
+    records, carried = tmp_path / "records", tmp_path / "carried"
+    experiments = []
+    for factor in (10, 30):  # one experiment file per imbalance factor, as the boards' paper grids
+        experiments.append(tmp_path / f"if{factor}.toml")
+        experiments[-1].write_text(f'methods = ["ce"]\ndatasets = ["synthetic-lt"]\nimbalance_factor = {factor}\n'
+                                   'seeds = [0]\nbudget = "smoke"\n')
+    started = []
+    for experiment in experiments:  # each run has trained a little: a checkpoint and its progress
+        [run] = [d for d in progress.needed(records, experiment, None) if "_stage1" not in d.parts]
+        run.mkdir(parents=True)
+        (run / "checkpoint-stage1.pt").write_bytes(b"weights")
+        (run / "stage1-progress.json").write_text(json.dumps({"seconds": 5.0}))
+        started.append(run.relative_to(records))
+    assert started[0] != started[1]
+    progress.save(records, carried, experiments, None)
+    assert all((carried / run / "checkpoint-stage1.pt").exists() for run in started)
+    # a fresh machine that did not restore the carry trains nothing: saving there keeps what was carried
+    assert progress.save(tmp_path / "elsewhere", carried, experiments, None) == []
+    assert all((carried / run / "checkpoint-stage1.pt").exists() for run in started)
+    progress.save(records, carried, experiments[:1], None)  # a file no longer named: its runs are not carried
+    assert (carried / started[0] / "checkpoint-stage1.pt").exists()
+    assert not (carried / started[1]).exists()
+
+
 def test_restore_never_puts_an_older_checkpoint_over_a_newer_one(tmp_path):
     progress = _progress_script()
     run, carried = tmp_path / "records" / "d", tmp_path / "carried" / "d"

@@ -12,7 +12,7 @@ def catalog():
 
 @pytest.mark.parametrize("name, in_chans, size, width, fmap_hw", [
     ("resnet32", 3, 32, 64, 8), ("resnet8", 1, 28, 64, 7), ("resnet10", 3, 64, 512, 2), ("tiny-cnn", 3, 16, 32, 8),
-    ("timm/resnet18", 3, 64, 512, 2),
+    ("timm/resnet18", 3, 64, 512, 2), ("cifar-resnet18", 3, 32, 512, 4), ("cifar-resnet34", 3, 32, 512, 4),
 ])
 def test_backbones_share_one_interface(catalog, name, in_chans, size, width, fmap_hw):
     net = catalog.backbone(name).build(in_chans).eval()
@@ -27,6 +27,34 @@ def test_backbones_share_one_interface(catalog, name, in_chans, size, width, fma
 def test_resnet32_is_the_standard_cifar_model(catalog):
     net = catalog.backbone("resnet32").build(3)
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(464_000, rel=0.01)
+
+
+#: CIFAR ResNet-18/34 (kuangliu/pytorch-cifar) with a 100-class linear classifier: torchvision's resnet18/34 with
+#: num_classes=100 (11,227,812 / 21,335,972) less its 7x7 stem (64*3*7*7 = 9,408) plus a 3x3 one (64*3*3*3 =
+#: 1,728), and the same sum layer by layer
+@pytest.mark.parametrize("name, parameters", [("cifar-resnet18", 11_220_132), ("cifar-resnet34", 21_328_292)])
+def test_cifar_resnet18_and_34_are_the_cifar_literatures_networks(catalog, name, parameters):
+    from ltbench.errors import ConfigError
+    from ltbench.training.model import LTModel
+
+    net = catalog.backbone(name).build(3)
+    model = LTModel(net, torch.nn.Linear(net.num_features, 100)).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    stem = net.stem[0]
+    assert (stem.kernel_size, stem.stride, stem.out_channels) == ((3, 3), (1, 1), 64)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+    with pytest.raises(ConfigError, match="no published pretrained weights"):
+        net.pretrained_state()  # torchvision's ImageNet weights are for the other stem
+
+
+def test_the_cifar_resnet18_keeps_a_4x4_last_map_on_cifar_where_the_imagenet_one_leaves_1x1(catalog):
+    """CAM fusion computes its class activation maps on this map: at 1x1 a CAM has one location, so its
+    class-specific and class-generic parts cannot be told apart."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert catalog.backbone("cifar-resnet18").build(3).eval().forward_features(x).shape == (2, 512, 4, 4)
+        assert catalog.backbone("resnet18").build(3).eval().forward_features(x).shape == (2, 512, 1, 1)
 
 
 def test_unknown_backbone_and_timm_model_names(catalog):

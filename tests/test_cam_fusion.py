@@ -228,3 +228,34 @@ def test_the_default_phase_two_length_and_head_draw_are_the_papers_and_reach_the
     assert default.n_t == 16 and default.n_a == 3 and default.batch_size == 128
     assert sampler(CAMFusion(iterations=0), 150).iterations == 3200  # scaled to the Phase-I length over 300
     assert sampler(CAMFusion(head_draw="images"), 200).head_draw == "images"
+
+
+def test_the_paper_setting_experiment_file_plans_the_papers_cifar_recipe(cifar_root):
+    """leaderboards/experiments/cam-fusion-paper.toml: Table 2's CIFAR-100-LT IF100 rows (ResNet-18 and -34, each
+    with its CE baseline sharing cam-fusion's Phase I), 300 epochs, lr 0.1 divided by 10 at epoch 150."""
+    from pathlib import Path
+
+    from ltbench.cli import build_parser
+    from ltbench.grid.orchestrate import plan_cells, run_options
+    from ltbench.grid.plan import stage1_dir
+    from ltbench.training.loop import lr_at
+
+    repo = Path(__file__).resolve().parents[1]
+    args = run_options(build_parser().parse_args(["run", "--config", str(repo / "leaderboards/experiments/"
+                                                  "cam-fusion-paper.toml"), "--data-root", str(cifar_root)]))
+    cells = plan_cells(args)
+    assert [(c.method, c.config["backbone"]) for c in cells] == [
+        ("ce", "cifar-resnet18"), ("cam-fusion", "cifar-resnet18"), ("ce", "cifar-resnet34"),
+        ("cam-fusion", "cifar-resnet34")]
+    assert {c.dataset_key for c in cells} == {"cifar100-lt-if100"} and {c.seed for c in cells} == {0}
+    assert len(cells[0].data.y_train) == 10_847
+    for cell in cells:
+        config = cell.config
+        assert (config["epochs"], config["batch_size"], config["lr"]) == (300, 128, 0.1)
+        assert [lr_at(config, e) for e in (0, 149, 150, 299)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    options = cells[1].config["methods"]["cam-fusion"]
+    assert (options["iterations"], options["phase2_lr"], options["n_f"], options["n_t"], options["h_r"]) == (
+        6400, 0.001, 3, 16, 0.9)  # Phase II: 6,400 iterations of 2 * 16 * (1 + 3) = 128 items at lr 0.001
+    out = Path(args.output)
+    assert stage1_dir(cells[0], out) == stage1_dir(cells[1], out) != stage1_dir(cells[2], out)
+    assert out.resolve() == repo / "runs" / "cam-fusion-paper"  # not committed; not a board

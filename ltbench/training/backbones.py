@@ -8,8 +8,9 @@ A backbone is an ``nn.Module`` with
 * ``num_features``: the embedding width.
 
 The classifier head is not part of the backbone; :class:`ltbench.training.model.LTModel`
-joins the two. CIFAR ResNets expose ``stem, layer1, layer2, layer3`` so that a
-method can insert a module after a stage.
+joins the two. CIFAR ResNets expose ``stem, layer1, layer2, layer3`` (torchvision
+ResNets, the CIFAR ResNet-18/34 among them, also ``layer4``) so that a method can
+insert a module after a stage.
 """
 
 from __future__ import annotations
@@ -113,20 +114,31 @@ class CifarResNet(_PooledBackbone):
 
 
 class TorchvisionResNet(_PooledBackbone):
-    """A torchvision ResNet (``arch``: resnet18, resnet50, resnet152, resnext50_32x4d, or resnet10: [1, 1, 1, 1]
-    basic blocks, as Decoupling, BLT and Breadcrumb use) as ``stem, layer1..layer4``. Its state dict is
-    torchvision's with ``conv1``/``bn1`` under ``stem.0``/``stem.1`` and no ``fc``."""
+    """A torchvision ResNet (``arch``: resnet18, resnet34, resnet50, resnet152, resnext50_32x4d, or resnet10:
+    [1, 1, 1, 1] basic blocks, as Decoupling, BLT and Breadcrumb use) as ``stem, layer1..layer4``. Its state dict
+    is torchvision's with ``conv1``/``bn1`` under ``stem.0``/``stem.1`` and no ``fc``.
 
-    def __init__(self, arch: str = "resnet10", in_chans: int = 3):
+    ``cifar_stem=True`` gives the ResNet-18/34 of the CIFAR literature, as kuangliu/pytorch-cifar defines them
+    (CAM fusion's CIFAR tables use ResNet-18/34 "adapted" to CIFAR): a 3x3 stride-1 stem of 64 channels and no
+    max-pool, then torchvision's basic-block stages (widths 64-512, strides 1, 2, 2, 2, 1x1-conv + BN shortcuts).
+    A 32x32 image reaches ``layer4`` as a 4x4 map; the ImageNet stem (stride 2, then a stride-2 max-pool) leaves
+    it 1x1, where a class activation map has one location."""
+
+    def __init__(self, arch: str = "resnet10", in_chans: int = 3, cifar_stem: bool = False):
         super().__init__()
         import torchvision
         from torchvision.models.resnet import BasicBlock, ResNet
 
-        self.arch = arch
+        self.arch, self.cifar_stem = arch, cifar_stem
         net = ResNet(BasicBlock, [1, 1, 1, 1]) if arch == "resnet10" else getattr(torchvision.models, arch)()
-        if in_chans != 3:
-            net.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's own
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
+        else:
+            if in_chans != 3:
+                net.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.num_features = net.fc.in_features
 
@@ -152,6 +164,9 @@ class TorchvisionResNet(_PooledBackbone):
         if self.arch == "resnet10":
             raise ConfigError("backbone resnet10 has no published pretrained weights; give a local file with "
                               "--set pretrained_path=FILE")
+        if self.cifar_stem:
+            raise ConfigError(f"backbone cifar-{self.arch} has no published pretrained weights (torchvision's are "
+                              f"for the ImageNet stem); give a local file with --set pretrained_path=FILE")
         weights = torchvision.models.get_model_weights(self.arch).DEFAULT
         return weights.get_state_dict(progress=True)
 
@@ -255,7 +270,12 @@ def ltbench_register_backbones(register: Callable[[BackboneSpec], None]) -> None
     register(BackboneSpec("resnet20", "CIFAR ResNet-20 (3-3-3 blocks)", lambda c: CifarResNet(3, c)))
     register(BackboneSpec("resnet8", "CIFAR ResNet-8 (1-1-1 blocks; CPU budgets)", lambda c: CifarResNet(1, c)))
     register(BackboneSpec("resnet10", "ResNet-10 for ImageNet-LT-style images ([1,1,1,1] basic blocks)", ResNet10))
-    for arch, text in (("resnet18", "ResNet-18"), ("resnet50", "ResNet-50 (iNaturalist, ImageNet-LT)"),
+    for arch, text in (("resnet18", "ResNet-18 (2-2-2-2 blocks, 11.2M params)"),
+                       ("resnet34", "ResNet-34 (3-4-6-3 blocks, 21.3M params)")):
+        register(BackboneSpec(f"cifar-{arch}", f"CIFAR {text}: 3x3 stem, no max-pool; CAM fusion's CIFAR tables",
+                              lambda c, arch=arch: TorchvisionResNet(arch, c, cifar_stem=True)))
+    for arch, text in (("resnet18", "ResNet-18 (ImageNet stem; cifar-resnet18 for 32x32 images)"),
+                       ("resnet50", "ResNet-50 (iNaturalist, ImageNet-LT)"),
                        ("resnet152", "ResNet-152 (Places-LT, ImageNet-pretrained)"),
                        ("resnext50_32x4d", "ResNeXt-50 32x4d (ImageNet-LT)")):
         register(BackboneSpec(arch, f"torchvision {text}; --set pretrained=true for torchvision's weights",

@@ -2,11 +2,15 @@
 
     python ci/paper_findings.py [RECORDS_DIR]     # default leaderboards/records
 
-For each method with paper-budget records of CIFAR-100-LT IF100: ours (mean over the seeds there are), the
-published number and its source, ours − paper where the source measured the same setting (else why not),
-whether that is within the issue's ±1.5 points, and what stage 1 cost: its wall time and the images per second
-it trained at, from the records (a reused stage 1 counted once, by the run that trained it). Rows that are still
-training are listed as pending, with the methods of the experiment file that have no record yet.
+One section per dataset key (``cifar100-lt-if200``: a dataset at one imbalance factor) that has paper-budget records
+or a paper-budget experiment file (``leaderboards/<dataset key>-paper.toml``), as the board has one paper section
+per dataset key. In each: for each row (method or composition) with records, ours (mean over the seeds there are),
+the published number (the installed method's current reference, compositions included), ours − paper where the
+source measured the same setting (else why not), whether that is within the issue's ±1.5 points; then the
+differences a seed paper claims, ours beside the paper's (``safa − ce`` and ``ldam-drw+safa − ldam-drw``, where
+both rows have records); then what stage 1 cost: its wall time and the images per second it trained at, from the
+records (a reused stage 1 counted once, by the run that trained it). Rows that are still training are listed as
+pending, with the methods of the experiment file that have no record yet.
 """
 
 from __future__ import annotations
@@ -18,24 +22,35 @@ from pathlib import Path
 
 import numpy as np
 
-from ltbench.results.records import reference_result, reference_setting
+from ltbench.results.records import reference_description, reference_result, reference_setting
 from ltbench.results.summary import load_records
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET, BUDGET, TOLERANCE = "cifar100-lt-if100", "paper", 1.5
-EXPERIMENT = REPO / "leaderboards" / "cifar100-lt-if100-paper.toml"
+BUDGET, TOLERANCE = "paper", 1.5
+#: the paper-budget experiment files, one per dataset key: ``cifar100-lt-if200-paper.toml`` plans that key's rows
+EXPERIMENTS = REPO / "leaderboards"
+#: (row, its baseline): the differences a seed paper claims, set beside the same difference of ours
+DIFFERENCES = (("safa", "ce"), ("ldam-drw+safa", "ldam-drw"))
 
 
-def main(records_dir: str = str(REPO / "leaderboards" / "records")) -> None:
-    by_method: dict[str, list[dict]] = defaultdict(list)
-    for rec in load_records(Path(records_dir)):
-        if rec["dataset"] == DATASET and rec["budget"] == BUDGET and rec["status"] == "completed":
-            by_method[rec["variant"]].append(rec)
-    print(f"{DATASET}, budget {BUDGET}: ours against the published number (±{TOLERANCE} points is the goal)\n")
+def _mean(recs: list[dict]) -> float:
+    return float(np.mean([r["metrics"]["overall"] for r in recs]))
+
+
+def _same_setting_number(recs: list[dict]) -> float | None:
+    """The published overall of a row's records where it was measured in their setting, else None."""
+    ref = reference_result(recs[0])
+    return ref["overall"] if ref.get("overall") is not None and reference_setting(recs[0]) == "" else None
+
+
+def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
+    """Print one dataset key's paper section: ``by_method`` maps each row (its runnable name, as the board names
+    it) to its completed paper-budget records."""
+    print(f"{dataset}, budget {BUDGET}: ours against the published number (±{TOLERANCE} points is the goal)\n")
     header = f"{'method':22s} {'seeds':>5s} {'ours':>6s} {'paper':>6s} {'ours-paper':>10s}  verdict"
     print(header + "\n" + "-" * len(header))
-    for method, recs in sorted(by_method.items(), key=lambda kv: -np.mean([r["metrics"]["overall"] for r in kv[1]])):
-        ours = float(np.mean([r["metrics"]["overall"] for r in recs]))
+    for method, recs in sorted(by_method.items(), key=lambda kv: -_mean(kv[1])):
+        ours = _mean(recs)
         ref, setting = reference_result(recs[0]), reference_setting(recs[0])
         paper = f"{ref['overall']:.2f}" if ref.get("overall") is not None else "–"
         if setting:
@@ -44,6 +59,25 @@ def main(records_dir: str = str(REPO / "leaderboards" / "records")) -> None:
             d = ours - ref["overall"]
             diff, verdict = f"{d:+.2f}", "within" if abs(d) <= TOLERANCE else "OUTSIDE the tolerance"
         print(f"{method:22s} {len(recs):5d} {ours:6.2f} {paper:>6s} {diff:>10s}  {verdict}")
+        if ref.get("overall") is not None:
+            print(f"{'':22s} paper: {reference_description(ref)}; {ref.get('source', 'source not stated')}")
+        elif ref.get("source"):  # a recorded absence says why there is none
+            print(f"{'':22s} paper: {ref['source']}")
+    experiment = EXPERIMENTS / f"{dataset}-{BUDGET}.toml"
+    planned = tomllib.loads(experiment.read_text())["methods"] if experiment.is_file() else []
+    for row, base in DIFFERENCES:
+        if row not in by_method and row not in planned:
+            continue
+        missing = [f"{name} ({'planned' if name in planned else f'not in {experiment.name}'})"
+                   for name in (row, base) if name not in by_method]
+        if missing:
+            print(f"\n{row} − {base}: no record yet of {' and '.join(missing)}")
+            continue
+        ours = _mean(by_method[row]) - _mean(by_method[base])
+        a, b = _same_setting_number(by_method[row]), _same_setting_number(by_method[base])
+        lacking = [name for name, number in ((row, a), (base, b)) if number is None]
+        paper = f"{a - b:+.2f}" if not lacking else f"– (no same-setting published number of {' or '.join(lacking)})"
+        print(f"\n{row} − {base}: ours {ours:+.2f}, paper {paper}")
     print("\nstage 1 of each run that trained one (a reused stage 1 is the run that trained it):")
     for method, recs in sorted(by_method.items()):
         for rec in recs:
@@ -53,10 +87,21 @@ def main(records_dir: str = str(REPO / "leaderboards" / "records")) -> None:
             ips = (rec.get("throughput_img_per_s") or {}).get("stage1")
             print(f"  {method} seed {rec['seed']}: {seconds / 3600:.2f} h at {ips:.0f} images/s "
                   f"({rec.get('device_model') or rec['device']}, commit {rec['versions'].get('git_commit', '?')[:7]})")
-    planned = tomllib.loads(EXPERIMENT.read_text())["methods"]
     pending = [m for m in planned if m not in by_method]
     if pending:
         print(f"\npending (no record yet): {', '.join(pending)}")
+
+
+def main(records_dir: str = str(REPO / "leaderboards" / "records")) -> None:
+    by_dataset: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for rec in load_records(Path(records_dir)):
+        if rec["budget"] == BUDGET and rec["status"] == "completed":
+            by_dataset[rec["dataset"]][rec["variant"]].append(rec)
+    planned = {p.name.removesuffix(f"-{BUDGET}.toml") for p in EXPERIMENTS.glob(f"*-{BUDGET}.toml")}
+    for i, dataset in enumerate(sorted(set(by_dataset) | planned)):
+        if i:
+            print("\n" + "=" * 100 + "\n")
+        section(dataset, by_dataset.get(dataset, {}))
 
 
 if __name__ == "__main__":

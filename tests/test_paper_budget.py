@@ -226,28 +226,129 @@ def test_restore_never_puts_an_older_checkpoint_over_a_newer_one(tmp_path):
 # the board's paper section
 
 
-def test_the_paper_section_sets_ours_beside_the_same_setting_number_and_says_when_the_setting_differs(
-        catalog, tmp_path):
-    from ltbench.results.leaderboard import render
+@pytest.fixture(scope="module")
+def base_record(tmp_path_factory):
+    """One real (smoke) record, the template of the fabricated paper-budget records below."""
+    from ltbench.plugins.testing import catalog_with
 
-    [base] = run_methods(catalog, ["ce"], tmp_path)
+    [rec] = run_methods(catalog_with(), ["ce"], tmp_path_factory.mktemp("base"))
+    return rec
 
-    def record(method, budget, backbone, overall):
-        rec = json.loads(json.dumps(base))
-        rec.update(method=method, methods=[method], variant=method, dataset="cifar100-lt-if100", budget=budget,
-                   config_id=f"{method}-{budget}",
-                   method_metadata={method: catalog.method(method).cls.metadata.to_dict()})
-        rec["config"] = {**rec["config"], "backbone": backbone, "epochs": 200 if budget == "paper" else 30}
-        rec["metrics"] = {**rec["metrics"], "overall": overall}
-        return rec
 
-    page = render([record("ce", "paper", "resnet32", 39.0), record("cam-fusion", "paper", "resnet32", 41.0),
-                   record("blt", "paper", "resnet32", 40.0), record("ce", "cpu", "resnet8", 30.0)])
-    cpu_part, paper_part = page["cifar100-lt-if100.md"].split("## budget `paper`")  # budgets in name order
+def _installed_metadata(method):
+    from ltbench.plugins.catalog import get_catalog
+
+    return get_catalog().method(method).cls.metadata.to_dict()
+
+
+def _record(base, row, overall, dataset="cifar100-lt-if100", budget="paper", options=None, metadata=None):
+    """``base`` as a record of ``row`` (a method or a composition, as spelled: its methods in that order) on
+    ``dataset`` at ``budget`` (ResNet-32, 200 epochs at the paper budget), with overall accuracy ``overall``,
+    method options ``options`` ({"sam": {"rho": 0.8}}) and, where given, ``metadata`` as the record's own copy of
+    its methods' metadata (the installed metadata otherwise, as a run writes it)."""
+    methods = row.split("+")
+    rec = json.loads(json.dumps(base))
+    rec.update(method=row, methods=methods, variant=row, dataset=dataset, budget=budget,
+               config_id=f"{row}-{budget}".replace("+", "-"),
+               method_metadata=metadata or {m: _installed_metadata(m) for m in methods})
+    rec["config"] = {**rec["config"], "backbone": "resnet32" if budget == "paper" else "resnet8",
+                     "epochs": 200 if budget == "paper" else 30,
+                     "methods": {m: (options or {}).get(m, {}) for m in methods}}
+    rec["metrics"] = {**rec["metrics"], "overall": overall}
+    return rec
+
+
+def _write(records, root):
+    """Lay ``records`` out as a leaderboard's records directory (records/<dataset>/<budget>/<method>/...)."""
+    for rec in records:
+        path = root / rec["dataset"] / rec["budget"] / rec["method"] / rec["config_id"] / "seed0" / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(rec))
+    return root
+
+
+def _paper_rows(page):
+    """The paper section of a board page, as {row name: its cells}, and the section's text."""
+    [_, paper_part] = page.split("## budget `paper`")  # one paper section; the last budget in name order
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in paper_part.splitlines() if line.startswith("| ") and "---" not in line}
+    return rows, paper_part
+
+
+def test_the_paper_section_sets_ours_beside_the_same_setting_number_and_says_when_the_setting_differs(base_record):
+    from ltbench.results.leaderboard import render
+
+    page = render([_record(base_record, "ce", 39.0), _record(base_record, "cam-fusion", 41.0),
+                   _record(base_record, "blt", 40.0), _record(base_record, "ce", 30.0, budget="cpu")])
+    cpu_part = page["cifar100-lt-if100.md"].split("## budget `paper`")[0]  # budgets in name order
+    rows, _ = _paper_rows(page["cifar100-lt-if100.md"])
     assert rows["method"][-2:] == ["paper overall", "ours − paper"]
     assert rows["ce"][-2:] == ["38.32", "+0.68"]  # LDAM-DRW Table 2, ResNet-32, 200 epochs
-    assert rows["cam-fusion"][-2:] == ["46.57", "other setting: resnet18"]
+    assert rows["cam-fusion"][-2:] == ["46.57", "other setting: cifar-resnet18, 300 epochs"]
     assert rows["blt"][-2:] == ["–", "no published number"]
     assert "ours − paper" not in cpu_part  # no row of the cpu budget is in a published setting
+
+
+def test_each_imbalance_factor_has_its_own_paper_section_and_a_composition_finds_its_papers_number(
+        base_record, tmp_path):
+    from ltbench.results.leaderboard import load_records, render
+
+    safa = {"safa": {"position": "layer2"}}
+    stale = {m: _installed_metadata(m) for m in ("ldam-drw", "safa")}
+    stale["safa"]["reference_results"] = {"ldam-drw:cifar100-lt-if200": {"overall": 99.0, "backbone": "resnet32",
+                                                                          "epochs": 200, "source": "an old copy"}}
+    records = _write([
+        _record(base_record, "ce", 35.0, "cifar100-lt-if200"),
+        _record(base_record, "safa", 37.0, "cifar100-lt-if200"),
+        _record(base_record, "ldam-drw+safa", 41.0, "cifar100-lt-if200", options=safa, metadata=stale),
+        _record(base_record, "safa+ldam-drw", 43.0, "cifar100-lt-if200", options=safa),
+        _record(base_record, "ce", 39.0),
+        _record(base_record, "ldam-drw+sam", 44.0, options={"sam": {"rho": 0.8}}),
+        _record(base_record, "ldam-drw+safa", 41.5, options=safa),  # SAFA reports no imbalance-100 number
+    ], tmp_path / "records")
+    pages = render(load_records(records))
+    assert sorted(pages) == ["cifar100-lt-if100.md", "cifar100-lt-if200.md"]  # a page, so a section, per factor
+    rows, section = _paper_rows(pages["cifar100-lt-if200.md"])
+    # the installed safa's current reference (supplement Table 4), not the record's own copy of its metadata
+    assert rows["ldam-drw+safa"][-2:] == ["42.47", "-1.47"]
+    assert rows["safa+ldam-drw"][-2:] == ["42.47", "+0.53"]  # either spelling of the composition
+    assert rows["safa"][-2:] == ["38.66", "-1.66"]  # Table 3, CE-SAFA
+    assert rows["ce"][-2:] == ["–", "no published number"]
+    assert ("- `ldam-drw+safa`: 42.47 (resnet32, 200 epochs, augmentation not stated, safa.position=layer2); "
+            "source: supplementary Table 4") in section
+    rows, section = _paper_rows(pages["cifar100-lt-if100.md"])
+    assert rows["ldam-drw+sam"][-2:] == ["45.40", "-1.40"]  # the Saddle-LongTail README, rho 0.8
+    assert rows["ldam-drw+safa"][-2:] == ["–", "no published number"]
+    assert rows["ce"][-2:] == ["38.32", "+0.68"]
+    assert ("- `ce`: 38.32 (resnet32, 200 epochs, random crop (4-pixel padding) and horizontal flip); source: "
+            "LDAM-DRW paper, Table 2") in section
+
+
+def test_a_published_number_measured_with_other_method_options_is_not_a_difference(base_record):
+    from ltbench.results.leaderboard import render
+
+    page = render([_record(base_record, "ldam-drw+sam", 44.0, options={"sam": {"rho": 0.2}})])
+    rows, _ = _paper_rows(page["cifar100-lt-if100.md"])
+    assert rows["ldam-drw+sam"][-2:] == ["45.40", "other setting: sam.rho=0.8"]
+
+
+def test_paper_findings_prints_a_section_per_imbalance_factor_with_safas_differences_beside_the_papers(
+        base_record, tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "ci" / "paper_findings.py"
+    spec = importlib.util.spec_from_file_location("paper_findings", path)
+    findings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(findings)
+    records = _write([_record(base_record, "ce", 45.0, "cifar100-lt-if50"),
+                      _record(base_record, "safa", 47.0, "cifar100-lt-if50"),
+                      _record(base_record, "safa", 37.0, "cifar100-lt-if200"),
+                      _record(base_record, "ce", 39.0)], tmp_path / "records")
+    findings.main(str(records))
+    out = capsys.readouterr().out
+    for dataset in ("cifar100-lt-if50", "cifar100-lt-if100", "cifar100-lt-if200"):
+        assert f"{dataset}, budget paper" in out
+    # Table 3's CE-SAFA 47.69 against BagofTricks-LT's CE 43.85 (both ResNet-32, 200 epochs)
+    assert "safa − ce: ours +2.00, paper +3.84" in out
+    assert "safa − ce: no record yet of ce (planned)" in out  # imbalance 200: safa alone so far
+    assert "ldam-drw+safa − ldam-drw: no record yet of ldam-drw+safa (planned) and ldam-drw (not in " in out

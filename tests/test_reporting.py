@@ -91,8 +91,11 @@ def test_the_board_file_plans_exactly_the_committed_records():
 
     args, cells = plan("cifar100-lt-if100.toml")
     planned = {(c.method, c.config_id, c.seed) for c in cells}
-    paper_args, paper_cells = plan("cifar100-lt-if100-paper.toml")  # the paper-budget rows, landing over sessions
-    assert paper_args.output == args.output and paper_args.budget == "paper"
+    paper_cells = []  # the paper-budget rows, landing over sessions: a file per imbalance factor
+    for board in sorted(p.name for p in (REPO / "leaderboards").glob("*-paper.toml")):
+        paper_args, cells_of_board = plan(board)
+        assert paper_args.output == args.output and paper_args.budget == "paper"
+        paper_cells += cells_of_board
     records = _records(REPO / "leaderboards/records")
     committed = {(r["method"], r["config_id"], r["seed"]) for r in records if r["budget"] == "cpu"}
     assert committed and committed <= planned  # running the file skips every committed run

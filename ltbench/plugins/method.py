@@ -15,7 +15,12 @@ class MethodMetadata:
 
     ``reference_results`` maps a dataset key (e.g. ``"cifar100-lt-if100"``)
     to the paper's numbers in percent: ``{"overall": 38.3, "many": ..., "source":
-    "Table 2, ResNet-32"}``. ``interpretations`` lists every place where
+    "Table 2, ResNet-32"}``, with the setting they were measured in: ``backbone``,
+    ``epochs``, ``augmentation`` and ``options`` (``{"sam.rho": 0.8}``); the board
+    computes "ours − paper" only for a run in that setting. A composition's number
+    is keyed by the other methods and the dataset key: safa's
+    ``"ldam-drw:cifar100-lt-if200"`` is ``ldam-drw+safa``'s. The board reads the
+    installed method's current references. ``interpretations`` lists every place where
     ltbench had to decide what the paper leaves open (our reading, not the
     paper's).
     """

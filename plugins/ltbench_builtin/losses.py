@@ -25,7 +25,7 @@ from torch import nn
 from ltbench.api import (ConfigError, Method, MethodMetadata, as_soft, hookimpl, is_soft, soft_cross_entropy,
                          weighted_mean)
 
-from ltbench_builtin.ce import LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
+from ltbench_builtin.ce import BOT_GALLERY, LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 
 # --------------------------------------------------------------------------
 # Arithmetic
@@ -313,7 +313,14 @@ class LDAMDRW(LDAM):
         reference_results={"cifar100-lt-if100": {"overall": 42.04, **LDAM_SETTING,
                                                  "source": "LDAM-DRW paper, Table 2 (ResNet-32)"},
                            "cifar10-lt-if100": {"overall": 77.03, **LDAM_SETTING,
-                                                "source": "LDAM-DRW paper, Table 2 (ResNet-32)"}},
+                                                "source": "LDAM-DRW paper, Table 2 (ResNet-32)"},
+                           "cifar100-lt-if50": {"overall": 47.29, **LDAM_SETTING,
+                                                "source": BOT_GALLERY + ", DRW with the LDAM loss (100 - 52.71 "
+                                                "top-1 error; the paper's Table 2 has no imbalance 50)"},
+                           "cifar100-lt-if200": {"overall": None, **LDAM_SETTING,
+                                                 "source": "no same-setting number found: LDAM-DRW's Table 2 reports "
+                                                 "imbalance 100 and 10, BagofTricks-LT 100 and 50, and SAFA's "
+                                                 "supplement gives LDAM-DRW only with SAFA (Table 4)"}},
         interpretations=("The switch epoch is round(drw_start x epochs), 0-based, so 160 of 200 in the paper budget.",),
     )
 

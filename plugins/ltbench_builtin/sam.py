@@ -52,6 +52,10 @@ class SharpnessAwareMinimisation(Method):
             "cifar100-lt-if100": {"overall": None, **LDAM_SETTING,
                                   "source": "no CE+SAM number in the official README; it gives CE+DRW+SAM 44.6 and "
                                   "LDAM+DRW+SAM 45.4 (ResNet-32, 200 epochs, rho 0.8), the compositions' numbers"},
+            "ldam-drw:cifar100-lt-if100": {"overall": 45.4, **LDAM_SETTING, "options": {"sam.rho": 0.8},
+                                           "source": "Saddle-LongTail README (Rangwani et al., NeurIPS 2022), "
+                                           "LDAM+DRW+SAM on CIFAR-100-LT imbalance 100: ResNet-32, 200 epochs, "
+                                           "rho 0.8, the standard CIFAR augmentation"},
         },
         interpretations=(
             "Batch-norm statistics move on both forward passes of a step, as in the official code (it does not "

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from ltbench.hookspecs import hookimpl
 from ltbench.data.samplers import class_balanced, class_share_sampler, instance_balanced
-from ltbench.data.split import Budget, DatasetSpec
-from ltbench.errors import ConfigError, LtbenchError, PluginContractError
+from ltbench.data.split import Budget, DatasetSpec, LTData, exponential_counts, long_tailed_split
+from ltbench.errors import CompositionError, ConfigError, DataNotFoundError, LtbenchError, PluginContractError
 from ltbench.plugins.catalog import Catalog, build_catalog, list_methods
 from ltbench.plugins.method import Method, MethodMetadata
 from ltbench.plugins.reporter import Reporter
@@ -37,20 +37,21 @@ SECTIONS: dict[str, list[str]] = {
     "Markers and base classes": ["hookimpl", "Method", "MethodMetadata", "Reporter", "BackboneSpec", "DatasetSpec",
                                  "Budget"],
     "What hooks receive and return": ["Run", "Batch", "SecondStage", "ModelOutput", "LTModel"],
+    "What a dataset builds": ["LTData", "exponential_counts", "long_tailed_split"],
     "Helpers": ["extract_features", "class_balanced", "class_share_sampler", "instance_balanced", "as_soft",
                 "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
                 "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet", "projection_head"],
     "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree",
                        "barrier"],
-    "Errors": ["LtbenchError", "ConfigError", "PluginContractError"],
+    "Errors": ["LtbenchError", "ConfigError", "DataNotFoundError", "PluginContractError", "CompositionError"],
     "The installed plugins": ["build_catalog", "Catalog", "list_methods"],
-    "The testing kit (ltbench.plugins.testing, imported on first use)": [
+    "The testing kit (imported on first use)": [
         "check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods", "build_tiny_run"],
 }
 
 __all__ = ["API_VERSION", *(name for names in SECTIONS.values() for name in names)]
 
-_TESTING_KIT = tuple(SECTIONS["The testing kit (ltbench.plugins.testing, imported on first use)"])
+_TESTING_KIT = tuple(SECTIONS["The testing kit (imported on first use)"])
 
 
 def __getattr__(name: str):

@@ -10,18 +10,28 @@ backbones::
     [project.entry-points.ltbench]
     my-method = "my_package.plugin"
 
-**Run hooks** are implemented by :class:`ltbench.Method` subclasses. Each run
-creates a fresh plugin manager holding the core defaults
-(:mod:`ltbench.plugins.defaults`, plain CE, instance-balanced sampling, one stage) and
+**Run hooks** are implemented by :class:`ltbench.api.Method` subclasses. Each run
+creates a fresh plugin manager holding the core defaults (plain CE,
+instance-balanced sampling, one stage) and
 one new instance of every method the run selected (``a+b`` selects two). Only
 those take part in that run, and their state lives on those instances.
 
 Hooks marked *first result* return a value; the first non-``None`` answer wins
-and the core defaults answer last. When two composed methods both implement
-the same first-result hook the run fails before training with a
-:class:`ltbench.errors.CompositionError`; it never picks one silently. The
-other run hooks are broadcast to every method of the run, in the order the
-run names them: ``a+b`` calls ``a``'s implementation, then ``b``'s.
+and the core defaults answer last. Two composed methods may not answer the
+same first-result hook in the same stage: such a run fails before training
+with a :class:`ltbench.api.CompositionError` naming the hook and the stage;
+ltbench never picks one silently. A method that answers a stage's hook
+(``ltbench_build_classifier``, ``ltbench_build_sampler``,
+``ltbench_build_loss``, ``ltbench_optimizer_step``) in some stages only
+declares them in ``Method.hook_stages`` (``{"ltbench_build_loss": (2,)}``):
+the core asks it in those stages only, so it composes with a method that
+answers the same hook in the other stage. A method that declares nothing for
+a hook answers it in every stage. The other first-result hooks
+(``ltbench_second_stage``, ``ltbench_eval_logits``,
+``ltbench_adjust_logits``) are not asked per stage: one method of a run at
+most implements each. The other run hooks are broadcast to every method of
+the run, in the order the run names them: ``a+b`` calls ``a``'s
+implementation, then ``b``'s.
 
 A hook implementation may accept fewer arguments than the specification
 lists (pluggy's opt-in arguments); it may not accept others. An exception
@@ -31,10 +41,10 @@ into checkpoints loaded with ``torch.load(weights_only=True)``: tensors,
 numpy arrays, numbers, strings, ``None`` and dicts/lists/tuples of them.
 
 Under ``torchrun`` (``ltbench run --nproc K``) every rank runs every hook, in
-lockstep, on its own rows of each global batch (:mod:`ltbench.training.distributed`).
+lockstep, on its own rows of each global batch.
 A method whose state must cover the whole batch or epoch (a feature bank,
 class statistics, counters in its record) combines it with
-``ltbench.training.distributed.gather_rows`` or ``all_reduce_sum``, which do nothing
+``ltbench.api.gather_rows`` or ``ltbench.api.all_reduce_sum``, which do nothing
 in a single process; every rank must make the same collective calls. Draw
 from ``run.generator`` only for what every rank draws alike (samplers); keep
 per-rank randomness on the method's own generator.
@@ -130,7 +140,7 @@ def installed_version() -> str:
 def ltbench_register_methods(register: Callable[[type[Method]], None]) -> None:
     """Add method classes to the catalog.
 
-    :param register: call it with each :class:`ltbench.Method` subclass the
+    :param register: call it with each :class:`ltbench.api.Method` subclass the
         plugin provides. A name already taken is an error that names both
         plugins.
     """
@@ -138,7 +148,7 @@ def ltbench_register_methods(register: Callable[[type[Method]], None]) -> None:
 
 @hookspec
 def ltbench_register_reporters(register: Callable[[type], None]) -> None:
-    """Add reporters: :class:`ltbench.plugins.reporter.Reporter` subclasses that observe runs (the reporting hooks
+    """Add reporters: :class:`ltbench.api.Reporter` subclasses that observe runs (the reporting hooks
     below) for an experiment tracker or a log. ``ltbench run --report NAME,...`` selects them.
 
     :param register: call it with each reporter class.
@@ -149,7 +159,7 @@ def ltbench_register_reporters(register: Callable[[type], None]) -> None:
 def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     """Add datasets (with their long-tailed split and named budgets).
 
-    :param register: call it with each :class:`ltbench.data.split.DatasetSpec`.
+    :param register: call it with each :class:`ltbench.api.DatasetSpec` (``docs/writing-a-dataset.md``).
     """
 
 
@@ -157,7 +167,7 @@ def ltbench_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
 def ltbench_register_backbones(register: Callable[[BackboneSpec], None]) -> None:
     """Add backbones.
 
-    :param register: call it with each :class:`ltbench.training.backbones.BackboneSpec`.
+    :param register: call it with each :class:`ltbench.api.BackboneSpec` (``docs/writing-a-backbone.md``).
     """
 
 
@@ -218,14 +228,14 @@ def ltbench_build_loss(run: Run, stage: int) -> LossFn | None:
 
     First result. ``targets`` are hard labels ``(B,)`` or, when a method
     mixed them (mixup, cutmix, remix), soft targets ``(B, C)``: a loss must
-    handle both (:mod:`ltbench.training.targets` has the helpers, and every loss of
-    the zoo does). The loss may read ``run.epoch`` to change over time
+    handle both (``ltbench.api.cross_entropy`` and ``soft_cross_entropy``
+    do, as does every loss of the zoo). The loss may read ``run.epoch`` to change over time
     (deferred re-weighting). The core default is plain cross-entropy
     (``F.cross_entropy``, which takes both forms).
 
     When a method set per-row weights (``batch.row_weights``) the loss is called as
     ``loss(logits, targets, row_weights=r)``: accept the keyword to compose with re-weighting methods (the
-    core default, the helpers of :mod:`ltbench.training.targets` and every loss of the zoo take it); a loss
+    core default, ``ltbench.api.cross_entropy``, ``soft_cross_entropy`` and every loss of the zoo take it); a loss
     without it fails such a run with an error naming the loss's method.
     """
 
@@ -260,7 +270,7 @@ def ltbench_augment_batch(run: Run, model: LTModel, batch: Batch) -> None:
 
     Broadcast, in plugin order. ``batch.images`` are normalised, augmented
     tensors on the training device. A method that mixes images sets
-    ``batch.targets`` to soft targets (``ltbench.training.targets.mix_pairs``) and
+    ``batch.targets`` to soft targets (``ltbench.api.mix_pairs``) and
     leaves ``batch.labels`` as the rows' own labels; the task loss then
     trains toward the targets. A method may replace or extend
     ``batch.images`` and ``batch.labels`` (keep them the same length, unless
@@ -282,7 +292,7 @@ def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOu
     Broadcast. Each value is a scalar tensor; the engine adds them all to the
     task loss before the backward pass and logs each by name. Names are the
     method's own: ``"task"`` is reserved, and two composed methods returning
-    one name is a :class:`ltbench.errors.PluginContractError` naming both (as
+    one name is a :class:`ltbench.api.PluginContractError` naming both (as
     is anything but a dict of scalar tensors, or ``None``). ``output`` holds
     the logits and the pooled features of the forward pass training already
     did; reuse them rather than running the backbone again. A term that
@@ -333,7 +343,7 @@ def ltbench_stage_end(run: Run, stage: int) -> None:
 def ltbench_second_stage(run: Run) -> SecondStage | None:
     """Ask for stage 2, which starts from the trained stage-1 model.
 
-    First result. Return a :class:`ltbench.training.run.SecondStage`. By default
+    First result. Return a :class:`ltbench.api.SecondStage`. By default
     stage 2 retrains the classifier on the frozen stage-1 backbone; with
     ``cached_features=True`` (the default) the engine computes the training
     features once (eval mode, no augmentation) and stage 2 trains on them.

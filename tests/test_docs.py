@@ -48,6 +48,38 @@ def test_the_docs_state_the_hook_order_and_what_batch_indices_index():
     assert "Fields: ``backbone``" in page  # LTModel's
 
 
+def public_name(dotted: str) -> bool:
+    """``dotted`` (``ltbench.api.Run``, ``ltbench.hookimpl``, ``ltbench.api.Run.stage``) is reached from the public
+    surface: a name of ``ltbench.api`` or of ``ltbench.__all__``, and what follows is an attribute of it."""
+    import ltbench
+    import ltbench.api as api
+
+    parts = dotted.split(".")[1:]
+    if parts[0] == "api":
+        obj, parts = api, parts[1:]
+        if parts and parts[0] not in api.__all__:
+            return False
+    elif parts[0] in ltbench.__all__:
+        obj = ltbench
+    else:
+        return False
+    for part in parts:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_the_reference_names_public_names_only():
+    """A reader of the hook and API references imports what they name: no internal module, which may move."""
+    names = {name for page in ("hooks.md", "api.md")
+             for name in re.findall(r"\bltbench(?:\.[A-Za-z_]\w*)+", (DOCS / page).read_text())}
+    assert {"ltbench.api.gather_rows", "ltbench.api.DatasetSpec", "ltbench.api.LTData"} <= names
+    assert sorted(name for name in names if not public_name(name)) == []
+    assert not any(public_name(n) for n in ("ltbench.training.distributed.gather_rows", "ltbench.data.split.LTData",
+                                            "ltbench.plugins.testing.check_method", "ltbench.api.nothing"))
+
+
 def test_the_reference_names_every_hook_with_its_kind():
     text = (DOCS / "hooks.md").read_text()
     from ltbench import hookspecs

@@ -63,3 +63,17 @@ def test_the_testing_kit_is_imported_on_first_use_only():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         api.nothing  # noqa: B018
+
+
+def test_the_former_testing_kit_path_still_works_and_warns_with_the_new_one(monkeypatch):
+    """``ltbench.testing`` moved (to an internal module; the kit's public home is ``ltbench.api``): the old path
+    works for one minor version, as the deprecation policy promises, and its warning names the new one."""
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, "ltbench.testing", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"ltbench\.testing is deprecated.*from ltbench\.api"):
+        old = importlib.import_module("ltbench.testing")
+    for name in api._TESTING_KIT:
+        assert getattr(old, name) is getattr(api, name)
+    assert old.BroadcastProbe is importlib.import_module("ltbench.plugins.testing").BroadcastProbe

@@ -73,33 +73,56 @@ class Budget:
 
 @dataclass
 class LTData:
+    """A loaded long-tailed dataset: what ``DatasetSpec.load`` returns, three disjoint splits with their labels.
+
+    A dataset plugin builds one from uint8 image arrays ``(N, H, W, C)`` (C is 1 or 3) and int64 labels
+    ``0..num_classes-1``; ``exponential_counts`` and ``long_tailed_split`` draw the long-tailed subset and a
+    validation split from left-over training images, as the CIFAR-LT datasets do. The core checks what ``load``
+    returns before anything trains (images of the spec's ``image_shape``, one label per image, every class with
+    training images) and seals the test split while a run trains: methods select and tune on validation only.
+    """
+
+    #: the dataset's name as records show it (usually the ``DatasetSpec``'s)
     name: str
+    #: the number of classes; labels are ``0..num_classes-1``
     num_classes: int
+    #: the long-tailed training images, uint8 ``(N, H, W, C)``
     x_train: np.ndarray
+    #: their labels, int64 ``(N,)``
     y_train: np.ndarray
+    #: validation images (never test images), for anything that selects or tunes; may be empty
     x_val: np.ndarray
     y_val: np.ndarray
+    #: the (usually balanced) test images: only evaluation reads them
     x_test: np.ndarray
     y_test: np.ndarray
+    #: the per-channel mean and standard deviation of the pixels in [0, 1], one value per channel
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    #: one name per class, for plots and ``ltbench data`` (may be empty)
     class_names: list[str] = field(default_factory=list)
+    #: the shot groups by training count: many above ``many_above``, few below ``few_below`` (100 and 20)
     group_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_GROUP_THRESHOLDS))
+    #: free-form facts for ``ltbench data`` and error messages: ``source`` (where the data came from),
+    #: ``imbalance_factor``, ``val_rule``, ``classes_without_val``
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def train_counts(self) -> np.ndarray:
+        """The number of training images of each class, ``(num_classes,)``."""
         return np.bincount(self.y_train, minlength=self.num_classes)
 
     @property
     def streaming(self) -> bool:
-        """True when the images stay on disk (:class:`ltbench.data.imagefiles.ImageFiles`), false for uint8 arrays."""
+        """True when the images stay on disk (the streaming datasets: image-folder-lt, imagenet-lt, ...), false
+        for uint8 arrays."""
         from ltbench.data.imagefiles import ImageFiles
 
         return isinstance(self.x_train, ImageFiles)
 
     @property
     def channels(self) -> int:
+        """The images' channels: 1 (grey) or 3 (RGB)."""
         return self.x_train.channels if self.streaming else self.x_train.shape[-1]
 
     @functools.cached_property
@@ -136,21 +159,28 @@ def sealed_for_training(data: LTData) -> LTData:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset in the catalog.
+    """A dataset in the catalog, registered with ``ltbench_register_datasets``.
 
     ``load(data_root, imbalance_factor)`` returns an :class:`LTData`; it must
-    raise :class:`ltbench.errors.DataNotFoundError` when no copy is found,
-    and never download (``download`` does, when the user asks for it).
-    The core checks what ``load`` returns (:func:`check_data`).
+    raise :class:`ltbench.api.DataNotFoundError` when no copy is found (naming
+    where it looked and what it expects there), and never download
+    (``download`` does, when the user asks for it with ``--download``).
+    ``data_root`` is ``--data-root`` (``None`` when not given). The core
+    checks what ``load`` returns: uint8 images of ``image_shape``, one label
+    per image, every class with training images. ``budgets`` name the
+    training recipes (``--budget``); a ``smoke`` budget lets tests run it.
     """
 
     name: str
     description: str
     load: Callable[[str | None, float], LTData]
     budgets: dict[str, Budget]
+    #: the imbalance factor a run uses unless ``--imbalance-factor`` says otherwise (0: the data's own profile)
     default_imbalance_factor: float = 100.0
+    #: the core's training augmentation: pad by this many pixels, crop back at random, and flip when ``flip``
     crop_padding: int = 4
     flip: bool = True
+    #: the data is not shipped with the plugin: ``load`` reads it from ``--data-root``
     needs_data_root: bool = False
     #: (height, width, channels) every image must have; ``None`` accepts any HWC size
     image_shape: tuple[int, int, int] | None = None
@@ -207,7 +237,9 @@ def check_data(spec: DatasetSpec, data: LTData) -> None:
 
 
 def exponential_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
-    """n_c = int(n_max * (1/IF)^(c/(C-1))), class 0 the head."""
+    """The exponential long-tailed profile (CIFAR-LT's): class ``c`` keeps n_c = int(n_max * (1/IF)^(c/(C-1)))
+    training images, class 0 (the head) ``n_max``. A factor below 1 is a ``ConfigError``, as is one that leaves
+    a class without an image (the error names the largest factor allowed)."""
     if not imbalance_factor >= 1:
         raise ConfigError(f"imbalance_factor must be >= 1, got {imbalance_factor!r}")
     counts = [int(n_max * (1.0 / imbalance_factor) ** (c / (num_classes - 1))) for c in range(num_classes)]

@@ -87,7 +87,7 @@ def plan_grid(methods: list[str], datasets: list[str], seeds: list[int], budget:
         classes = canonical_order(written_classes)
         name = "+".join(cls.name for cls in classes)
         if log and name != written.replace(" ", ""):
-            log(f"{written} runs as {name}: no run hook is implemented by more than one of them, so the order "
+            log(f"{written} runs as {name}: no hook is asked of more than one of them in a stage, so the order "
                 f"cannot matter and a composition has one canonical name")
         composed.setdefault(name, classes)
     specs = [catalog.dataset(d) for d in datasets]

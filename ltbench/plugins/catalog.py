@@ -32,7 +32,7 @@ import pluggy
 import ltbench.hookspecs as hookspecs
 from ltbench.data.split import DatasetSpec
 from ltbench.errors import LtbenchError, UnknownNameError
-from ltbench.plugins.method import Method, MethodMetadata
+from ltbench.plugins.method import STAGE_HOOKS, STAGES, Method, MethodMetadata
 from ltbench.results.records import SAFE_NAME
 from ltbench.training.backbones import TIMM_PREFIX, BackboneSpec
 
@@ -283,11 +283,30 @@ def _check_method_class(cls: Any) -> None:
     if unmarked:
         raise TypeError(f"method {cls.name!r}: {', '.join(unmarked)} lack the @ltbench.hookimpl marker, so "
                         f"ltbench would never call them; decorate them with @hookimpl")
+    _check_hook_stages(cls)
     # Validate its run hooks against the specification now, not mid-run; its defaults must construct.
     pm = pluggy.PluginManager("ltbench")
     pm.add_hookspecs(hookspecs)
     pm.register(cls(), name=cls.name)
     pm.check_pending()
+
+
+def _check_hook_stages(cls: type[Method]) -> None:
+    """``cls.hook_stages`` names stage hooks the class implements, each with a non-empty tuple of stages 1 and 2:
+    a wrong declaration would silently leave a hook unasked, or let a conflicting composition through."""
+    declared = cls.hook_stages
+    if not isinstance(declared, dict):
+        raise TypeError(f"method {cls.name!r}: hook_stages must be a dict of hook name -> stages, e.g. "
+                        f"{{'ltbench_build_loss': (2,)}}; got {type(declared).__name__}")
+    for hook, stages in declared.items():
+        if hook not in STAGE_HOOKS:
+            raise TypeError(f"method {cls.name!r}: hook_stages names {hook!r}, which is not asked per stage; only "
+                            f"{', '.join(STAGE_HOOKS)} can be answered in some stages only")
+        if not callable(getattr(cls, hook, None)):
+            raise TypeError(f"method {cls.name!r}: hook_stages names {hook}, which the class does not implement")
+        if not (isinstance(stages, tuple) and stages and all(type(s) is int and s in STAGES for s in stages)):
+            raise TypeError(f"method {cls.name!r}: hook_stages[{hook!r}] must be a non-empty tuple of stages "
+                            f"(1, 2), e.g. (2,); got {stages!r}")
 
 
 def _core_info(module: ModuleType) -> PluginInfo:

@@ -43,12 +43,21 @@ class MethodMetadata:
         return data
 
 
+#: the first-result hooks that are asked once per stage (or per step of a stage), and so may be answered in some
+#: stages only (``Method.hook_stages``); the other first-result hooks are asked once per run
+STAGE_HOOKS = ("ltbench_build_classifier", "ltbench_build_sampler", "ltbench_build_loss", "ltbench_optimizer_step")
+#: the stages a run can have
+STAGES = (1, 2)
+
+
 class Method:
     """A long-tailed recognition method: a class whose ``@hookimpl`` methods
-    implement the run hooks of :mod:`ltbench.hookspecs`.
+    implement the run hooks (``docs/hooks.md``).
 
-    Subclasses set ``name``, ``metadata``, ``options`` and ``plain_stage1`` (option name ->
-    default; the default's type is the option's type). One instance is made
+    Subclasses set ``name``, ``metadata``, ``options`` (option name ->
+    default; the default's type is the option's type), ``plain_stage1`` and, for a
+    method that answers a stage's first-result hook in some stages only,
+    ``hook_stages``. One instance is made
     per run, so instance attributes are per-run state. Override
     ``state_dict``/``load_state_dict`` for state that must survive a resumed
     run (tensors, numpy arrays, numbers, strings, ``None`` and
@@ -59,6 +68,16 @@ class Method:
     former name is still accepted, with a ``DeprecationWarning`` (the API's
     deprecation policy), and a run's identity keeps using it, so records made
     under the former name keep their run directories.
+
+    ``hook_stages`` maps a stage's first-result hook (``ltbench_build_classifier``,
+    ``ltbench_build_sampler``, ``ltbench_build_loss``, ``ltbench_optimizer_step``)
+    to the stages the method answers it in, e.g. ``{"ltbench_build_loss": (2,)}``.
+    The core asks the method for that hook in those stages only, so it composes
+    with a method that answers the same hook in the other stage: two composed
+    methods conflict only where they answer one first-result hook in one stage.
+    A hook left out is answered in every stage. A declaration that names another
+    hook, a hook the class does not implement, or a stage other than 1 and 2
+    breaks the plugin at registration.
     """
 
     name: ClassVar[str]
@@ -70,6 +89,9 @@ class Method:
     plain_stage1: ClassVar[bool] = False
     #: former option name -> current name (see the class docstring)
     renamed_options: ClassVar[dict[str, str]] = {}
+    #: a stage's first-result hook (one of ``STAGE_HOOKS``) -> the stages the method answers it in (see the
+    #: class docstring); a hook left out is answered in every stage
+    hook_stages: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -88,7 +110,7 @@ class Method:
         self.check_options()
 
     def check_options(self) -> None:
-        """Raise :class:`ltbench.errors.ConfigError` naming a bad option."""
+        """Raise :class:`ltbench.api.ConfigError` naming a bad option."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

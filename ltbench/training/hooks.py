@@ -16,7 +16,7 @@ from torch import nn
 import ltbench.hookspecs as hookspecs
 from ltbench.errors import CompositionError, PluginContractError
 from ltbench.plugins.defaults import CoreDefaults
-from ltbench.plugins.method import Method
+from ltbench.plugins.method import STAGE_HOOKS, STAGES, Method
 from ltbench.training.model import LTModel, ModelOutput
 
 from typing import TYPE_CHECKING
@@ -42,7 +42,8 @@ BROADCAST_RUN_HOOKS = sorted(
 def order_sensitive_hooks(classes: list[type[Method]]) -> list[str]:
     """The broadcast run hooks that two or more of ``classes`` implement: where the order of a composition can
     change what a run computes. ``ltbench_record`` is left out: each method's fields are stored under its own
-    name. First-result hooks cannot matter: two methods answering one is a composition error."""
+    name. First-result hooks cannot matter: two methods answering one in one stage is a composition error, and
+    in a stage the core asks only the methods that answer in it."""
     return [hook for hook in BROADCAST_RUN_HOOKS if hook != "ltbench_record"
             and sum(callable(getattr(cls, hook, None)) for cls in classes) > 1]
 
@@ -54,27 +55,58 @@ def canonical_order(classes: list[type[Method]]) -> list[type[Method]]:
     return classes if order_sensitive_hooks(classes) else sorted(classes, key=lambda cls: cls.name)
 
 
+def answering_stages(cls: type[Method], hook: str) -> tuple[int, ...]:
+    """The stages in which ``cls`` answers the first-result ``hook``: none when it does not implement it, those
+    its ``hook_stages`` names for a stage hook, else every stage."""
+    if not callable(getattr(cls, hook, None)):
+        return ()
+    return tuple(cls.hook_stages.get(hook, STAGES)) if hook in STAGE_HOOKS else STAGES
+
+
 def check_composition(classes: list[type[Method]]) -> None:
-    """Raise :class:`CompositionError` when two of ``classes`` implement the same first-result hook."""
-    claims: dict[str, list[str]] = {}
+    """Raise :class:`CompositionError` when two of ``classes`` answer the same first-result hook in the same stage
+    (a hook that is not asked per stage: when two of them implement it)."""
+    for hook in FIRST_RESULT_HOOKS:
+        if hook not in STAGE_HOOKS:
+            names = [cls.name for cls in classes if callable(getattr(cls, hook, None))]
+            if len(names) > 1:
+                raise CompositionError(
+                    f"methods {' and '.join(repr(n) for n in names)} both implement {hook}, which only one method of "
+                    f"a composed run may answer (it is asked once per run, not per stage); compose methods that "
+                    f"implement different first-result hooks")
+            continue
+        for stage in STAGES:
+            answering = [cls for cls in classes if stage in answering_stages(cls, hook)]
+            if len(answering) > 1:
+                raise CompositionError(_stage_conflict(answering, hook, stage))
+
+
+def _stage_conflict(classes: list[type[Method]], hook: str, stage: int) -> str:
+    said = []
     for cls in classes:
-        for hook in FIRST_RESULT_HOOKS:
-            if callable(getattr(cls, hook, None)):
-                claims.setdefault(hook, []).append(cls.name)
-    conflicts = {h: names for h, names in claims.items() if len(names) > 1}
-    if conflicts:
-        hook, names = sorted(conflicts.items())[0]
-        raise CompositionError(
-            f"methods {' and '.join(repr(n) for n in names)} both implement {hook}, which only one method of a "
-            f"composed run may answer; compose methods that change different stages"
-        )
+        if hook in cls.hook_stages:
+            said.append(f"{cls.name!r} declares stage{'s' if len(cls.hook_stages[hook]) > 1 else ''} "
+                        f"{' and '.join(map(str, cls.hook_stages[hook]))} for it")
+        else:
+            said.append(f"{cls.name!r} answers it in every stage (its hook_stages does not limit {hook})")
+    return (f"methods {' and '.join(repr(cls.name) for cls in classes)} both implement {hook} in stage {stage}, "
+            f"where only one method of a composed run may answer it: {'; '.join(said)}. Compose methods that answer "
+            f"{hook} in different stages (Method.hook_stages declares the stages a method answers a hook in)")
+
+
+def stage_hook(run: Run, hook: str, stage: int):
+    """The caller of the first-result ``hook`` in ``stage``: the run's plugin manager without the methods whose
+    ``hook_stages`` leave ``stage`` out, so that only the method that answers in ``stage`` is asked."""
+    absent = [m for m in run.methods
+              if callable(getattr(m, hook, None)) and stage not in answering_stages(type(m), hook)]
+    return run.pm.subset_hook_caller(hook, remove_plugins=absent) if absent else getattr(run.pm.hook, hook)
 
 
 def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
     """A fresh manager: the core defaults plus this run's method instances.
 
-    Raises :class:`CompositionError` when two methods implement the same
-    first-result hook.
+    Raises :class:`CompositionError` when two methods answer the same
+    first-result hook in the same stage.
     """
     check_composition([type(m) for m in methods])
     pm = pluggy.PluginManager("ltbench")
@@ -86,37 +118,37 @@ def make_plugin_manager(methods: list[Method]) -> pluggy.PluginManager:
     return pm
 
 
-def _owner(run: Run, hook: str) -> str:
+def _owner(run: Run, hook: str, stage: int | None = None) -> str:
+    """Who answers ``hook`` (in ``stage``, for a stage hook): the first method of the run asked, else the core."""
     for m in run.methods:
-        if callable(getattr(m, hook, None)):
+        if callable(getattr(m, hook, None)) and (stage is None or stage in answering_stages(type(m), hook)):
             return f"method {m.name!r}"
     return "the core defaults"
 
 
-def _expect(run: Run, hook: str, value: Any, check, expected: str) -> Any:
+def _expect(run: Run, hook: str, value: Any, check, expected: str, stage: int | None = None) -> Any:
     if not check(value):
-        raise PluginContractError(
-            f"{_owner(run, hook)}: {hook} returned {type(value).__name__}; the hook specification expects {expected}"
-        )
+        raise PluginContractError(f"{_owner(run, hook, stage)}: {hook} returned {type(value).__name__}; the hook "
+                                  f"specification expects {expected}")
     return value
 
 
 def build_classifier(run: Run, stage: int, in_features: int, previous: nn.Module | None) -> nn.Module:
-    head = run.pm.hook.ltbench_build_classifier(run=run, in_features=in_features, num_classes=run.num_classes,
-                                                 stage=stage, previous=previous)
-    return _expect(run, "ltbench_build_classifier", head, lambda v: isinstance(v, nn.Module), "an nn.Module")
+    head = stage_hook(run, "ltbench_build_classifier", stage)(
+        run=run, in_features=in_features, num_classes=run.num_classes, stage=stage, previous=previous)
+    return _expect(run, "ltbench_build_classifier", head, lambda v: isinstance(v, nn.Module), "an nn.Module", stage)
 
 
 def build_sampler(run: Run, stage: int, labels: np.ndarray | None = None) -> torch.utils.data.Sampler:
     labels = run.train_labels if labels is None else labels
-    sampler = run.pm.hook.ltbench_build_sampler(run=run, stage=stage, labels=labels)
+    sampler = stage_hook(run, "ltbench_build_sampler", stage)(run=run, stage=stage, labels=labels)
     ok = lambda v: hasattr(v, "__iter__") and hasattr(v, "__len__")  # noqa: E731
-    return _expect(run, "ltbench_build_sampler", sampler, ok, "a sampler (iterable of indices with a length)")
+    return _expect(run, "ltbench_build_sampler", sampler, ok, "a sampler (iterable of indices with a length)", stage)
 
 
 def build_loss(run: Run, stage: int):
-    loss = run.pm.hook.ltbench_build_loss(run=run, stage=stage)
-    return _expect(run, "ltbench_build_loss", loss, callable, "a callable loss(logits, targets)")
+    loss = stage_hook(run, "ltbench_build_loss", stage)(run=run, stage=stage)
+    return _expect(run, "ltbench_build_loss", loss, callable, "a callable loss(logits, targets)", stage)
 
 
 def train_views(run: Run, stage: int, on_features: bool) -> int:
@@ -166,14 +198,14 @@ def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor,
     else:
         if not _takes_row_weights(loss_fn):
             raise PluginContractError(f"a method set batch.row_weights, but the task loss of "
-                                      f"{_owner(run, 'ltbench_build_loss')} (ltbench_build_loss) takes no row_weights "
-                                      f"keyword: it cannot weight rows; see ltbench.api.cross_entropy")
+                                      f"{_owner(run, 'ltbench_build_loss', run.stage)} (ltbench_build_loss) takes no "
+                                      f"row_weights keyword: it cannot weight rows; see ltbench.api.cross_entropy")
         if row_weights.shape != (len(targets),):
             raise PluginContractError(f"batch.row_weights has shape {tuple(row_weights.shape)}; the batch has "
                                       f"{len(targets)} rows (one weight per row)")
         loss = loss_fn(logits, targets, row_weights=row_weights)
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
-        raise PluginContractError(f"{_owner(run, 'ltbench_build_loss')}: its loss returned "
+        raise PluginContractError(f"{_owner(run, 'ltbench_build_loss', run.stage)}: its loss returned "
                                   f"{type(loss).__name__} {getattr(loss, 'shape', '')}; expected a scalar tensor")
     return loss
 

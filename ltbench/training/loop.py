@@ -21,7 +21,7 @@ from ltbench.errors import CheckpointError, PluginContractError
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import _autocast, extract_features
 from ltbench.training.hooks import (_expect, _owner, build_classifier, build_loss, build_sampler, compute_loss,
-                                    extra_losses, train_views)
+                                    extra_losses, stage_hook, train_views)
 from ltbench.training.model import ModelOutput
 from ltbench.training.progress import Heartbeat, _progress
 from ltbench.training.run import Batch
@@ -133,11 +133,11 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
         return terms, total
 
     terms, _ = loss_and_gradients()
-    if run.pm.hook.ltbench_optimizer_step.get_hookimpls():  # a method owns the step
-        stepped = run.pm.hook.ltbench_optimizer_step(run=run, model=model, optimizer=optimizer,
-                                                      closure=lambda: loss_and_gradients()[1].detach())
+    step_hook = stage_hook(run, "ltbench_optimizer_step", run.stage)
+    if step_hook.get_hookimpls():  # a method owns the step in this stage
+        stepped = step_hook(run=run, model=model, optimizer=optimizer, closure=lambda: loss_and_gradients()[1].detach())
         _expect(run, "ltbench_optimizer_step", stepped, lambda v: v is None or v is True,
-                "True (the method stepped) or None (the core steps)")
+                "True (the method stepped) or None (the core steps)", run.stage)
         if stepped is None:
             optimizer.step()
     else:

@@ -23,7 +23,7 @@ class ModelOutput:
 
 
 class LTModel(nn.Module):
-    """``backbone`` (see :mod:`ltbench.training.backbones`) followed by ``classifier``.
+    """``backbone`` (the backbone interface: ``docs/writing-a-backbone.md``) followed by ``classifier``.
 
     Fields: ``backbone`` (an ``nn.Module`` with ``forward_features``, ``forward_pool`` and
     ``num_features``: the backbone interface), ``classifier`` (the head: pooled features ``(B,

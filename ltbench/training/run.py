@@ -45,7 +45,7 @@ class Batch:
 
     ``labels`` are the hard class labels of the rows' own images (what per-class statistics, samplers and
     feature banks use). ``targets`` is what the task loss trains toward when a method mixed the targets
-    (mixup, cutmix, remix): soft targets ``(B, C)``, one distribution per row (see :mod:`ltbench.training.targets`);
+    (mixup, cutmix, remix): soft targets ``(B, C)``, one distribution per row (see Mixed targets, at the end of the API reference);
     ``None`` means the hard labels. :meth:`loss_targets` gives whichever applies, and is what the task loss
     receives; extra-loss hooks that train toward the labels should use it too.
 
@@ -64,7 +64,7 @@ class Batch:
 
     ``row_weights`` (``(B,)``, non-negative, on the device) weights each row's term of the task loss: a
     method that re-weights samples sets it in ``ltbench_augment_batch``, and the core passes it to the task
-    loss as ``row_weights=`` (see :mod:`ltbench.training.targets`), whichever method built that loss. ``None``
+    loss as ``row_weights=`` (``ltbench.api.cross_entropy`` takes it), whichever method built that loss. ``None``
     weighs every row alike. A loss that does not take ``row_weights`` fails the run with a named error."""
 
     labels: torch.Tensor

@@ -64,7 +64,9 @@ def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
         elif ref.get("source"):  # a recorded absence says why there is none
             print(f"{'':22s} paper: {ref['source']}")
     experiment = EXPERIMENTS / f"{dataset}-{BUDGET}.toml"
-    planned = tomllib.loads(experiment.read_text())["methods"] if experiment.is_file() else []
+    grid = tomllib.loads(experiment.read_text()) if experiment.is_file() else {}
+    # the grid's methods, then its variants' (e.g. ldam-drw+sam with the source's rho)
+    planned = grid.get("methods", []) + [v["method"] for v in grid.get("variants", {}).values()]
     for row, base in DIFFERENCES:
         if row not in by_method and row not in planned:
             continue

@@ -21,7 +21,8 @@ import torch
 
 from ltbench.data.split import load_checked
 from ltbench.plugins.catalog import build_catalog
-from ltbench.results.records import atomic_write_json, read_record
+from ltbench.results.reader import read_record
+from ltbench.results.records import atomic_write_json
 from ltbench.training.evaluate import extract_features, model_cost
 from ltbench.training.hooks import build_classifier
 from ltbench.training.run import build_run

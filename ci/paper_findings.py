@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltbench.results.records import reference_description, reference_result, reference_setting
+from ltbench.results.references import reference_description, reference_result, reference_setting
 from ltbench.results.summary import load_records
 
 REPO = Path(__file__).resolve().parents[1]

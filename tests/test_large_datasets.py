@@ -134,7 +134,7 @@ def test_every_method_of_the_zoo_completes_a_smoke_run_through_the_streaming_pat
 
 
 def test_the_papers_numbers_are_found_for_a_natural_profile_dataset_by_backbone_or_name():
-    from ltbench.results.records import reference_result
+    from ltbench.results.references import reference_result
 
     def rec(method, dataset, backbone):
         meta = get_catalog().method(method).cls.metadata.to_dict()

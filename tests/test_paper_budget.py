@@ -351,4 +351,4 @@ def test_paper_findings_prints_a_section_per_imbalance_factor_with_safas_differe
     # Table 3's CE-SAFA 47.69 against BagofTricks-LT's CE 43.85 (both ResNet-32, 200 epochs)
     assert "safa − ce: ours +2.00, paper +3.84" in out
     assert "safa − ce: no record yet of ce (planned)" in out  # imbalance 200: safa alone so far
-    assert "ldam-drw+safa − ldam-drw: no record yet of ldam-drw+safa (planned) and ldam-drw (not in " in out
+    assert "ldam-drw+safa − ldam-drw: no record yet of ldam-drw+safa (planned) and ldam-drw (planned)" in out

@@ -243,7 +243,9 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         # stops the others) rather than leave them hanging; the same command resumes the rest of the grid
         raise RankFailed(f"{tag} failed on rank {distributed.rank()}; the job ends here: {error.splitlines()[0]}")
     if reporting is not None:
-        reporting.emit("ltbench_report_run_end", run=info, record=record, plots=_run_plots(out, record))
+        from ltbench.results.plots import run_plots
+
+        reporting.emit("ltbench_report_run_end", run=info, record=record, plots=run_plots(out, record, tag))
     if status == "completed":
         m = record["metrics"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -355,19 +357,6 @@ def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict
     if existing and existing["status"] in ("completed", "diverged"):
         return None, existing
     return None, None
-
-
-def _run_plots(out: Path, record: dict[str, Any]) -> list[str]:
-    """``per-class.png`` in the run's directory, for reporters (a completed run only)."""
-    if record["status"] != "completed":
-        return []
-    from ltbench.results.plots import _pyplot, per_class_figure
-
-    path = out / "per-class.png"
-    fig = per_class_figure(record)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-    return [str(path)]
 
 
 def save_predictions(path: Path, test: Any, labels: Any) -> None:

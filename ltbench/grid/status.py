@@ -12,7 +12,8 @@ A run that a grid planned (``<RUNS>/_grids/*.json``, written by ``ltbench run``)
 
 from __future__ import annotations
 
-import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,16 @@ from filelock import FileLock, Timeout
 from ltbench.errors import ConfigError
 from ltbench.grid.launch import GRIDS_DIR
 from ltbench.plugins.catalog import get_catalog
-from ltbench.results.records import RESULT_FILE, changed_code, read_record
+from ltbench.results.reader import MAX_SEED, Unreadable, fields, integer, list_of, read_bytes, read_json, \
+    read_record, text
+from ltbench.results.records import RESULT_FILE, changed_code
 
 STATES = ("completed", "running", "interrupted", "failed", "diverged", "missing")
+#: what ``status`` reads of a grid manifest (:func:`ltbench.grid.launch.write_manifest`)
+MANIFEST = fields({"runs": list_of(fields({key: text(10_000) for key in ("run_dir", "dataset", "budget", "variant")}
+                                          | {"seed": integer(0, MAX_SEED)},
+                                          required=("run_dir", "dataset", "budget", "variant", "seed")),
+                                   max_items=10**7)}, required=("runs",))
 
 
 def _locked(run: Path) -> bool:
@@ -39,16 +47,20 @@ def _locked(run: Path) -> bool:
 def _describe(runs: Path, run: Path) -> dict[str, Any]:
     rel = run.relative_to(runs)
     parts = rel.parts  # dataset, budget, method, config_id, seed<k>
-    row = {"run_dir": str(rel), "dataset": parts[0], "budget": parts[1], "variant": parts[2],
-           "seed": int(parts[-1][4:]), "state": "", "detail": "", "code_changed": False}
-    record, problem = read_record(run / RESULT_FILE) if (run / RESULT_FILE).exists() else (None, None)
+    seed = parts[-1][4:]  # a folder named seed<k> by a run; another (seedX) is shown as it is named
+    seed = int(seed) if seed.isascii() and seed.isdigit() and len(seed) < 12 else seed
+    row = {"run_dir": str(rel), "dataset": parts[0], "budget": parts[1], "variant": parts[2], "seed": seed,
+           "state": "", "detail": "", "code_changed": False}
+    record, problem = read_record(run / RESULT_FILE) if os.path.lexists(run / RESULT_FILE) else (None, None)
     if problem:  # a malformed record is reported by file and field, not fatal
         row["detail"] = f"malformed result.json: {problem}"
     if _locked(run):
         row["state"] = "running"
-        history = run / "metrics.jsonl"
-        if history.exists():
-            row["detail"] = f"{len(history.read_text().splitlines())} epochs done"
+        try:
+            epochs = len(read_bytes(run / "metrics.jsonl").splitlines())
+            row["detail"] = f"{epochs} epochs done"
+        except Unreadable:  # none yet, or not a regular file
+            pass
     elif record and record.get("status") in ("completed", "diverged", "failed"):
         row["state"] = record["status"]
         row["variant"] = record.get("variant", row["variant"])
@@ -73,7 +85,16 @@ def collect(runs: Path) -> list[dict[str, Any]]:
     rows = [_describe(runs, config.parent) for config in sorted(runs.glob("*/*/*/*/seed*/config.json"))]
     seen = {row["run_dir"] for row in rows}
     for manifest in sorted((runs / GRIDS_DIR).glob("*.json")):
-        for planned in json.loads(manifest.read_text())["runs"]:
+        try:
+            planned_runs = read_json(manifest)
+        except Unreadable as exc:
+            print(f"skipped grid manifest {exc}", file=sys.stderr)
+            continue
+        problems = MANIFEST(planned_runs, "manifest")
+        if problems:
+            print(f"skipped grid manifest {manifest}: {problems[0]}", file=sys.stderr)
+            continue
+        for planned in planned_runs["runs"]:
             if planned["run_dir"] not in seen:
                 seen.add(planned["run_dir"])
                 rows.append({"run_dir": planned["run_dir"], "dataset": planned["dataset"],

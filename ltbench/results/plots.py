@@ -10,11 +10,14 @@ Per dataset and budget:
   line where stage 2 begins (from the records' history; records older than schema 3 have none and are left out).
 
 Every method keeps one style (:func:`styles`: colour, line style and marker, distinct for 40 methods) and the
-legend sits outside the axes.
+legend sits outside the axes. Every text that comes from a record or an option (method and variant names,
+datasets, budgets) goes through :func:`plain`, so that matplotlib shows it as written: a ``$x^$`` in a variant
+is text, not mathtext to parse.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plain(text: object) -> str:
+    """``text`` as matplotlib shows it literally: every ``$`` escaped, so that nothing is parsed as mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def by_place(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
@@ -87,14 +95,14 @@ def per_class_fig(records_by_method: dict[str, list[dict[str, Any]]], title: str
         acc = np.stack([_rolling(a, window) for a in acc])  # per-class numbers are noisy: a running mean
         mean, std = np.nanmean(acc, 0), np.nanstd(acc, 0)
         ax.plot(counts[order], mean, lw=1.2, ms=4, markevery=max(1, len(counts) // 8), **style,
-                label=f"{method} ({len(recs)} seeds)")
+                label=plain(f"{method} ({len(recs)} seeds)"))
         if len(recs) > 1:
             ax.fill_between(counts[order], mean - std, mean + std, color=style["color"], alpha=0.08, lw=0)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("training images of the class (log scale; head classes left)")
     ax.set_ylabel(f"test accuracy (%), running mean over {max(1, len(counts) // 10)} classes")
-    ax.set_title(title)
+    ax.set_title(plain(title))
     ax.grid(alpha=0.3)
     _legend_outside(ax, fontsize=7, ncol=1 if len(methods) <= 20 else 2)
     return fig
@@ -121,9 +129,9 @@ def groups(records_by_method: dict[str, list[dict[str, Any]]], title: str, out: 
         mean = [np.mean(v) if v else np.nan for v in values]
         std = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
         ax.bar(x + (j - 1.5) * width, mean, width, yerr=std, capsize=2, label=g, error_kw={"lw": 0.8})
-    ax.set_xticks(x, methods, rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(x, [plain(m) for m in methods], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(title)
+    ax.set_title(plain(title))
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax, fontsize=8)
     return _save(fig, out, name)
@@ -151,12 +159,12 @@ def learning_fig(records_by_method: dict[str, list[dict[str, Any]]], title: str)
         loss = np.array([np.nan if e.get("loss_task") is None else e["loss_task"] for e in history], dtype=float)
         positive &= bool(np.all(loss[~np.isnan(loss)] > 0))
         every = max(1, len(history) // 10)
-        loss_ax.plot(steps, loss, lw=1.2, ms=4, markevery=every, **style, label=method)
+        loss_ax.plot(steps, loss, lw=1.2, ms=4, markevery=every, **style, label=plain(method))
         starts |= {k for k, e in zip(steps, history)
                    if e.get("stage") == 2 and (k == 1 or history[k - 2].get("stage") != 2)}
         val = [(k, e["val_overall"]) for k, e in zip(steps, history) if e.get("val_overall") is not None]
         if val and val_ax is not None:
-            val_ax.plot(*zip(*val), lw=1.2, ms=4, **{**style, "label": method})
+            val_ax.plot(*zip(*val), lw=1.2, ms=4, **{**style, "label": plain(method)})
     if positive:
         loss_ax.set_yscale("log")
     for ax, label in ((loss_ax, "training loss, task term" + (" (log scale)" if positive else "")),
@@ -169,7 +177,7 @@ def learning_fig(records_by_method: dict[str, list[dict[str, Any]]], title: str)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     _legend_outside(val_ax if val_ax is not None else loss_ax, fontsize=7, ncol=1 if len(methods) <= 20 else 2)
-    fig.suptitle(f"{title} (per method, its lowest seed that recorded a history)")
+    fig.suptitle(plain(f"{title} (per method, its lowest seed that recorded a history)"))
     return fig
 
 
@@ -188,7 +196,7 @@ def per_class_figure(record: dict[str, Any]):
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class (log)")
     ax.set_ylabel("test accuracy of the class (%)")
-    ax.set_title(f"{record['variant']}, seed {record['seed']}: overall {record['metrics']['overall']:.2f}")
+    ax.set_title(plain(f"{record['variant']}, seed {record['seed']}: overall {record['metrics']['overall']:.2f}"))
     ax.grid(alpha=0.3)
     return fig
 
@@ -204,3 +212,22 @@ def plot_records(records: list[dict[str, Any]], out: Path) -> list[Path]:
         written += groups(by_method, title, out, f"{key}-groups")
         written += learning(by_method, title, out, f"{key}-learning")
     return written
+
+
+def run_plots(out: Path, record: dict[str, Any], tag: str = "") -> list[str]:
+    """``per-class.png`` in the run's directory, for reporters (a completed run only). A plot is a courtesy to
+    the reporters: one that fails is left out with a line saying why, and the run and the grid go on."""
+    if record["status"] != "completed":
+        return []
+    path = out / "per-class.png"
+    try:
+        fig = per_class_figure(record)
+        try:
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+        finally:
+            _pyplot().close(fig)
+    except Exception as exc:  # noqa: BLE001 - the record is written; only the plot is missing
+        print(f"warning: {tag} per-class plot for the reporters not made: {type(exc).__name__}: {str(exc)[:200]}",
+              file=sys.stderr, flush=True)
+        return []
+    return [str(path)]

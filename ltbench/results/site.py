@@ -18,6 +18,7 @@ paper and interpretations, its configuration and records). The matplotlib figure
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -29,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ltbench.results import charts, plots
-from ltbench.results.records import compute, reference_result, reference_setting
+from ltbench.results.records import compute
+from ltbench.results.references import reference_result, reference_setting
 from ltbench.results.summary import GROUPS
 
 SITE = "site"
@@ -148,7 +150,10 @@ def _num(value: float | None, sd: float | None = None, mark: str = "", digits: i
 
 
 def _slug(name: str) -> str:
-    return SAFE.sub("-", name).strip("-") or "method"
+    """A file name for a row's page; a long variant's is cut and told apart by a hash of its name, so that it
+    stays under the 255 bytes a file name may have."""
+    slug = SAFE.sub("-", name).strip("-") or "method"
+    return slug if len(slug) <= 100 else f"{slug[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -13,7 +13,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from ltbench.errors import LtbenchError, UnknownNameError
-from ltbench.results.records import RESULT_FILE, read_record
+from ltbench.results.reader import consistent, read_predictions, read_record
+from ltbench.results.records import RESULT_FILE
 
 GROUPS = ("overall", "many", "medium", "few")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -27,14 +28,17 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise LtbenchError(f"{path} does not exist; give a runs directory (the --output of ltbench run)")
     paths = [path] if path.is_file() else sorted(path.rglob(RESULT_FILE))
-    records = []
+    records, skipped = [], []
     for p in paths:
         rec, problem = read_record(p)
         if problem:  # a malformed or crafted record is named and left out, never a traceback
-            print(f"skipped {problem}", file=sys.stderr)
+            skipped.append(problem)
             continue
         rec["_path"] = str(p)
         records.append(rec)
+    records, other_classes = consistent(records)
+    for line in skipped + other_classes:
+        print(f"skipped {line}", file=sys.stderr)
     if not records:
         raise LtbenchError(f"no run records (result.json) under {path}")
     return records
@@ -99,14 +103,11 @@ def render(table: pd.DataFrame, fmt: str = "table") -> str:
 
 
 def _predictions(rec: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    name = (rec.get("files") or {}).get("predictions")
-    if not name or "_path" not in rec:
-        return None
-    path = Path(rec["_path"]).parent / name
-    if not path.exists():
-        return None
-    with np.load(path) as data:
-        return {"labels": data["labels"], "predictions": data["predictions"]}
+    """The test labels and predictions beside ``rec``, or None (a file that is not its record's is named)."""
+    found, problem = read_predictions(rec)
+    if problem:
+        print(f"ignored {problem}; comparing by seed", file=sys.stderr)
+    return found
 
 
 def _group_of_classes(rec: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -139,11 +140,17 @@ def compare(records: list[dict[str, Any]], a: str, b: str, dataset: str | None =
     by_seed_a = {r["seed"]: r for r in ra if (r["dataset"], r["budget"]) == (ds, bud)}
     by_seed_b = {r["seed"]: r for r in rb if (r["dataset"], r["budget"]) == (ds, bud)}
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    if not seeds:
+        raise LtbenchError(f"{a!r} and {b!r} have no seed in common on {ds}/{bud} (seeds "
+                           f"{sorted(by_seed_a)} and {sorted(by_seed_b)}): nothing to pair")
     pairs = [(by_seed_a[s], by_seed_b[s]) for s in seeds]
     masks = _group_of_classes(pairs[0][0])
     rng = np.random.default_rng(seed)
     preds = [(_predictions(x), _predictions(y)) for x, y in pairs]
-    by_image = all(p is not None and q is not None for p, q in preds)
+    # images are paired only where every record predicted the same test images (their labels, in one order)
+    by_image = all(p is not None and q is not None for p, q in preds) and all(
+        np.array_equal(p["labels"], preds[0][0]["labels"]) and np.array_equal(q["labels"], preds[0][0]["labels"])
+        for p, q in preds)
     if by_image:  # per-class accuracy of each bootstrap draw of test images, the same images for a and b
         labels = preds[0][0]["labels"]
         num_classes = len(masks["overall"])

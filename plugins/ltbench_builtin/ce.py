@@ -7,7 +7,7 @@ hook: the core defaults (:mod:`ltbench.plugins.defaults`) are exactly this metho
 from ltbench.api import Method, MethodMetadata, hookimpl
 
 #: the setting of a number published at the LDAM-DRW recipe (the CIFAR `paper` budget): the board compares
-#: such numbers with ours only when a record was trained in it (ltbench.results.records.reference_setting), and
+#: such numbers with ours only when a record was trained in it (ltbench.results.references.reference_setting), and
 #: prints it beside the number; the augmentation is the recipe's (cifar_train.py), as ltbench's CIFAR training
 LDAM_SETTING = {"backbone": "resnet32", "epochs": 200,
                 "augmentation": "random crop (4-pixel padding) and horizontal flip"}

@@ -44,7 +44,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ltbench.results import plots, summary
 
-    _check_out_dir(Path(args.out), "--out")
+    _check_out_dir(args.out, "--out")
     written = plots.plot_records(summary.load_records(Path(args.runs_dir)), Path(args.out))
     for path in written:
         print(f"wrote {path}")

@@ -107,3 +107,44 @@ def test_leaderboard_shows_mean_and_std_over_seeds(tmp_path):
     assert cells[5] == "3" and cells[13] == "42.00" and "Table 9" in page
     assert cells[7:9] == ["–", "–"]  # no cost in these records
     assert cells[6] == str(rec(0, 1.0)["config"]["epochs"])  # backbone epochs: stage 1 only
+
+
+LONG = "a" * 300  # a name longer than the 255 bytes a file name may have
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--methods", LONG, "--budget", "smoke"], f"unknown method '{LONG}'"),
+    (["run", "--methods", f"ce+{LONG}", "--budget", "smoke"], f"unknown method '{LONG}'"),
+    (["new-plugin", LONG], "a method name is at most 100 characters"),
+])
+def test_a_300_character_method_name_is_a_named_error_not_enametoolong(argv, message, capsys, tmp_path, monkeypatch):
+    """Flawed: a 300-character method name crashed with OSError ENAMETOOLONG (``new-plugin`` made a folder of it);
+    every command names it as an error before anything touches the file system."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["run", "--methods", "ce", "--datasets", "synthetic-lt", "--budget", "smoke", "--output", ""], "--output"),
+    (["run", "--methods", "ce", "--datasets", "synthetic-lt", "--budget", "smoke", "--output", "  "], "--output"),
+    (["eval", "runs/synthetic-lt-if100/smoke/ce/0123456789/seed0", "--output", ""], "--output"),
+    (["plot", "runs", "--out", ""], "--out"),
+])
+def test_output_empty_string_is_refused_not_the_working_directory(argv, flag, capsys, tmp_path, monkeypatch):
+    """Flawed: ``--output ""`` wrote the run's records (or the evaluation's, or the plots) into the working
+    directory. It is an error naming the flag and what to give instead; nothing is planned or written."""
+    from ltbench.grid import orchestrate
+
+    def planned(*args, **kwargs):
+        raise AssertionError("the grid was planned: --output '' was taken as the working directory")
+
+    monkeypatch.setattr(orchestrate, "plan_cells", planned)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} is empty, which would write into the working directory" in err, err
+    assert "give a directory" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"] and not list((tmp_path / "runs").iterdir())

@@ -66,3 +66,45 @@ def test_bad_options_fail_before_anything_trains_and_name_the_valid_ones(tmp_pat
     with pytest.raises(UnknownNameError, match="no-such-method"):
         ltbench.run(methods="ce,no-such-method", datasets="synthetic-lt", budget="smoke", output=out)
     assert not list(out.rglob("result.json"))
+
+
+@pytest.mark.parametrize("args, options, message", [
+    ((123,), {}, "ltbench.run(): experiment must be the path of an experiment file (a string or a Path), got 123"),
+    ((["ce"],), {}, "ltbench.run(): experiment must be the path of an experiment file"),
+    ((), {"methods": 123}, "ltbench.run(): methods must be a list or a string, got 123"),
+    ((), {"methods": ["ce", 1]}, "ltbench.run(): methods must be a list of strings or a comma-separated string, "
+                                 "got ['ce', 1]"),
+    ((), {"methods": "ce", "datasets": [None]}, "ltbench.run(): datasets must be a list of strings"),
+    ((), {"methods": "ce", "seeds": "x"}, "ltbench.run(): seeds must be integers (a list, or a comma-separated "
+                                          "string), got 'x'"),
+    ((), {"methods": "ce", "seeds": 1.5}, "ltbench.run(): seeds must be a list or a string or an integer, got 1.5"),
+    ((), {"methods": "ce", "epochs": "3"}, "ltbench.run(): epochs must be an integer, got '3'"),
+])
+def test_ltbench_run_123_is_a_config_error_naming_the_argument(args, options, message, tmp_path, monkeypatch):
+    """Flawed: ``ltbench.run(123)`` (and other wrongly typed arguments) raised a raw TypeError, or an error
+    about a ``--flag`` Python has not got. Each is a ConfigError naming the argument, the value and the type."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        ltbench.run(*args, **{"datasets": "synthetic-lt", "budget": "smoke", "output": tmp_path / "runs", **options})
+    assert message in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_empty_string_is_refused_from_python_and_from_an_experiment_file(tmp_path, monkeypatch):
+    """Flawed: ``ltbench.run(output="")`` trained into the working directory (and ``output = ""`` in an
+    experiment file, into the file's folder). Both are errors naming the key; nothing is planned or written."""
+    from ltbench.grid import orchestrate
+
+    def planned(*args, **kwargs):
+        raise AssertionError("the grid was planned: an empty output was taken as a directory")
+
+    monkeypatch.setattr(orchestrate, "plan_cells", planned)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"ltbench.run\(\): output is empty, which would write into the working "
+                                          r"directory; give a directory"):
+        ltbench.run(methods="ce", datasets="synthetic-lt", budget="smoke", output="")
+    exp = tmp_path / "exp.toml"
+    exp.write_text('methods = ["ce"]\ndatasets = ["synthetic-lt"]\nbudget = "smoke"\noutput = ""\n')
+    with pytest.raises(ConfigError, match=r"exp.toml: output is empty; give a directory"):
+        ltbench.run(exp)
+    assert [p.name for p in tmp_path.iterdir()] == ["exp.toml"]

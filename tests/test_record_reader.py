@@ -152,6 +152,30 @@ def test_a_dataset_whose_records_disagree_on_its_classes_leaves_the_odd_one_out(
         assert status == 0 and "seed1/result.json: train_counts: 3 classes, where the other records of" in err, err
 
 
+def test_the_same_record_in_two_folders_counts_as_one_seed(trained, tmp_path):
+    """Flawed: a run's folder copied elsewhere under the runs directory (a backup, a second download) counted
+    as a second seed in show, compare and the board. It is now read once, with one line naming both files."""
+    from ltbench.results import leaderboard, summary
+
+    runs, ce = _copy(trained, tmp_path)
+    copy = runs / "backup" / ce.relative_to(runs)
+    shutil.copytree(ce, copy)
+    first, second = sorted([str(ce / "result.json"), str(copy / "result.json")])
+    for load in (summary.load_records, leaderboard.load_records):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            records = load(runs)
+        ce_records = [r for r in records if r["method"] == "ce"]
+        assert len(ce_records) == 1, [r["_path"] for r in ce_records]
+        lines = [line for line in err.getvalue().splitlines() if "the same run" in line]
+        assert len(lines) == 1 and first in lines[0] and second in lines[0], err.getvalue()
+    with contextlib.redirect_stderr(io.StringIO()):
+        row = summary.summarise(summary.load_records(runs)).set_index("method").loc["ce"]
+    assert row["seeds"] == 1, row
+    status, _, err = _cli("show", str(runs))
+    assert status == 0 and err.count("the same run") == 1, err
+
+
 # -- badly 2: eval wrote its record wherever the record's names pointed ---------------------------------------------
 
 

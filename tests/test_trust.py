@@ -403,6 +403,20 @@ def test_a_method_name_that_would_leave_the_output_folder_is_refused(tmp_path):
     assert "would become part of a file path" in catalog.broken[-1].error
 
 
+def test_a_300_character_method_name_from_a_plugin_is_refused_at_registration():
+    """Flawed: a plugin's 300-character method name was registered, and its first run crashed on ENAMETOOLONG
+    making the run's folder. The catalog refuses it by name, as it refuses a name that leaves the output."""
+    from ltbench import Method, MethodMetadata, hookimpl
+    from ltbench.plugins.catalog import build_catalog
+
+    long = type("Long", (Method,), {"name": "a" * 300, "metadata": MethodMetadata(title="x")})
+    catalog = build_catalog(entry_points=False)
+    catalog.add_plugin(type("P", (), {"ltbench_register_methods": hookimpl(
+        lambda self, register: register(long))})(), ltbench.plugins.catalog.PluginInfo("long", "long", "long-dist", "1"))
+    assert "a" * 300 not in catalog.methods
+    assert "would become part of a file path: use at most 100 letters" in catalog.broken[-1].error
+
+
 def test_a_method_seed_or_variant_given_twice_runs_once_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exp = tmp_path / "exp.toml"

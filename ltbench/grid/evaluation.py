@@ -150,6 +150,10 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
     from ltbench.training.hooks import build_classifier
     from ltbench.training.run import build_run
 
+    if isinstance(output, str) and not output.strip():  # Path("") is the working directory
+        raise ConfigError(f"ltbench eval: --output is empty, which would write into the working directory; give a "
+                          f"directory for the evaluation's record, e.g. --output {DEFAULT_OUTPUT} (or --output . if "
+                          f"the working directory is meant)")
     run_dir, output = Path(run_dir), Path(output)
     record, config, state = _source(run_dir)
     catalog = get_catalog()

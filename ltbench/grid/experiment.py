@@ -87,6 +87,9 @@ def load(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
     check(data, str(path))
+    if "output" in data and not data["output"].strip():  # it would silently mean the file's own folder
+        raise ConfigError(f"--config {path}: output is empty; give a directory for the records (e.g. output = "
+                          f"\"runs\", relative to the file's folder)")
     for key in PATH_KEYS:  # a path in the file means a path next to the file, wherever ltbench runs from
         if key in data and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(path.parent / data[key])
@@ -115,7 +118,17 @@ def check(data: dict[str, Any], where: str, noun: str = "experiment-file key") -
             raise ConfigError(f"{where}: [variants.{name}] needs method = \"<a method name>\"")
         if not isinstance(variant.get("set", {}), dict):
             raise ConfigError(f"{where}: [variants.{name}] set must be a table, e.g. set = {{ alignment = \"var\" }}")
-    if "seeds" in data and not isinstance(data["seeds"], str):
+    for key in ("methods", "datasets", "report"):  # names: a list of strings, or one comma-separated string
+        if isinstance(data.get(key), list) and not all(isinstance(v, str) for v in data[key]):
+            raise ConfigError(f"{where}: {key} must be a list of strings or a comma-separated string, "
+                              f"got {data[key]!r}")
+    if "seeds" in data and isinstance(data["seeds"], str):
+        try:
+            [int(s) for s in data["seeds"].split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"{where}: seeds must be integers (a list, or a comma-separated string), "
+                              f"got {data['seeds']!r}") from None
+    elif "seeds" in data:
         seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise ConfigError(f"{where}: seeds must be integers, got {data['seeds']!r}")

@@ -5,6 +5,7 @@ choice between one process, ``--jobs`` workers, a submitit launcher and torchrun
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,13 @@ def _distinct(cells: list) -> list:
     return out
 
 
-def _check_out_dir(path: Path, flag: str) -> None:
-    """``path`` must be a directory, or creatable as one: neither it nor a folder above it is a file."""
+def _check_out_dir(path: str | Path, flag: str) -> None:
+    """``path`` must be a directory, or creatable as one: neither it nor a folder above it is a file. An empty
+    string (``--output ""``, an unset variable) is refused: it would silently mean the working directory."""
+    if isinstance(path, str) and not path.strip():
+        raise ConfigError(f"{flag} is empty, which would write into the working directory; give a directory for "
+                          f"the output (e.g. runs, or . if the working directory is meant)")
+    path = Path(path)
     for where in (path, *path.parents):
         if where.exists():
             if not where.is_dir():
@@ -86,12 +92,14 @@ def _check_out_dir(path: Path, flag: str) -> None:
             return
 
 
-def _checked(args: argparse.Namespace, experiment_data: dict[str, Any] | None = None) -> argparse.Namespace:
-    """``args`` merged with the experiment and checked, before anything is planned."""
+def _checked(args: argparse.Namespace, experiment_data: dict[str, Any] | None = None,
+             output_flag: str = "--output") -> argparse.Namespace:
+    """``args`` merged with the experiment and checked, before anything is planned; ``output_flag`` is how an
+    error names the output (``ltbench.run(): output`` from Python)."""
     from ltbench.grid import launch
 
     args = run_options(args, experiment_data)
-    _check_out_dir(Path(args.output), "--output")
+    _check_out_dir(args.output, output_flag)
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
@@ -144,6 +152,10 @@ def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> 
     from ltbench.grid.plan import resolve_device, stderr_log
     from ltbench.training import distributed
 
+    if experiment_file is not None and not isinstance(experiment_file, (str, os.PathLike)):
+        raise ConfigError(f"ltbench.run(): experiment must be the path of an experiment file (a string or a Path), "
+                          f"got {experiment_file!r}; give the grid's options as keywords, e.g. "
+                          f"ltbench.run(methods=[\"ce\"], seeds=[0, 1])")
     options = {key: str(value) if isinstance(value, Path) else value for key, value in options.items()}
     experiment.check(options, "ltbench.run()", noun="option")
     for key in ("nproc", "launcher", "shard", "wait", "slurm"):
@@ -160,7 +172,7 @@ def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> 
     for key, value in options.items():
         setattr(args, key, value)
     args.set = dict(options.get("set", {}))
-    args = _checked(args, exp)
+    args = _checked(args, exp, output_flag="ltbench.run(): output")
     device, output = resolve_device(args.device), Path(args.output)
     warn_broken()
     cells = plan_cells(args, log=None if args.quiet else stderr_log)

@@ -33,7 +33,7 @@ import ltbench.hookspecs as hookspecs
 from ltbench.data.split import DatasetSpec
 from ltbench.errors import LtbenchError, UnknownNameError
 from ltbench.plugins.method import STAGE_HOOKS, STAGES, Method, MethodMetadata
-from ltbench.results.records import SAFE_NAME
+from ltbench.results.records import MAX_NAME, SAFE_NAME
 from ltbench.training.backbones import TIMM_PREFIX, BackboneSpec
 
 ENTRY_POINT_GROUP = "ltbench"
@@ -132,9 +132,10 @@ class Catalog:
                 def register(item):
                     check(item)
                     name = item.name
-                    if kind in ("method", "dataset") and (not SAFE_NAME.fullmatch(str(name)) or ".." in name):
-                        raise TypeError(f"{kind} name {name!r} would become part of a file path: use letters, "
-                                        f"digits and . _ - (e.g. my-method)")
+                    if kind in ("method", "dataset") and (not SAFE_NAME.fullmatch(str(name)) or ".." in name
+                                                          or len(name) > MAX_NAME):
+                        raise TypeError(f"{kind} name {name!r} would become part of a file path: use at most "
+                                        f"{MAX_NAME} letters, digits and . _ - (e.g. my-method)")
                     if (kind, name) in self.owners or (kind, name) in self.contested:
                         self._conflict(kind, name, info)
                     table[name] = MethodEntry(item, info) if kind == "method" else item

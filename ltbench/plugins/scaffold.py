@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from ltbench.errors import ConfigError
+from ltbench.results.records import MAX_NAME
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=64"]
@@ -107,6 +108,9 @@ def create(name: str, parent: Path) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name) or name.endswith("-"):
         raise ConfigError(f"new-plugin: a method name is lower-case letters, digits and '-', starting with a "
                           f"letter (e.g. my-method), got {name!r}")
+    if len(name) > MAX_NAME:  # it names a folder, a package and every run directory of the method
+        raise ConfigError(f"new-plugin: a method name is at most {MAX_NAME} characters (it becomes part of file "
+                          f"names), got one of {len(name)}: {name[:20]}...")
     package = "ltbench_" + name.replace("-", "_")
     taken = importlib.util.find_spec(package) is not None
     if taken or package in RESERVED_PACKAGES:

@@ -37,15 +37,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ltbench.results.records import PREDICTIONS_FILE, SAFE_NAME, STATUSES
+from ltbench.results.records import MAX_NAME, PREDICTIONS_FILE, SAFE_NAME, STATUSES
 # the safe file reads, used here and re-exported: the reader's callers need one import
 from ltbench.results.safe_files import (MAX_BYTES, MAX_DEPTH, Unreadable, nesting_depth, read_bytes,  # noqa: F401
                                         read_json, regular_file)
 
 #: the largest predictions.npz read
 MAX_PREDICTIONS_BYTES = 512 * 2**20
-#: names that become parts of paths: short enough that every file name made of them stays under 255 bytes
-MAX_NAME = 100
 #: labels shown in tables and plots (a variant names each option that differs from the defaults)
 MAX_LABEL = 500
 MAX_SEED = 2**32 - 1  # what numpy and torch take as a seed
@@ -294,9 +292,9 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def consistent(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The records whose number of classes is their dataset's (the most common among its records), and a line
-    naming each other one: a dataset's records are compared class by class, so one with other classes is left
-    out rather than break the comparison."""
+    """The records whose number of classes is their dataset's (the most common among its records), each run once
+    (:func:`_distinct`), and a line naming each other one: a dataset's records are compared class by class, so one
+    with other classes is left out rather than break the comparison."""
     classes: dict[str, Counter] = {}
     for rec in records:
         if rec.get("train_counts"):
@@ -309,6 +307,25 @@ def consistent(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
                            f"where the other records of {rec['dataset']} have {usual}")
         else:
             kept.append(rec)
+    return _distinct(kept, skipped)
+
+
+def _distinct(records: list[dict[str, Any]], skipped: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each run once: a record of the same (dataset, budget, method or variant, config id, seed) as one read before
+    it (the same run copied into two folders) is left out with a line naming both files, so that it does not count
+    as a second seed."""
+    seen: dict[tuple, str] = {}
+    kept = []
+    for rec in records:
+        key = (rec.get("dataset"), rec.get("budget"), rec.get("variant", rec.get("method")), rec.get("config_id"),
+               rec.get("seed"))
+        where = rec.get("_path", "a record")
+        if key in seen:
+            skipped.append(f"{where}: the same run ({key[2]} seed {key[4]} on {key[0]}, budget {key[1]}, config "
+                           f"{key[3]}) as {seen[key]}: counted once")
+            continue
+        seen[key] = where
+        kept.append(rec)
     return kept, skipped
 
 

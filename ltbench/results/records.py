@@ -40,6 +40,8 @@ STATUSES = ("completed", "failed", "diverged")
 
 #: what a record field that becomes part of a file path may hold (dataset, budget, method, config id)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+#: the longest such name: short enough that every file name made of it stays under the 255 bytes a name may have
+MAX_NAME = 100
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -25,7 +25,7 @@ import torch
 from bench_steps import ltbench_stepper
 from ltbench.grid.plan import resolve_device
 
-#: (label, epoch the steps run at, the share of the 200 epochs that epoch stands for)
+#: {phase: (the epoch its steps run at, the share of the 200 epochs that epoch stands for)}
 PHASES = {"early": (0, 0.8), "late": (170, 0.2)}
 
 

@@ -26,7 +26,7 @@ from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather
                                           shard_rows, world_size)
 from ltbench.training.evaluate import extract_features
 from ltbench.training.model import LTModel, ModelOutput, projection_head
-from ltbench.training.run import Batch, Run, SecondStage
+from ltbench.training.run import Batch, ParamGroup, Run, SecondStage
 from ltbench.training.targets import as_soft, cross_entropy, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
 
 #: the version of this surface: a major step removes or breaks names (after a deprecation), a minor one adds
@@ -36,7 +36,7 @@ API_VERSION = "1.0"
 SECTIONS: dict[str, list[str]] = {
     "Markers and base classes": ["hookimpl", "Method", "MethodMetadata", "Reporter", "BackboneSpec", "DatasetSpec",
                                  "Budget"],
-    "What hooks receive and return": ["Run", "Batch", "SecondStage", "ModelOutput", "LTModel"],
+    "What hooks receive and return": ["Run", "Batch", "SecondStage", "ParamGroup", "ModelOutput", "LTModel"],
     "What a dataset builds": ["LTData", "exponential_counts", "long_tailed_split"],
     "Helpers": ["extract_features", "class_balanced", "class_share_sampler", "instance_balanced", "as_soft",
                 "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",

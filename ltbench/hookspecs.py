@@ -108,7 +108,7 @@ if TYPE_CHECKING:
 
     from ltbench.training.backbones import BackboneSpec
     from ltbench.data.split import DatasetSpec
-    from ltbench.training.run import Batch, Run, SecondStage
+    from ltbench.training.run import Batch, ParamGroup, Run, SecondStage
     from ltbench.training.model import ModelOutput
     from ltbench.plugins.method import Method
     from ltbench.training.model import LTModel
@@ -298,6 +298,29 @@ def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOu
     did; reuse them rather than running the backbone again. A term that
     trains toward the batch's classes takes ``batch.loss_targets(C)``: the
     hard labels, or the mixed targets when a composed method mixed them.
+    """
+
+
+@hookspec
+def ltbench_param_groups(run: Run, stage: int, model: LTModel) -> list[ParamGroup] | None:
+    """Shape a stage's optimiser: parameter groups with their own weight decay or learning-rate multiple.
+
+    Broadcast, once at the start of each stage, before the optimiser is made (a resumed stage asks again and
+    must answer the same). Return a list of :class:`ltbench.api.ParamGroup`, or ``None`` to leave the stage
+    as the budget sets it. A group selects parameters by name prefix in ``model.named_parameters()``; within
+    one method's list the first group that matches a parameter takes it; a group that selects no trainable
+    parameter is a contract error (a mistyped prefix). Parameters no group selects keep the stage's learning
+    rate and weight decay. Two methods of a run compose when their groups select different parameters; a
+    parameter that two methods select in one stage is a :class:`ltbench.api.CompositionError` naming both,
+    the parameter and the stage. The record's ``optimizer`` states each stage's groups as used (their
+    parameter counts, learning-rate factor and weight decay). A ``plain_stage1`` method must answer ``None``
+    in stage 1 (its stage 1 is the core's, shared).
+
+    Example, Weight Balancing's stage-1 weight decay on every parameter::
+
+        @hookimpl
+        def ltbench_param_groups(self, stage):
+            return [ParamGroup(("",), weight_decay=5e-3, label="weight balancing")] if stage == 1 else None
     """
 
 

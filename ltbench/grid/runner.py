@@ -299,6 +299,8 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "wall_time_s": round(sum(timing.values()), 3),
         "process_time_s": round(process_time, 3),
         "history": run.history if run is not None else [],
+        # what each stage trained with (a reused stage 1 is absent: its own record has it)
+        "optimizer": run.optimizers if run is not None else {},
         "backbone_weights": (run.pretrained if run is not None else None) or "random initialisation",
         "epochs_completed": epochs_completed if epochs_completed is not None else len(run.history) if run else 0,
         "peak_memory_mb": round(peak, 1),

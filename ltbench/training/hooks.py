@@ -22,7 +22,7 @@ from ltbench.training.model import LTModel, ModelOutput
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ltbench.training.run import Batch, Run
+    from ltbench.training.run import Batch, ParamGroup, Run
 
 
 FIRST_RESULT_HOOKS = sorted(
@@ -208,6 +208,83 @@ def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor,
         raise PluginContractError(f"{_owner(run, 'ltbench_build_loss', run.stage)}: its loss returned "
                                   f"{type(loss).__name__} {getattr(loss, 'shape', '')}; expected a scalar tensor")
     return loss
+
+
+def _check_param_group(who: str, group: Any) -> None:
+    import math
+
+    from ltbench.training.run import ParamGroup  # (run.py imports this module)
+
+    if not isinstance(group, ParamGroup):
+        raise PluginContractError(f"{who} returned {type(group).__name__} in its list; the hook specification "
+                                  f"expects ltbench.api.ParamGroup items")
+    if (not isinstance(group.prefixes, tuple) or not group.prefixes
+            or not all(isinstance(p, str) for p in group.prefixes)):
+        raise PluginContractError(f"{who}: ParamGroup.prefixes is {group.prefixes!r}; expected a non-empty tuple of "
+                                  f"parameter-name prefixes, e.g. ('classifier.',), or ('',) for every parameter")
+    for field_name, value, none_ok in (("lr_factor", group.lr_factor, False), ("weight_decay", group.weight_decay, True)):
+        if value is None and none_ok:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise PluginContractError(f"{who}: ParamGroup {group.describe()} has {field_name}={value!r}; expected a "
+                                      f"finite number, 0 or more")
+
+
+def param_groups(run: Run, stage: int, groups: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The optimiser groups of ``stage``: the core's ``groups`` (dicts with ``params``, ``lr``, ``weight_decay``
+    and a ``label``) split by every method's ``ltbench_param_groups``, and a description of each group for the
+    record. Each group carries ``lr_factor``, its multiple of the stage's learning rate."""
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    trainable = [p for g in groups for p in g["params"]]
+    claims: dict[int, tuple[str, int, ParamGroup]] = {}  # parameter -> (method, group index, group)
+    methods = {m.name: m for m in run.methods}
+    kwargs = {"run": run, "stage": stage, "model": run.model}
+    for impl in reversed(run.pm.hook.ltbench_param_groups.get_hookimpls()):  # the call order: a, then b
+        value = impl.function(*[kwargs[a] for a in impl.argnames])
+        if value is None:
+            continue
+        who = f"method {impl.plugin_name!r}: ltbench_param_groups"
+        if not isinstance(value, (list, tuple)):
+            raise PluginContractError(f"{who} returned {type(value).__name__}; the hook specification expects a list "
+                                      f"of ltbench.api.ParamGroup, or None")
+        if stage == 1 and value and getattr(methods.get(impl.plugin_name), "plain_stage1", False):
+            raise PluginContractError(f"{who} shapes stage 1, but the method sets plain_stage1 (its stage 1 is the "
+                                      f"core's, shared with other methods): answer None in stage 1, or drop "
+                                      f"plain_stage1")
+        for index, group in enumerate(value):
+            _check_param_group(who, group)
+            matched = [p for p in trainable if names.get(id(p), "").startswith(group.prefixes)]
+            if not matched:
+                raise PluginContractError(f"{who}: ParamGroup {group.describe()} selects no trainable parameter of "
+                                          f"stage {stage} (prefixes {list(group.prefixes)}); parameter names start "
+                                          f"with: {', '.join(sorted({n.split('.')[0] + '.' for n in names.values()}))}")
+            for p in matched:
+                owner = claims.get(id(p))
+                if owner is None:
+                    claims[id(p)] = (impl.plugin_name, index, group)
+                elif owner[0] != impl.plugin_name:
+                    raise CompositionError(
+                        f"methods {owner[0]!r} and {impl.plugin_name!r} both shape the optimiser group of parameter "
+                        f"{names[id(p)]!r} in stage {stage} (ltbench_param_groups); compose methods whose groups "
+                        f"select different parameters")
+    shaped: list[dict[str, Any]] = []
+    described: list[dict[str, Any]] = []
+    for g in groups:
+        buckets: dict[tuple[str, int] | None, list[torch.nn.Parameter]] = {}
+        for p in g["params"]:
+            claim = claims.get(id(p))
+            buckets.setdefault(None if claim is None else claim[:2], []).append(p)
+        for key, params in buckets.items():
+            group = None if key is None else claims[id(params[0])][2]
+            factor = 1.0 if group is None else float(group.lr_factor)
+            decay = g["weight_decay"] if group is None or group.weight_decay is None else float(group.weight_decay)
+            shaped.append({"params": params, "lr": g["lr"] * factor, "weight_decay": decay,
+                           "lr_factor": g.get("lr_factor", 1.0) * factor})
+            described.append({"label": g["label"] if group is None else f"{g['label']}: {group.describe()}",
+                              "method": None if key is None else key[0], "tensors": len(params),
+                              "parameters": sum(p.numel() for p in params),
+                              "lr_factor": round(g.get("lr_factor", 1.0) * factor, 10), "weight_decay": decay})
+    return shaped, described
 
 
 def extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOutput) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from ltbench.errors import CheckpointError, PluginContractError
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import _autocast, extract_features
 from ltbench.training.hooks import (_expect, _owner, build_classifier, build_loss, build_sampler, compute_loss,
-                                    extra_losses, stage_hook, train_views)
+                                    extra_losses, param_groups, stage_hook, train_views)
 from ltbench.training.model import ModelOutput
 from ltbench.training.progress import Heartbeat, _progress
 from ltbench.training.run import Batch
@@ -286,15 +286,23 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
     return make_images
 
 
+def make_optimizer(run: Run, stage: int, groups: list[dict[str, Any]], momentum: float) -> torch.optim.SGD:
+    """The stage's SGD over the core's ``groups``, shaped by the methods' ``ltbench_param_groups``; what it is
+    goes into ``run.optimizers`` (the record's ``optimizer``)."""
+    shaped, described = param_groups(run, stage, groups)
+    run.optimizers[str(stage)] = {"name": "SGD", "momentum": momentum, "nesterov": False, "groups": described}
+    return torch.optim.SGD(shaped, lr=shaped[0]["lr"], momentum=momentum)
+
+
 def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
     config = run.config
     params = [p for p in run.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
-                                weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(run, 1, [{"params": params, "lr": config["lr"], "weight_decay": config["weight_decay"],
+                                         "label": "stage 1"}], momentum=config["momentum"])
 
     def set_lr(epoch: int) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, epoch)
+        for group in optimizer.param_groups:  # (a checkpoint from before lr_factor existed has one group of x1)
+            group["lr"] = lr_at(config, epoch) * group.get("lr_factor", 1.0)
 
     _train_epochs(run, 1, config["epochs"], optimizer, set_lr, run.train_labels, image_batch(run, run.train_labels),
                   config["batch_size"], ckpt_path, on_epoch_end)
@@ -355,15 +363,19 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
 
     head = [(n, p) for n, p in model.classifier.named_parameters() if p.requires_grad]
     factors = {n: head_lr_factor(plan, n) for n, _ in head}
-    groups = [{"params": [p for n, p in head if factors[n] == f], "lr": lr * f} for f in sorted(set(factors.values()))]
+    groups = [{"params": [p for n, p in head if factors[n] == f], "lr": lr * f, "lr_factor": f,
+               "weight_decay": plan.weight_decay, "label": "classifier" + (f" x{f:g}" if f != 1 else "")}
+              for f in sorted(set(factors.values()))]
     if plan.train_backbone:
-        groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
-                       "lr": plan.backbone_lr if plan.backbone_lr is not None else lr})
+        backbone_lr = plan.backbone_lr if plan.backbone_lr is not None else lr
+        groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": backbone_lr,
+                       "lr_factor": backbone_lr / lr if lr else 1.0, "weight_decay": plan.weight_decay,
+                       "label": "backbone"})
     groups = [g for g in groups if g["params"]]
     if not groups or epochs == 0:
         run.pm.hook.ltbench_stage_end(run=run, stage=2)
         return
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    optimizer = make_optimizer(run, 2, groups, momentum=plan.momentum)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     schedule = stage2_schedule(config, plan)

@@ -106,6 +106,25 @@ class Batch:
         return torch.cat([self.targets, appended])
 
 
+@dataclass(frozen=True)
+class ParamGroup:
+    """A group of the optimiser's parameters with its own weight decay or learning rate (``ltbench_param_groups``).
+
+    ``prefixes`` select parameters by the start of their name in ``model.named_parameters()``
+    (``"classifier."``, ``"backbone.layer3."``; ``""`` selects every parameter). ``weight_decay`` replaces the
+    stage's weight decay for them (``None`` keeps it); ``lr_factor`` multiplies the stage's learning rate at every
+    epoch of its schedule. ``label`` names the group in the record (the prefixes when empty).
+    """
+
+    prefixes: tuple[str, ...]
+    weight_decay: float | None = None
+    lr_factor: float = 1.0
+    label: str = ""
+
+    def describe(self) -> str:
+        return self.label or " ".join(repr(p) for p in self.prefixes)
+
+
 @dataclass
 class SecondStage:
     """What a method asks of stage 2 (see ``ltbench_second_stage``).
@@ -195,6 +214,9 @@ class Run:
     train_features: torch.Tensor | None = None
     #: one entry per finished epoch: stage, epoch, lr, seconds, images, ``loss_<term>`` means, ``val_overall``
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: stage ("1", "2") -> the optimiser that trained it: name, momentum and each parameter group as used
+    #: (``ltbench_param_groups``); the record's ``optimizer``
+    optimizers: dict[str, Any] = field(default_factory=dict)
     _validation_cache: tuple[tuple[int, int], EvalResult] | None = None
     #: under torchrun, each rank trains on its rows of the global batch; False: every rank on all of it
     #: (a stage whose batches have a structure, see ``SecondStage.data_parallel``)

@@ -306,9 +306,10 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
         "config": cell.config,
-        "versions": versions({n: {"distribution": e.plugin.distribution, "version": e.plugin.version,
-                                  "source_sha256": records_mod.source_digest(e.cls)}
-                              for n, e in entries.items()}),
+        # each method's code (its class's file and the modules of its package it imports), and the backbone's and
+        # dataset's where a plugin registered them: `run` and `status` name any of them that changed since
+        "versions": versions({n: records_mod.plugin_identity(e) for n, e in entries.items()},
+                             records_mod.components(catalog, cell.dataset, cell.config.get("backbone"))),
         "method_metadata": {n: e.cls.metadata.to_dict() for n, e in entries.items()},
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "device_model": device_model(device),

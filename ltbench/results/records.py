@@ -132,32 +132,282 @@ def git_commit() -> dict[str, Any]:
 def source_digest(cls: type) -> str:
     """The first 16 hex digits of the SHA-256 of the file that defines ``cls`` ("" where there is none): a
     record keeps it for each method, so that a change to a method's code is seen, whatever its version says."""
-    import hashlib
     import inspect
 
     try:
-        return hashlib.sha256(Path(inspect.getfile(cls)).read_bytes()).hexdigest()[:16]
-    except (TypeError, OSError):
+        return _file_digest(Path(inspect.getfile(cls)))
+    except TypeError:
         return ""
 
 
-def changed_code(record: dict[str, Any], catalog: Any) -> list[str]:
-    """A line for each method of ``record`` whose code differs from what is installed now (distribution
-    version or source digest), e.g. ``method 'ce': ltbench 0.2.0 (source 1a2b3c4d) -> 0.2.0 (source 5e6f7a8b)``;
-    [] for records that predate source digests."""
-    lines = []
-    for name, old in ((record.get("versions") or {}).get("plugins") or {}).items():
-        if not isinstance(old, dict) or not old.get("source_sha256") or name not in catalog.methods:
+# -- code identity beyond the defining file -------------------------------------------------------------------
+#
+# A method's record states, besides ``source_sha256`` (the file that defines its class), ``modules_sha256``: the
+# digest of every other module of the plugin's own package that the class's module imports, directly or through
+# another of them. The modules are found by reading the import statements (``import``, ``from ... import``,
+# relative ones resolved, those inside functions included) of each module's source, not by asking which modules
+# are loaded: two methods of one package name each other's modules only when one imports the other. Only modules
+# of the same top-level package are followed (never torch or another distribution), and never ltbench's own
+# (``ltbench``: the core, which the record's ``git_commit`` and ``ltbench`` version state). The packages a module
+# sits in are part of it (their ``__init__`` runs first). A backbone or dataset registered by a plugin is stated the
+# same way under ``versions.components`` (``"backbone:<name>"``, ``"dataset:<name>"``).
+
+#: the core: stated by the record's ltbench version and git commit, never walked
+CORE_PACKAGE = "ltbench"
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_HEX = re.compile(r"[0-9a-f]{1,64}")
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except (OSError, ValueError):
+        return ""
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module ``name`` (``None`` where there is none, e.g. a name imported from a package that
+    is not a module), found without importing it: the loaded module's file, else by path below its top-level
+    package."""
+    import importlib.util
+    import sys
+
+    if not (isinstance(name, str) and len(name) <= 500 and _MODULE_NAME.fullmatch(name)):
+        return None
+    module = sys.modules.get(name)
+    where = getattr(module, "__file__", None) if module is not None else None
+    if where:
+        return Path(where)
+    parts = name.split(".")
+    top = sys.modules.get(parts[0])
+    if top is not None:
+        locations, origin = list(getattr(top, "__path__", None) or []), getattr(top, "__file__", None)
+    else:
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError, AttributeError):
+            return None
+        if spec is None:
+            return None
+        locations, origin = list(spec.submodule_search_locations or []), spec.origin
+    if len(parts) == 1:
+        return Path(origin) if origin and Path(origin).is_file() else None
+    for location in locations:
+        base = Path(location, *parts[1:])
+        for candidate in (base / "__init__.py", base.with_name(base.name + ".py")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _imports(source: bytes) -> tuple[tuple[str, tuple[str, ...], int], ...]:
+    """The import statements of a module's source, as (module, names, level): ``import a.b`` is ("a.b", (), 0),
+    ``from ..x import y`` ("x", ("y",), 2); cached by content."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, (), 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", tuple(alias.name for alias in node.names if alias.name != "*"),
+                          node.level or 0))
+    return tuple(found)
+
+
+def module_digests(roots: list[str], package: str | None = None) -> dict[str, str]:
+    """``{module: digest}`` for the modules ``roots`` and every module of their top-level package (``package``
+    when given: roots outside it are left out) that they import, transitively, with the packages they sit in;
+    digests as :func:`source_digest`. ltbench's own modules are never included."""
+    allowed = {package} if package else {r.split(".")[0] for r in roots if isinstance(r, str)}
+    allowed.discard(CORE_PACKAGE)
+    queue = [r for r in roots if isinstance(r, str) and r.split(".")[0] in allowed]
+    digests: dict[str, str] = {}
+    while queue:
+        name = queue.pop()
+        if name in digests:
             continue
-        entry = catalog.methods[name]
+        path = _module_file(name)
+        if path is None:
+            continue
+        try:
+            source = path.read_bytes()
+        except OSError:
+            continue
+        import hashlib
+
+        digests[name] = hashlib.sha256(source).hexdigest()[:16]
+        parts = name.split(".")
+        queue += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages it sits in run first
+        if path.suffix != ".py":
+            continue
+        here = parts if path.name == "__init__.py" else parts[:-1]  # the package a relative import starts from
+        for module, names, level in _imports(source):
+            if level:
+                if level - 1 >= len(here):  # beyond the top-level package: Python refuses it too
+                    continue
+                base = here[:len(here) - (level - 1)]
+                target = ".".join([*base, *module.split(".")]) if module else ".".join(base)
+            else:
+                target = module
+            if not target or target.split(".")[0] not in allowed:
+                continue
+            queue.append(target)
+            queue += [f"{target}.{n}" for n in names]  # `from pkg import helper` may name a module
+    return digests
+
+
+def plugin_identity(entry: Any) -> dict[str, Any]:
+    """What a record states of a method's code (``versions.plugins[name]``): its distribution and version, the
+    digest of the file that defines its class (``source_sha256``) and of every other module of its package that
+    module imports (``modules_sha256``, :func:`module_digests`)."""
+    cls = entry.cls
+    module = getattr(cls, "__module__", None)
+    modules = module_digests([module]) if isinstance(module, str) else {}
+    modules.pop(module, None)  # source_sha256 states it
+    return {"distribution": entry.plugin.distribution, "version": entry.plugin.version,
+            "source_sha256": source_digest(cls), "modules_sha256": dict(sorted(modules.items()))}
+
+
+def _callable_module(fn: Any) -> str | None:
+    import functools as ft
+    import inspect
+
+    while isinstance(fn, ft.partial):
+        fn = fn.func
+    try:
+        fn = inspect.unwrap(fn)
+    except ValueError:
+        pass
+    module = getattr(fn, "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+def _component_roots(kind: str, spec: Any, owner: Any) -> tuple[str | None, list[str]]:
+    """The top-level package of the plugin that registered ``spec`` (``None`` for the core's) and the modules
+    that define it: its builder's (``build``; a dataset's ``load`` and ``download``) where they are the plugin's
+    own, then the module that registered it."""
+    registered = str(getattr(owner, "module", "") or "").split(":")[0]
+    package = registered.split(".")[0] if registered else None
+    if not package or package == CORE_PACKAGE:
+        return None, []
+    callables = (spec.build,) if kind == "backbone" else (spec.load, getattr(spec, "download", None))
+    roots = [m for m in map(_callable_module, [c for c in callables if c is not None])
+             if m and m.split(".")[0] == package]
+    return package, list(dict.fromkeys([*roots, registered]))
+
+
+def component_identity(kind: str, spec: Any, owner: Any) -> dict[str, Any] | None:
+    """What a record states of a backbone or dataset a plugin registered (``kind`` "backbone" or "dataset"):
+    the plugin's distribution and version, the module that defines it (its builder's, else the one that
+    registered it) with its digest (``module``, ``source_sha256``) and every other module of the plugin's package
+    those import (``modules_sha256``). ``None`` for the core's own (``owner`` in ``ltbench``) and for timm models."""
+    package, roots = _component_roots(kind, spec, owner)
+    if not roots:
+        return None
+    modules = module_digests(roots, package=package)
+    source = modules.pop(roots[0], "")
+    return {"distribution": owner.distribution, "version": owner.version, "module": roots[0],
+            "source_sha256": source, "modules_sha256": dict(sorted(modules.items()))}
+
+
+def components(catalog: Any, dataset: Any, backbone: str) -> dict[str, dict[str, Any]]:
+    """``versions.components`` of a run on ``dataset`` (its DatasetSpec) with backbone ``backbone`` (a name):
+    :func:`component_identity` of each that a plugin registered. Never raises: a record is written whatever."""
+    found = {}
+    owners = getattr(catalog, "owners", {}) or {}
+    for kind, name, spec in (("dataset", getattr(dataset, "name", None), dataset),
+                             ("backbone", backbone, (getattr(catalog, "backbones", {}) or {}).get(backbone))):
+        try:
+            owner = owners.get((kind, name))
+            identity = component_identity(kind, spec, owner) if spec is not None and owner is not None else None
+        except Exception:  # noqa: BLE001 - stating identity must never stop a record being written
+            identity = None
+        if identity:
+            found[f"{kind}:{name}"] = identity
+    return found
+
+
+def _changed_modules(old: Any, package: str | None, skip: str | None = None) -> list[tuple[str, str, str]]:
+    """(module, old digest, digest now or "missing") for each module of ``old`` (a record's ``modules_sha256``)
+    in ``package`` whose file differs now; entries of other packages, or not a module name and a hex digest (a
+    crafted record), are ignored."""
+    if not isinstance(old, dict) or not package or package == CORE_PACKAGE:
+        return []
+    changed = []
+    for module, digest in sorted(old.items(), key=lambda kv: str(kv[0])):
+        if not (isinstance(module, str) and isinstance(digest, str) and module != skip and len(module) <= 500
+                and _MODULE_NAME.fullmatch(module) and module.split(".")[0] == package
+                and _HEX.fullmatch(digest)):
+            continue
+        path = _module_file(module)
+        now = _file_digest(path) if path is not None else ""
+        if now != digest:
+            changed.append((module, digest, now or "missing"))
+    return changed
+
+
+def changed_code(record: dict[str, Any], catalog: Any) -> list[str]:
+    """A line for each method, and each backbone or dataset a plugin registered, of ``record`` whose code differs
+    from what is installed now:
+
+    - a method's distribution version or the digest of the file that defines its class, e.g. ``method 'ce':
+      ltbench 0.2.0 (source 1a2b3c4d) -> 0.2.0 (source 5e6f7a8b)``;
+    - each other module of its package it imports (records that state ``modules_sha256``), e.g. ``method 'x':
+      helper module 'pkg.helpers' changed (source 1a2b3c4d -> 5e6f7a8b)``;
+    - the same for a plugin's backbone or dataset (``versions.components``), e.g. ``backbone 'tiny': module
+      'pkg.nets' changed (source 1a2b3c4d -> 5e6f7a8b)``.
+
+    [] for records that predate source digests; what a record does not state is not compared. Methods, backbones
+    and datasets that are no longer installed are left out."""
+    lines: list[str] = []
+    versions_ = record.get("versions") if isinstance(record, dict) else None
+    versions_ = versions_ if isinstance(versions_, dict) else {}
+    plugins = versions_.get("plugins") if isinstance(versions_.get("plugins"), dict) else {}
+    methods = getattr(catalog, "methods", {}) or {}
+    for name, old in plugins.items():
+        if not isinstance(old, dict) or not old.get("source_sha256") or name not in methods:
+            continue
+        entry = methods[name]
         new = {"version": entry.plugin.version, "source_sha256": source_digest(entry.cls)}
         if (old.get("version"), old["source_sha256"]) != (new["version"], new["source_sha256"]):
             lines.append(f"method {name!r}: {old.get('distribution')} {old.get('version')} (source "
-                         f"{old['source_sha256'][:8]}) -> {new['version']} (source {new['source_sha256'][:8]})")
+                         f"{str(old['source_sha256'])[:8]}) -> {new['version']} (source {new['source_sha256'][:8]})")
+        module = getattr(entry.cls, "__module__", None)
+        package = module.split(".")[0] if isinstance(module, str) else None
+        for helper, was, now in _changed_modules(old.get("modules_sha256"), package, skip=module):
+            lines.append(f"method {name!r}: helper module {helper!r} changed (source {was[:8]} -> {now[:8]})")
+    found = versions_.get("components") if isinstance(versions_.get("components"), dict) else {}
+    tables = {"backbone": getattr(catalog, "backbones", {}) or {}, "dataset": getattr(catalog, "datasets", {}) or {}}
+    owners = getattr(catalog, "owners", {}) or {}
+    for key, old in found.items():
+        kind, _, name = str(key).partition(":")
+        if kind not in tables or not isinstance(old, dict) or name not in tables[kind] or (kind, name) not in owners:
+            continue
+        owner = owners[kind, name]
+        package, _roots = _component_roots(kind, tables[kind][name], owner)
+        if isinstance(old.get("version"), str) and old["version"] != owner.version:
+            lines.append(f"{kind} {name!r}: {old.get('distribution')} {old['version']} -> {owner.version}")
+        stated = dict(old["modules_sha256"]) if isinstance(old.get("modules_sha256"), dict) else {}
+        if isinstance(old.get("module"), str) and isinstance(old.get("source_sha256"), str):
+            stated[old["module"]] = old["source_sha256"]
+        for module, was, now in _changed_modules(stated, package):
+            lines.append(f"{kind} {name!r}: module {module!r} changed (source {was[:8]} -> {now[:8]})")
     return lines
 
 
-def versions(plugins: dict[str, dict[str, str]]) -> dict[str, Any]:
+def versions(plugins: dict[str, dict[str, Any]],
+             components: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The record's ``versions``: ltbench's and its libraries', each method's code (``plugins``, as
+    :func:`plugin_identity`), the backbone and dataset a plugin registered (``components``, as
+    :func:`components`) and ltbench's git commit."""
     import platform
 
     import numpy
@@ -170,7 +420,8 @@ def versions(plugins: dict[str, dict[str, str]]) -> dict[str, Any]:
     git = git_commit()
     return {"ltbench": installed_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "plugins": plugins, "git_commit": git["commit"], "git_dirty": git["dirty"]}
+            "plugins": plugins, "components": components or {}, "git_commit": git["commit"],
+            "git_dirty": git["dirty"]}
 
 
 def compute(record: dict[str, Any]) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from ltbench.plugins.reporting import epoch_scalars, final_metrics, flat_config
 from ltbench.results.metrics import evaluate_predictions
 from ltbench.results.plots import per_class_figure
 from ltbench.training.backbones import BackboneSpec, CifarResNet
-from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather_rows, is_distributed, rank,
-                                          shard_rows, world_size)
+from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather_batch, gather_rows, is_distributed,
+                                          rank, shard_rows, sum_over_ranks, world_size)
 from ltbench.training.evaluate import extract_features
 from ltbench.training.model import LTModel, ModelOutput, projection_head
 from ltbench.training.run import Batch, ParamGroup, Run, SecondStage
@@ -41,8 +41,8 @@ SECTIONS: dict[str, list[str]] = {
     "Helpers": ["extract_features", "class_balanced", "class_share_sampler", "instance_balanced", "as_soft",
                 "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
                 "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet", "projection_head"],
-    "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_rows", "all_reduce_sum", "agree",
-                       "barrier"],
+    "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_batch", "sum_over_ranks",
+                       "gather_rows", "all_reduce_sum", "agree", "barrier"],
     "Errors": ["LtbenchError", "ConfigError", "DataNotFoundError", "PluginContractError", "CompositionError"],
     "The installed plugins": ["build_catalog", "Catalog", "list_methods"],
     "The testing kit (imported on first use)": [

@@ -45,7 +45,12 @@ lockstep, on its own rows of each global batch.
 A method whose state must cover the whole batch or epoch (a feature bank,
 class statistics, counters in its record) combines it with
 ``ltbench.api.gather_rows`` or ``ltbench.api.all_reduce_sum``, which do nothing
-in a single process; every rank must make the same collective calls. Draw
+in a single process; every rank must make the same collective calls. The core
+multiplies each rank's loss by its share of the global batch's rows and
+averages gradients over ranks, so a mean over rows needs nothing more; a loss
+term over the global batch takes ``ltbench.api.gather_batch`` and
+``ltbench.api.sum_over_ranks``, which are differentiable (``docs/writing-a-method.md``,
+section 7). Draw
 from ``run.generator`` only for what every rank draws alike (samplers); keep
 per-rank randomness on the method's own generator.
 

@@ -208,6 +208,54 @@ class _SumOverRanks(torch.autograd.Function):
         return grad
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks, differentiable: its backward is again a sum over ranks (the tensor itself
+    in a single process). For statistics of the global batch inside a loss that every rank computes alike, e.g.
+    class counts or feature sums; unlike :func:`all_reduce_sum` it returns a new tensor and keeps the graph."""
+    return _SumOverRanks.apply(tensor) if is_distributed() else tensor
+
+
+class _GatherBatch(torch.autograd.Function):
+    """This rank's rows -> the global batch's, in single-process order; backward: the gradient of this rank's
+    rows, summed over ranks (see :func:`gather_batch`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        k, r = world_size(), rank()
+        sizes = torch.zeros(k, dtype=torch.long, device=x.device)
+        sizes[r] = len(x)
+        dist.all_reduce(sizes, op=dist.ReduceOp.SUM)
+        counts = sizes.tolist()
+        padded = x.new_zeros((max(counts), *x.shape[1:]))
+        padded[: len(x)] = x
+        gathered = [torch.empty_like(padded) for _ in range(k)]
+        dist.all_gather(gathered, padded)
+        ctx.start, ctx.stop = sum(counts[:r]), sum(counts[: r + 1])
+        return torch.cat([g[:c] for g, c in zip(gathered, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.stop]
+
+
+def gather_batch(run: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """The global batch's rows of ``tensor`` (features, logits, labels of this rank's rows of the current step),
+    every rank's rows in single-process order, differentiable; ``tensor`` itself in a single process or in a
+    stage whose every rank trains on the whole batch (``SecondStage.data_parallel=False``).
+
+    For a loss term over the global batch inside a training step (``ltbench_extra_losses``, a task loss):
+    compute it on the gathered rows, the same on every rank. Its backward sends each rank the gradient of its own
+    rows summed over ranks. The core multiplies rank r's loss by its share of the rows (``n_r * K / N``; these
+    shares sum to ``K``) and then averages gradients over the ``K`` ranks, so the step's gradient of such a term
+    is the single-process one, shards even or not (a test checks it on 4 and 3 rows). Every rank must call it
+    the same number of times, in the same order."""
+    if not (is_distributed() and getattr(run, "shard_batches", True)):
+        return tensor
+    return _GatherBatch.apply(tensor)
+
+
 class SyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch, over all ranks, on any device
     (``torch.nn.SyncBatchNorm`` needs a GPU). In a single process or in eval mode it is plain BatchNorm2d."""

@@ -195,7 +195,7 @@ def test_every_hook_is_documented_and_called_by_the_core():
 
     core = "".join(inspect.getsource(m) for m in (catalog, run_hooks, evaluate, loop, run_module, runner, launch))
     hooks = [n for n in dir(hookspecs) if n.startswith("ltbench_")]
-    assert len(hooks) == 24
+    assert len(hooks) == 25
     for name in hooks:
         assert inspect.getdoc(getattr(hookspecs, name)), f"{name} has no docstring"
         # run hooks through the run's plugin manager (a stage's first-result hooks through stage_hook, which asks

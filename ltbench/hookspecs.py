@@ -303,6 +303,8 @@ def ltbench_extra_losses(run: Run, model: LTModel, batch: Batch, output: ModelOu
     did; reuse them rather than running the backbone again. A term that
     trains toward the batch's classes takes ``batch.loss_targets(C)``: the
     hard labels, or the mixed targets when a composed method mixed them.
+    When ``run.reevaluating`` is true (a step-owning method such as ``sam``
+    evaluates the batch again), return the same terms without advancing state.
     """
 
 
@@ -348,6 +350,11 @@ def ltbench_optimizer_step(run: Run, model: LTModel, optimizer: torch.optim.Opti
     around ``closure()`` if the method's paper does). Under torchrun every
     rank must call ``closure()`` the same number of times. Since the loss is
     inside ``closure()``, a step-owning method composes with any loss method.
+    While ``closure()`` runs, ``run.reevaluating`` is true: every hook it calls
+    (``ltbench_extra_losses``, the task loss, modules a method inserted) must
+    compute the same terms as in the step's first pass without advancing the
+    method's state (a queue, a feature bank, running means, counters, a
+    generator): keep what the first pass used, and use it again.
     """
 
 

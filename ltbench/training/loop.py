@@ -135,7 +135,14 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
     terms, _ = loss_and_gradients()
     step_hook = stage_hook(run, "ltbench_optimizer_step", run.stage)
     if step_hook.get_hookimpls():  # a method owns the step in this stage
-        stepped = step_hook(run=run, model=model, optimizer=optimizer, closure=lambda: loss_and_gradients()[1].detach())
+        def closure() -> torch.Tensor:
+            run.reevaluating = True
+            try:
+                return loss_and_gradients()[1].detach()
+            finally:
+                run.reevaluating = False
+
+        stepped = step_hook(run=run, model=model, optimizer=optimizer, closure=closure)
         _expect(run, "ltbench_optimizer_step", stepped, lambda v: v is None or v is True,
                 "True (the method stepped) or None (the core steps)", run.stage)
         if stepped is None:

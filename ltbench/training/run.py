@@ -214,6 +214,10 @@ class Run:
     train_features: torch.Tensor | None = None
     #: one entry per finished epoch: stage, epoch, lr, seconds, images, ``loss_<term>`` means, ``val_overall``
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: True while a step-owning method's ``closure()`` evaluates the step's batch again (``ltbench_optimizer_step``):
+    #: hooks then compute the same loss terms as in the step's first pass without advancing any state of theirs
+    #: (queues, banks, running means, counters, generators)
+    reevaluating: bool = False
     #: stage ("1", "2") -> the optimiser that trained it: name, momentum and each parameter group as used
     #: (``ltbench_param_groups``); the record's ``optimizer``
     optimizers: dict[str, Any] = field(default_factory=dict)

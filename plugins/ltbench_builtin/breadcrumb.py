@@ -408,18 +408,23 @@ class Breadcrumb(_BreadcrumbBase):
         if run.stage != 1:
             return None
         t0 = time.perf_counter()
-        self.collect(batch, output)
+        # a step owner's re-evaluation of the batch (sam): the same bank rows, nothing collected or counted again
+        again = run.reevaluating
+        step = self.step - 1 if again else self.step
+        if not again:
+            self.collect(batch, output)
         loss = None
         bs = run.config["batch_size"]
-        if self.bank_features is not None and self.step * bs < len(self.bank_features):
-            rows = slice(self.step * bs, (self.step + 1) * bs)
+        if self.bank_features is not None and 0 <= step and step * bs < len(self.bank_features):
+            rows = slice(step * bs, (step + 1) * bs)
             feats, labels = self.bank_features[rows], self.bank_labels[rows]
             if is_distributed():  # under torchrun, this rank's rows of the global bank batch
                 mine = shard_rows(len(labels))
                 feats, labels = feats[mine], labels[mine]
             feats, labels = feats.to(output.features.device), labels.to(output.features.device)
             loss = F.cross_entropy(model.classifier.balanced(feats), labels)
-        self.step += 1
+        if not again:
+            self.step += 1
         self.seconds += time.perf_counter() - t0
         return {"breadcrumb": loss} if loss is not None else None
 

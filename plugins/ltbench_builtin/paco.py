@@ -129,6 +129,7 @@ class ParametricContrastiveLearning(Method):
 
     @hookimpl
     def ltbench_configure_model(self, run, model):
+        self._this_step = None  # the step's keys and queue, for a step owner's re-evaluation (sam)
         counts = np.asarray(run.train_counts, dtype=np.float64)  # the log prior rebalances the centres' logits
         self._log_prior = torch.tensor(np.log(counts / counts.sum() + 1e-9), dtype=torch.float32, device=run.device)
         d, dim = model.num_features, self.opts["dim"]
@@ -168,17 +169,24 @@ class ParametricContrastiveLearning(Method):
         heads = model.heads
         rows = batch.view_rows(0)
         queries = F.normalize(heads["paco_projection"](output.features[rows]), dim=1)
-        self._momentum_update(model)  # then the keys, with the moved encoder (official MoCo._train)
-        with torch.no_grad():
-            key_backbone = heads["paco_key_backbone"]
-            pooled = key_backbone.forward_pool(key_backbone.forward_features(batch.extra_views[0]))
-            keys = F.normalize(heads["paco_key_projection"](pooled), dim=1)
         labels = batch.labels[: len(batch.images)]
         queue = heads["paco_queue"]
-        per_anchor = paco_loss(queries.float(), keys.float(), labels, queue.keys.clone(), queue.labels.clone(),
+        if run.reevaluating and self._this_step is not None:
+            # a step owner (sam) evaluates the batch again: the same keys and queue, nothing advanced
+            keys, queue_keys, queue_labels = self._this_step
+        else:
+            self._momentum_update(model)  # then the keys, with the moved encoder (official MoCo._train)
+            with torch.no_grad():
+                key_backbone = heads["paco_key_backbone"]
+                pooled = key_backbone.forward_pool(key_backbone.forward_features(batch.extra_views[0]))
+                keys = F.normalize(heads["paco_key_projection"](pooled), dim=1)
+            queue_keys, queue_labels = queue.keys.clone(), queue.labels.clone()
+            self._this_step = (keys, queue_keys, queue_labels)
+        per_anchor = paco_loss(queries.float(), keys.float(), labels, queue_keys, queue_labels,
                                output.logits[rows].float() + self._log_prior, self.opts["alpha"], self.opts["beta"],
                                self.opts["gamma"], self.opts["temperature"])
-        queue.push(keys, labels)
+        if not run.reevaluating:
+            queue.push(keys, labels)
         weights = batch.row_weights
         loss = per_anchor.mean() if weights is None else (per_anchor * weights.to(per_anchor.dtype)).mean()
         return {"paco": loss}

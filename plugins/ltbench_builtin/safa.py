@@ -40,6 +40,7 @@ runs only in a single process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import copy
@@ -126,6 +127,10 @@ class SAFAStage(nn.Module):
         self.stage, self.safa, self.detach_input = stage, safa, detach_input
         self.detach_mode_seeking = detach_mode_seeking
         self.plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (labels, tails, heads)
+        #: the step's plan once its first pass used it, for a step owner's re-evaluation of the batch (sam)
+        self.last_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        #: whether the pass running is such a re-evaluation (``run.reevaluating``; set by the plugin)
+        self.reevaluating: Callable[[], bool] = lambda: False
         self.losses: dict[str, torch.Tensor] = {}
         self.generated = 0
         #: whether generated samples join the batch (from the start epoch) or only train the modules
@@ -133,12 +138,18 @@ class SAFAStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stage(x)
-        if not self.training or self.plan is None:  # evaluation: exactly the bare stage
+        again = self.reevaluating() and self.plan is None and self.last_plan is not None
+        if not self.training or (self.plan is None and not again):  # evaluation: exactly the bare stage
             return out
-        plan, self.plan = self.plan, None
+        if again:  # the same pairing and the class means the first pass left; nothing moves
+            plan = self.last_plan
+        else:
+            plan, self.plan = self.plan, None
+            self.last_plan = plan
         labels, tails, heads = plan
         src = out.detach() if self.detach_input else out
-        self.safa.update_means(src, labels)
+        if not again:
+            self.safa.update_means(src, labels)
         self.losses = {}
         if len(tails) == 0:
             self.generated = 0
@@ -269,6 +280,7 @@ class SAFA(Method):
         module = SAFAModule(map_shape, run.num_classes)
         self.stage_module = SAFAStage(stage, module, self.opts["detach_input"], self.opts["detach_mode_seeking"])
         setattr(backbone, position, self.stage_module)
+        self.stage_module.reevaluating = lambda: run.reevaluating
         counts = run.train_counts
         n_head = max(1, int(round(self.opts["head_ratio"] * run.num_classes)))
         self.is_head = torch.zeros(run.num_classes, dtype=torch.bool)
@@ -288,6 +300,8 @@ class SAFA(Method):
 
     @hookimpl
     def ltbench_augment_batch(self, run, model, batch):
+        if self.stage_module is not None:
+            self.stage_module.last_plan = None  # a new step: no re-evaluation may use the previous one's
         if not self.active(run) or batch.images is None:
             return
         tails, heads = pair_head_tail(batch.labels, self.is_head, self.generator)
@@ -308,7 +322,8 @@ class SAFA(Method):
             return None
         losses = self.stage_module.losses
         self.stage_module.losses = {}
-        self.generated_total += self.stage_module.generated
+        if not run.reevaluating:  # a step owner's second pass generates the same samples again: counted once
+            self.generated_total += self.stage_module.generated
         weights = {"safa_cycle": self.opts["lambda_cycle"], "safa_contrastive": self.opts["lambda_contrastive"],
                    "safa_mode_seeking_head": self.opts["lambda_mode_seeking"],
                    "safa_mode_seeking_tail": self.opts["lambda_mode_seeking"]}

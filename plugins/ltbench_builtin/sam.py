@@ -14,8 +14,11 @@ The step, per batch (their ``cifar_train_sam.py`` with davda54's ``SAM`` optimiz
    loss, a gradient g' (averaged over ranks under torchrun, like g);
 4. the weights go back to w exactly and the optimizer (SGD, momentum, weight decay) steps with g'.
 
-It implements only ``ltbench_optimizer_step``, so it composes with any loss or sampling method; it cannot
-compose with another step owner.
+It implements only ``ltbench_optimizer_step``, so it composes with any loss or sampling method that honours the
+re-evaluation contract: while ``closure()`` runs, ``run.reevaluating`` is true and every method computes the same
+terms without advancing its state (PaCo's queue and momentum encoder, SAFA's class means and sample count,
+Breadcrumb's bank move once per step; ``tests/test_reevaluation.py`` checks each built-in stateful method). It
+cannot compose with another step owner.
 """
 
 from __future__ import annotations

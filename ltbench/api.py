@@ -46,7 +46,8 @@ SECTIONS: dict[str, list[str]] = {
     "Errors": ["LtbenchError", "ConfigError", "DataNotFoundError", "PluginContractError", "CompositionError"],
     "The installed plugins": ["build_catalog", "Catalog", "list_methods"],
     "The testing kit (imported on first use)": [
-        "check_method", "check_distributed", "check_streaming", "catalog_with", "run_methods", "build_tiny_run"],
+        "check_method", "check_distributed", "check_streaming", "check_dataset", "check_backbone", "check_device",
+        "catalog_with", "run_methods", "build_tiny_run"],
 }
 
 __all__ = ["API_VERSION", *(name for names in SECTIONS.values() for name in names)]

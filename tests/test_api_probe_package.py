@@ -52,6 +52,23 @@ def test_its_methods_pass_the_kit(probe, tmp_path):
     check_distributed(methods.StrongDecay, tmp_path / "decay-ranks")
 
 
+def test_its_dataset_and_backbone_pass_the_kit(probe, tmp_path):
+    from ltbench.api import BackboneSpec, check_backbone, check_dataset
+
+    catalog = probe_catalog(probe["plugin"])
+    data = check_dataset(probe["data"].PROBE_STRIPES, tmp_path / "data", catalog=catalog)
+    assert data.num_classes == 8
+    nets = importlib.import_module("ltbench_api_probe.nets")
+    check_backbone(BackboneSpec("probe-cnn", "probe", lambda in_chans: nets.ProbeCNN(in_chans)), tmp_path / "net",
+                   catalog=catalog)
+
+
+def test_its_methods_pass_the_device_check_where_there_is_a_device(probe, tmp_path):
+    from ltbench.api import check_device
+
+    check_device(probe["methods"].StrongDecay, tmp_path)  # skipped, with its reason, where CUDA is absent
+
+
 def test_its_methods_compose_on_its_dataset_and_backbone(probe, tmp_path):
     catalog = probe_catalog(probe["plugin"])
     records = run_methods(catalog, ["strong-decay+batch-centres", "strong-decay+sam", "strong-decay+crt"], tmp_path,
@@ -68,9 +85,12 @@ def test_its_methods_compose_on_its_dataset_and_backbone(probe, tmp_path):
 
 @pytest.mark.slow
 def test_the_package_installs_and_runs_by_name_from_a_fresh_process(tmp_path):
-    target = tmp_path / "site"
+    import shutil
+
+    source, target = tmp_path / "source", tmp_path / "site"
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # (pip builds in place)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PACKAGE)], check=True, capture_output=True, text=True)
+                    "--target", str(target), str(source)], check=True, capture_output=True, text=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
 
     def ltbench(*argv):

@@ -151,6 +151,118 @@ MUTANTS = [
 ]
 
 
+def _bcl_paco_mutants() -> list[Mutant]:
+    """One-line (or one-block) defects in BCL's and PaCo's wiring, each with the test that catches it."""
+    B, P, T = "ltbench_builtin.bcl", "ltbench_builtin.paco", "tests/test_bcl_paco_wiring.py"
+    update = " " * 12 + "self._momentum_update(model)  # then the keys, with the moved encoder (official MoCo._train)"
+    encode = "\n".join(" " * 16 + line for line in (
+        'key_backbone = heads["paco_key_backbone"]',
+        "pooled = key_backbone.forward_pool(key_backbone.forward_features(batch.extra_views[0]))",
+        'keys = F.normalize(heads["paco_key_projection"](pooled), dim=1)'))
+    encode = " " * 12 + "with torch.no_grad():\n" + encode
+    return [
+        # BCL: which views and rows feed the contrastive term
+        Mutant("bcl: the contrastive term takes views 0 and 1, not views 1 and 2", B,
+               "rows = slice(batch.view_rows(1).start, batch.view_rows(2).stop)",
+               "rows = slice(batch.view_rows(0).start, batch.view_rows(1).stop)", T, "bcl_contrastive_gradient"),
+        Mutant("bcl: only two views, so the contrastive term never runs", B,
+               "return 3 if stage == 1 else None", "return 2 if stage == 1 else None", T, "bcl_step"),
+        Mutant("bcl: the contrastive labels do not follow the rows", B,
+               "batch.labels[: len(batch.images)], centres", "batch.labels.roll(1), centres", T, "bcl_step"),
+        # BCL: the centres and the projections
+        Mutant("bcl: the class centres are detached from the classifier", B,
+               'model.heads["bcl_centres"](model.classifier.weight.T)',
+               'model.heads["bcl_centres"](model.classifier.weight.T.detach())', T, "bcl_contrastive_gradient"),
+        Mutant("bcl: the centres go through the projection head, not their own (head_fc)", B,
+               'model.heads["bcl_centres"](model.classifier.weight.T)',
+               'model.heads["bcl_projection"](model.classifier.weight.T)', T, "bcl_step"),
+        Mutant("bcl: the centres are not normalised", B,
+               'centres = F.normalize(model.heads["bcl_centres"](model.classifier.weight.T), dim=1)',
+               'centres = model.heads["bcl_centres"](model.classifier.weight.T)', T, "bcl_step"),
+        Mutant("bcl: the contrastive features are not normalised", B,
+               'features = F.normalize(model.heads["bcl_projection"](output.features[rows]), dim=1)',
+               'features = model.heads["bcl_projection"](output.features[rows])', T, "bcl_step"),
+        Mutant("bcl: the contrastive term does not reach the backbone", B,
+               'model.heads["bcl_projection"](output.features[rows])',
+               'model.heads["bcl_projection"](output.features[rows].detach())', T, "bcl_contrastive_gradient"),
+        # BCL: weights, temperature, prior, scale
+        Mutant("bcl: the beta option never reaches the loss", B,
+               '"bcl": self.opts["beta"] * scl', '"bcl": 0.6 * scl', T, "bcl_step"),
+        Mutant("bcl: the temperature option never reaches the loss", B,
+               'self.opts["temperature"])', "0.1)", T, "bcl_step"),
+        Mutant("bcl: the alpha option never reaches the loss", B,
+               'alpha = self.opts["alpha"]', "alpha = 2.0", T, "bcl_task_loss"),
+        Mutant("bcl: alpha does not weigh the loss on soft targets or row weights", B,
+               "return alpha * soft_cross_entropy(", "return soft_cross_entropy(", T, "bcl_task_loss"),
+        Mutant("bcl: soft targets and row weights skip the logit adjustment", B,
+               "soft_cross_entropy(adjusted, targets", "soft_cross_entropy(logits, targets", T, "bcl_task_loss"),
+        Mutant("bcl: the logit adjustment uses a uniform prior, not the training counts", B,
+               "np.log(counts / counts.sum())", "np.log(np.ones_like(counts) / len(counts))", T, "bcl_step"),
+        Mutant("bcl: the logit adjustment has tau 0.5, not 1", B,
+               "adjusted = logits + log_prior", "adjusted = logits + 0.5 * log_prior", T, "bcl_task_loss"),
+        Mutant("bcl: the scale option never reaches the cosine classifier", B,
+               'ScaledCosine(in_features, num_classes, self.opts["scale"])',
+               "ScaledCosine(in_features, num_classes, 30.0)", T, "bcl_classifier"),
+        # PaCo: which rows and views feed the loss
+        Mutant("paco: the query is view 1", P,
+               "rows = batch.view_rows(0)", "rows = batch.view_rows(1)", T, "paco_gradient"),
+        Mutant("paco: the keys are encoded from the query view", P,
+               "forward_features(batch.extra_views[0])", "forward_features(batch.images)", T, "paco_step"),
+        Mutant("paco: the hook runs on a batch without a key view", P,
+               "if run.stage != 1 or batch.views < 2:", "if run.stage != 1:", T, "paco_hook_is_stage_1"),
+        # PaCo: the key encoder
+        Mutant("paco: the keys come from the query backbone", P,
+               'key_backbone = heads["paco_key_backbone"]', "key_backbone = model.backbone", T, "paco_step"),
+        Mutant("paco: the keys are projected by the query's head", P,
+               'keys = F.normalize(heads["paco_key_projection"](pooled), dim=1)',
+               'keys = F.normalize(heads["paco_projection"](pooled), dim=1)', T, "paco_step"),
+        Mutant("paco: the key encoder is trained by gradients", P,
+               "model.heads[name].requires_grad_(False)", "model.heads[name].requires_grad_(True)", T, "paco_step"),
+        Mutant("paco: the momentum update leaves the key projection behind", P,
+               'for query, key in (("backbone", "paco_key_backbone"), ("paco_projection", "paco_key_projection")):',
+               'for query, key in (("backbone", "paco_key_backbone"),):', T, "paco_step"),
+        Mutant("paco: the key_momentum option never reaches the update", P,
+               'm = self.opts["key_momentum"]', "m = 0.999", T, "paco_step"),
+        Mutant("paco: the momentum update weighs the query encoder by m", P,
+               "p_k.mul_(m).add_(p_q.detach(), alpha=1 - m)", "p_k.mul_(1 - m).add_(p_q.detach(), alpha=m)", T,
+               "paco_step"),
+        Mutant("paco: the key encoder moves after the keys are encoded", P,
+               update + "\n" + encode, encode + "\n" + " " * 12 + "self._momentum_update(model)", T, "paco_step"),
+        # PaCo: the queue
+        Mutant("paco: the queries are enqueued, not the keys", P,
+               "queue.push(keys, labels)", "queue.push(queries.detach(), labels)", T, "paco_step"),
+        Mutant("paco: the queue advances twice per step", P,
+               "queue.push(keys, labels)", "queue.push(keys, labels); queue.push(keys, labels)", T, "paco_step"),
+        Mutant("paco: the step's keys enter the queue before the loss reads it", P,
+               "queue_keys, queue_labels = queue.keys.clone(), queue.labels.clone()",
+               "queue.push(keys, labels); queue_keys, queue_labels = queue.keys.clone(), queue.labels.clone()", T,
+               "paco_step"),
+        # PaCo: the centres' prior, the weights, the temperature, the gradients
+        Mutant("paco: the log prior is left out of the centres' logits", P,
+               "output.logits[rows].float() + self._log_prior", "output.logits[rows].float()", T, "paco_step"),
+        Mutant("paco: the prior is uniform, not the training counts", P,
+               "np.log(counts / counts.sum() + 1e-9)", "np.log(np.full_like(counts, 1 / len(counts)) + 1e-9)", T,
+               "paco_step"),
+        Mutant("paco: alpha and beta swapped", P,
+               'self.opts["alpha"], self.opts["beta"],', 'self.opts["beta"], self.opts["alpha"],', T, "paco_step"),
+        Mutant("paco: the gamma option never reaches the loss", P,
+               'self.opts["gamma"], self.opts["temperature"])', '1.0, self.opts["temperature"])', T, "paco_step"),
+        Mutant("paco: the temperature option never reaches the loss", P,
+               'self.opts["gamma"], self.opts["temperature"])', 'self.opts["gamma"], 0.05)', T, "paco_step"),
+        Mutant("paco: the classifier (the parametric centres) gets no gradient", P,
+               "output.logits[rows].float()", "output.logits[rows].detach().float()", T, "paco_gradient"),
+        Mutant("paco: the queries do not reach the backbone", P,
+               'heads["paco_projection"](output.features[rows])',
+               'heads["paco_projection"](output.features[rows].detach())', T, "paco_gradient"),
+        Mutant("paco: row weights are ignored", P,
+               "loss = per_anchor.mean() if weights is None else (per_anchor * weights.to(per_anchor.dtype)).mean()",
+               "loss = per_anchor.mean()", T, "paco_gradient"),
+    ]
+
+#: BCL's and PaCo's (issue 37, item 9)
+MUTANTS += _bcl_paco_mutants()
+
+
 class _MutatingFinder(importlib.abc.MetaPathFinder):
     """Finds ``module`` where Python would, but compiles its source with ``old`` replaced by ``new``."""
 

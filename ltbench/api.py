@@ -30,7 +30,29 @@ from ltbench.training.run import Batch, ParamGroup, Run, SecondStage
 from ltbench.training.targets import as_soft, cross_entropy, is_soft, mix_pairs, soft_cross_entropy, weighted_mean
 
 #: the version of this surface: a major step removes or breaks names (after a deprecation), a minor one adds
-API_VERSION = "1.0"
+API_VERSION = "1.1"
+
+#: what each minor version added to the surface: public names, and hooks, fields and behaviour of existing names
+#: (``docs/api.md`` lists them); nothing of 1.0 was removed or changed incompatibly
+ADDED: dict[str, dict[str, list[str]]] = {
+    "1.1": {
+        "names": ["LTData", "exponential_counts", "long_tailed_split", "DataNotFoundError", "CompositionError",
+                  "ParamGroup", "gather_batch", "sum_over_ranks", "check_dataset", "check_backbone", "check_device"],
+        "hooks, fields and behaviour": [
+            "`ltbench_param_groups`: a method shapes a stage's optimiser (parameter groups with their own weight "
+            "decay and learning-rate multiple); the record's `optimizer` states each stage's groups as used",
+            "`Method.hook_stages`: a method answers a stage's first-result hook in some stages only; composition "
+            "conflicts are judged per stage, and the error names the stage",
+            "`Run.reevaluating`: true while a step owner's `closure()` evaluates the batch again; hooks compute the "
+            "same terms without advancing state",
+            "`catalog_with` takes dataset and backbone specs; `check_method` interrupts and resumes a second stage "
+            "and composes loss-owning methods with mixup; `check_distributed` compares per-class predictions",
+            "code identity: a record states the digest of every module of a plugin's package that its method "
+            "imports, and of plugin backbones and datasets; `run` and `status` name a changed one",
+            "the kit's former module path still works in 1.1 and warns with `ltbench.api`; it goes in 1.2",
+        ],
+    },
+}
 
 #: the public names by what they are for (the sections of ``docs/api.md``)
 SECTIONS: dict[str, list[str]] = {

@@ -46,8 +46,27 @@ def test_the_check_catches_a_private_import(tmp_path):
                                                  "sneaky.py: from ltbench import hookimpl"]
 
 
+#: the names of API 1.0, as it was released: a minor version may add names, never remove one
+API_1_0 = ["hookimpl", "Method", "MethodMetadata", "Reporter", "BackboneSpec", "DatasetSpec", "Budget", "Run", "Batch",
+           "SecondStage", "ModelOutput", "LTModel", "extract_features", "class_balanced", "class_share_sampler",
+           "instance_balanced", "as_soft", "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy",
+           "weighted_mean", "evaluate_predictions", "per_class_figure", "epoch_scalars", "final_metrics",
+           "flat_config", "CifarResNet", "projection_head", "is_distributed", "rank", "world_size", "shard_rows",
+           "gather_rows", "all_reduce_sum", "agree", "barrier", "LtbenchError", "ConfigError", "PluginContractError",
+           "build_catalog", "Catalog", "list_methods", "check_method", "check_distributed", "check_streaming",
+           "catalog_with", "run_methods", "build_tiny_run"]
+
+
+def test_api_1_1_keeps_every_1_0_name_and_lists_what_it_adds():
+    assert api.API_VERSION == "1.1"
+    assert [name for name in API_1_0 if name not in api.__all__] == []
+    added = api.ADDED["1.1"]["names"]
+    assert sorted(set(api.__all__) - set(API_1_0) - {"API_VERSION"}) == sorted(added)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    assert "## What 1.1 adds" in page and all(f"[`{name}`](#{name.lower()})" in page for name in added)
+
+
 def test_every_public_name_resolves_and_says_what_it_is():
-    assert api.API_VERSION == "1.0"
     for name in api.__all__:
         obj = getattr(api, name)
         if name != "API_VERSION":

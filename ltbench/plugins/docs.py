@@ -172,6 +172,10 @@ def api_reference() -> str:
              f'`ltbench.api.API_VERSION` is `"{api.API_VERSION}"`. The order in which ltbench calls the hooks '
              "within a run, a stage, an epoch and a step is in [the hook reference](hooks.md#the-contract). "
              "Attributes whose names start with `_` are private and may change.", ""]
+    for version, added in api.ADDED.items():
+        lines += [f"## What {version} adds", "",
+                  "Names: " + ", ".join(f"[`{n}`](#{n.lower()})" for n in added["names"]) + ".", ""]
+        lines += [f"- {item}" for item in added["hooks, fields and behaviour"]] + [""]
     for section, names in api.SECTIONS.items():
         lines += [f"## {section}", ""]
         for name in names:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ltbench.api import check_distributed, check_method
+from ltbench.api import check_distributed, check_method, check_streaming
 from ltbench.plugins.catalog import PluginInfo, build_catalog
 from ltbench.plugins.testing import run_methods
 
@@ -50,6 +50,7 @@ def test_its_methods_pass_the_kit(probe, tmp_path):
     check_method(methods.BatchCentres, tmp_path / "centres")
     check_distributed(methods.BatchCentres, tmp_path / "centres-ranks")
     check_distributed(methods.StrongDecay, tmp_path / "decay-ranks")
+    check_streaming(methods.BatchCentres, tmp_path / "centres-files")
 
 
 def test_its_dataset_and_backbone_pass_the_kit(probe, tmp_path):

@@ -114,3 +114,22 @@ def test_bad_options_are_named_errors():
         ParametricContrastiveLearning(alpha=0.0, beta=0.0)
     with pytest.raises(ConfigError, match="paco.gamma is a weight"):
         ParametricContrastiveLearning(gamma=-1)
+
+
+def test_the_defaults_are_the_released_cifar100_scripts(tmp_path):
+    """Issue 37, item 2: ``LT/sh/CIFAR100_train_imb0.01.sh`` as released (alpha 0.01, 32-d keys, lr 0.05), not its
+    pre-release commit (0.02, 64, 0.02); the lr reaches the optimiser, as the record states."""
+    from ltbench.api import build_catalog
+    from ltbench.plugins.testing import catalog_with, run_methods
+
+    cls = build_catalog().method("paco").cls
+    assert {k: cls.options[k] for k in ("alpha", "beta", "gamma", "temperature", "queue", "dim", "peak_lr")} == {
+        "alpha": 0.01, "beta": 1.0, "gamma": 1.0, "temperature": 0.05, "queue": 1024, "dim": 32, "peak_lr": 0.05}
+    (rec,) = run_methods(catalog_with(), ["paco"], tmp_path, epochs=1)
+    assert rec["status"] == "completed", rec["error"]
+    (group,) = rec["optimizer"]["1"]["groups"]
+    assert group["lr_factor"] * rec["config"]["lr"] == pytest.approx(0.05)
+    first = next(e for e in rec["history"] if e["stage"] == 1)
+    warm = rec["config"].get("warmup_epochs", 0)
+    expected = 0.05 * (1 / warm if warm else 1.0)
+    assert first["lr"] == pytest.approx(expected)

@@ -8,8 +8,10 @@ classifier's logits carry the log class prior while training (official ``LT/loss
 log(prior)``), so the centres are rebalanced like a balanced softmax; prediction uses the classifier alone.
 
 Official code: ``LT/paco_cifar.py``, ``LT/moco/builder.py`` (``MoCo``), ``LT/losses.py`` (``PaCoLoss``), and
-the CIFAR-100-LT script ``LT/sh/CIFAR100_train_imb0.01.sh`` (ResNet-32; alpha 0.02, beta 1, gamma 1,
-temperature 0.05, queue 1024, 64-d keys, lr 0.02, weight decay 5e-4, 400 epochs).
+the released CIFAR-100-LT script ``LT/sh/CIFAR100_train_imb0.01.sh`` (commit 3976961, "configuration for
+cifar", and the same in the repository's ``PaCo/LT/sh`` since; ResNet-32; alpha 0.01, beta 1, gamma 1, temperature
+0.05, queue 1024, 32-d keys, lr 0.05, weight decay 5e-4, 400 epochs). An earlier commit of the script (alpha 0.02,
+64-d keys, lr 0.02) was a pre-release; ltbench 0.2 used it.
 
 How it maps onto ltbench's hooks: ``ltbench_train_views`` asks for two views of each row; the core's forward
 pass gives the query (view 0's pooled features, projected by ``paco_projection``, and the classifier's logits);
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, projection_head
+from ltbench.api import ConfigError, Method, MethodMetadata, ParamGroup, hookimpl, projection_head
 
 
 def paco_loss(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, queue: torch.Tensor,
@@ -81,8 +83,8 @@ class KeyQueue(nn.Module):
 
 class ParametricContrastiveLearning(Method):
     name = "paco"
-    options = {"alpha": 0.02, "beta": 1.0, "gamma": 1.0, "temperature": 0.05, "queue": 1024, "dim": 64,
-               "key_momentum": 0.999}
+    options = {"alpha": 0.01, "beta": 1.0, "gamma": 1.0, "temperature": 0.05, "queue": 1024, "dim": 32,
+               "key_momentum": 0.999, "peak_lr": 0.05}
     metadata = MethodMetadata(
         family="contrastive",
         title="Parametric Contrastive Learning (PaCo)",
@@ -91,8 +93,9 @@ class ParametricContrastiveLearning(Method):
         code_url="https://github.com/dvlab-research/Parametric-Contrastive-Learning",
         summary="A MoCo-style supervised contrastive loss (momentum key encoder, queue of 1024 keys) whose "
                 "softmax also holds the classifier's logits as parametric class centres, rebalanced with the "
-                "log class prior: the centre weighs beta = 1, same-class samples alpha = 0.02, every other "
-                "sample gamma = 1 in the denominator; temperature 0.05.",
+                "log class prior: the centre weighs beta = 1, same-class samples alpha = 0.01, every other "
+                "sample gamma = 1 in the denominator; temperature 0.05, 32-d keys; stage 1 at lr 0.05 (the "
+                "released CIFAR-100 script's values).",
         reference_results={
             "cifar100-lt-if100": {"overall": 52.0, "backbone": "resnet32", "epochs": 400,
                                   "source": "PaCo, CIFAR-100-LT imbalance 100, ResNet-32 (paper, Table 3): 400 "
@@ -104,10 +107,12 @@ class ParametricContrastiveLearning(Method):
             "The core's forward pass runs the query encoder over both views (that is how ltbench serves views); "
             "only view 0's outputs enter the loss, but the query encoder's batch-norm statistics are those of "
             "both views (drawn from the same augmentation) rather than of the query view alone.",
-            "The queue starts with random unit keys labelled -1 (negatives of every class); the official code "
-            "labels them at random in 0..999.",
-            "The budget's learning-rate schedule and weight decay apply (the official script: lr 0.02, 10 "
-            "warm-up epochs, x0.1 at 320 and x0.01 at 360 of 400 epochs, weight decay 5e-4).",
+            "The queue starts with random unit keys labelled -1 (negatives of every class); the official builder "
+            "labels them at random in 0..C-1 and normalises the random keys column-wise.",
+            "The peak learning rate is the released script's 0.05 (option peak_lr: the budget's schedule shape is "
+            "scaled so that it peaks there, through ltbench_param_groups; the record's optimizer states it); the "
+            "budget's warm-up, decay epochs and weight decay apply (the official script: 10 warm-up epochs, x0.1 "
+            "at 320 and x0.01 at 360 of 400 epochs, weight decay 5e-4).",
             "Under torchrun each rank contrasts and enqueues its own rows, and rank 0's queue is the one kept "
             "at each epoch's end (the official code gathers every GPU's keys into one queue).",
         ),
@@ -124,6 +129,8 @@ class ParametricContrastiveLearning(Method):
             raise ConfigError(f"paco.temperature must be > 0, got {self.opts['temperature']}")
         if self.opts["queue"] < 1 or self.opts["dim"] < 1:
             raise ConfigError(f"paco.queue and paco.dim must be >= 1; got {self.opts['queue']}, {self.opts['dim']}")
+        if not self.opts["peak_lr"] > 0:
+            raise ConfigError(f"paco.peak_lr is stage 1's peak learning rate, > 0; got {self.opts['peak_lr']}")
         if not 0 <= self.opts["key_momentum"] < 1:
             raise ConfigError(f"paco.key_momentum must be in [0, 1), got {self.opts['key_momentum']}")
 
@@ -139,6 +146,15 @@ class ParametricContrastiveLearning(Method):
         for name in ("paco_key_backbone", "paco_key_projection"):
             model.heads[name].requires_grad_(False)  # moved by momentum only
         model.heads["paco_queue"] = KeyQueue(self.opts["queue"], dim)
+
+    @hookimpl
+    def ltbench_param_groups(self, run, stage):
+        """Stage 1 peaks at the released script's lr (0.05), whatever the budget's peak: every parameter's lr is the
+        budget's schedule times ``peak_lr / budget lr``."""
+        if stage != 1:
+            return None
+        factor = self.opts["peak_lr"] / run.config["lr"]
+        return [ParamGroup(("",), lr_factor=factor, label=f"paco peak lr {self.opts['peak_lr']:g}")]
 
     @hookimpl
     def ltbench_train_views(self, stage):

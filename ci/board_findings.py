@@ -1,16 +1,23 @@
 """Print the measurements behind the reading of the committed CIFAR-100-LT board.
 
-    python ci/board_findings.py [RECORDS_DIR [ABLATIONS_DIR]]   # default leaderboards/records, leaderboards/ablations
+    python ci/board_findings.py [RECORDS_DIR [ABLATIONS_DIR [BUDGET_STUDY_DIR]]]
+    # defaults: leaderboards/records, leaderboards/ablations, leaderboards/budget-study
 
-Every number docs/board.md ("Reading the board") quotes comes from here, computed from the committed
-records alone (result.json and predictions.npz), so anyone can check it:
+Every number docs/board.md ("Reading the board") quotes from the committed records comes from here, computed from
+those records alone (result.json and predictions.npz), so anyone can check it (tests/test_board_findings.py checks
+that each quoted number is printed, as quoted):
 
 1. each comparison the section makes, method A minus method B per shot group, paired by seed and test image,
    with ltbench's 95 % bootstrap interval (the same numbers as `ltbench compare`);
 2. what each seed method's mechanism did in those runs, from the fields its plugin records: Breadcrumb's
    aligned history by snapshot age, SAFA's head directions, BLT's hallucinations, CAM fusion's head and tail
    sets;
-3. the ablations behind it (ci/breadcrumb_ablation.py, ci/cam_fusion_ablation.py), against the board's rows.
+3. how the rows trained: the last epoch's training loss, the final validation accuracy and the learning rate,
+   from each record's history; wall time, parameters and MACs, seeds' spread; the schedule SAFA and DRW act in;
+4. the ablations behind it (ci/breadcrumb_ablation.py, ci/cam_fusion_ablation.py), against the board's rows, and
+   the 45-epoch comparisons of the budget study (ci/budget_study.sh);
+5. the settings (method options) and the papers' numbers the records carry, so that a setting the page quotes
+   can be read next to the measurements.
 
 A comparison whose rows are not complete yet (fewer than 3 seeds of either) is reported as pending.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +48,8 @@ COMPARISONS = [
     ("cam-fusion", "crt", "fused features vs the plain class-balanced retrain"),
     ("cam-fusion", "ce", "Phase II vs its own Phase I"),
     ("safa", "ce", "SAFA's generated tail features vs none"),
-    ("ldam-drw+safa", "ldam-drw", "SAFA on LDAM-DRW, supplementary Table 4's setting"),
+    ("ldam-drw+safa", "ldam-drw", "SAFA on LDAM-DRW (the pairing of supplementary Table 4, which reports IF 200 and 50"
+     " only; this is IF 100 at the cpu budget)"),
     ("blt", "blt-finetune", "hallucination alone (same backbone epochs)"),
     ("blt", "ce [epochs=40]", "BLT vs ce at the same backbone epochs"),
     ("blt-finetune", "ce [epochs=40]", "the class-balanced full fine-tune vs ce at the same backbone epochs"),
@@ -57,6 +66,18 @@ COMPARISONS = [
     ("ride", "ldam-drw", "RIDE's experts over their own loss, one backbone"),
     ("ride [reduce_width=True]", "ldam-drw", "RIDE with its reduced-width experts over one backbone"),
     ("ride", "ride [reduce_width=True]", "full-width experts over RIDE's reduced ones"),
+    ("sam", "ce", "SAM (rho 0.2) on ce's loss"),
+    ("ldam-drw+sam [sam.rho=0.8]", "ldam-drw", "SAM at rho 0.8 on LDAM-DRW, Rangwani et al.'s pairing"),
+    ("bcl", "logit-adjust", "BCL against its own classification term (logit adjustment)"),
+    ("bcl", "ce", "BCL against plain training"),
+    ("paco", "ce", "PaCo against plain training"),
+    ("paco", "balanced-softmax", "PaCo against balanced softmax (its centres carry the same log-prior correction)"),
+]
+
+# the budget study's 45-epoch rows (leaderboards/budget-study, ci/budget_study.sh)
+BUDGET_STUDY = [
+    ("ldam [epochs=45]", "ce [epochs=45]", "LDAM's margins alone at 45 epochs"),
+    ("ldam-drw [epochs=45]", "ldam [epochs=45]", "what DRW adds to the margins at 45 epochs"),
 ]
 
 ABLATIONS = [
@@ -125,8 +146,16 @@ def print_breadcrumb(records: list[dict[str, Any]]) -> None:
             print(f"{age:>3}  {np.mean([x['classes'] for x in rows]):>7.0f}  "
                   f"{np.mean([x['spread_ratio'] for x in rows]):>12.3f}  "
                   f"{np.mean([x['nearest_mean_accuracy'] for x in rows]):>21.3f}")
+        old_ages = [age for age in sorted(ages) if age > 0]
+        if old_ages:
+            spread = [np.mean([x["spread_ratio"] for x in ages[age]]) for age in old_ages]
+            nearest = [np.mean([x["nearest_mean_accuracy"] for x in ages[age]]) for age in old_ages]
+            print(f"aligned snapshots of ages {old_ages[0]}-{old_ages[-1]}: spread_ratio {span(spread, 2)}, "
+                  f"nearest_mean_accuracy {span(nearest, 2)}; the newest block (age 0): nearest_mean_accuracy "
+                  f"{np.mean([x['nearest_mean_accuracy'] for x in ages.get(0, [])]):.2f}")
         ready = [extra(r, name).get("full_history_after_epoch") for r in runs]
-        print(f"full history after epoch: {ready}; k_max {[extra(r, name).get('k_max') for r in runs]}\n")
+        print(f"full history after epoch: {ready}; k_max {[extra(r, name).get('k_max') for r in runs]}; "
+              f"n_B {sorted({extra(r, name).get('n_b') for r in runs}, key=str)}\n")
 
 
 SAFA_FIELDS = ("modules_start_epoch", "start_epoch", "generated", "head_direction_spread_last_batch")
@@ -134,10 +163,17 @@ SAFA_FIELDS = ("modules_start_epoch", "start_epoch", "generated", "head_directio
 MECHANISMS = [
     ("safa", "safa", SAFA_FIELDS, "SAFA's modules and generated tail features"),
     ("ldam-drw+safa", "safa", SAFA_FIELDS, "SAFA's modules and generated tail features"),
-    ("blt", "blt", ("hallucinated", "batches_with_tail", "skipped_no_confusion", "forward_passes"),
-     "BLT's hallucinated tail images"),
+    ("blt", "blt", ("hallucinated", "batches_with_tail", "skipped_no_confusion", "forward_passes",
+                    "stage2_time_ratio_vs_no_hallucination"), "BLT's hallucinated tail images"),
     ("cam-fusion", "cam-fusion", ("head_classes", "tail_classes", "fused_samples"), "CAM fusion's Phase II"),
 ]
+
+
+def span(values: list[float], digits: int) -> str:
+    """``min-max`` of ``values`` at ``digits`` decimals (one number when they round alike), as the page quotes a
+    range over seeds."""
+    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return low if low == high else f"{low}-{high}"
 
 
 def print_mechanisms(records: list[dict[str, Any]]) -> None:
@@ -149,6 +185,15 @@ def print_mechanisms(records: list[dict[str, Any]]) -> None:
         print(f"## {name}: {what} (seeds {[r['seed'] for r in runs]})")
         for key in keys:
             print(f"{key}: {[f.get(key) for f in fields]}")
+        if plugin == "safa":
+            print(f"head_direction_spread_last_batch, over seeds: "
+                  f"{span([f['head_direction_spread_last_batch'] for f in fields], 2)}")
+        if plugin == "blt":
+            per_batch = [f["hallucinated"] / f["batches_with_tail"] for f in fields]
+            print(f"hallucinated per stage-2 batch with tail images: {span(per_batch, 1)} "
+                  f"(batches of {runs[0]['config']['stage2_batch_size']}); stage 2 with hallucination over stage 2 "
+                  f"without, in-run time ratio: "
+                  f"{span([f['stage2_time_ratio_vs_no_hallucination'] for f in fields], 1)}")
         print()
 
 
@@ -181,19 +226,160 @@ def print_cam_fusion_sets(records: list[dict[str, Any]], baseline: str = "crt") 
     print()
 
 
+# (row, how its task loss is read from the history: the loss_task column over this factor, over a loss weight of
+# the record's options, or every loss column; the decimals of the loss range the page quotes)
+TRAINING = [
+    ("ce", 1.0, 2), ("sam", 1.0, 2), ("ldam-drw", 1.0, 1), ("ldam-drw+sam [sam.rho=0.8]", 1.0, 1),
+    ("logit-adjust", 1.0, 2), ("bcl", "bcl.alpha", 2), ("balanced-softmax", 1.0, 2), ("paco", "all", 2),
+]
+
+
+def epoch_loss(entry: dict[str, Any], how: float | str, rec: dict[str, Any]) -> float:
+    if how == "all":  # a method whose loss is all its own (PaCo: loss_task is 0): the sum of the logged terms
+        return sum(v for k, v in entry.items() if k.startswith("loss_"))
+    if isinstance(how, str):  # the task loss over a loss weight the record's config holds ("bcl.alpha")
+        method, option = how.split(".")
+        return entry["loss_task"] / record_options(rec)[method][option]
+    return entry["loss_task"] / how
+
+
+def record_options(rec: dict[str, Any]) -> dict[str, Any]:
+    return rec["config"]["methods"]
+
+
+def print_training(records: list[dict[str, Any]]) -> None:
+    """What the history of each row says about fitting: the last epoch's training loss, the last validation
+    accuracy, the final learning rate, and the losses of the last three epochs (flat or not)."""
+    print("## How the rows trained (each record's history; ranges over seeds)\n")
+    for name, how, digits in TRAINING:
+        runs = by_method(records, name)
+        if not runs:
+            continue
+        stage1 = [[h for h in r["history"] if h.get("stage", 1) == 1] for r in runs]
+        last = [epoch_loss(h[-1], how, r) for h, r in zip(stage1, runs)]
+        val = [[e["val_overall"] for e in h if "val_overall" in e][-1] for h in stage1]
+        tail = [[round(epoch_loss(e, how, r), 3) for e in h[-3:]] for h, r in zip(stage1, runs)]
+        what = {1.0: "loss_task", "all": "sum of the loss terms"}.get(how, f"loss_task / {how}")
+        print(f"{name} (seeds {[r['seed'] for r in runs]}): last-epoch training loss ({what}) "
+              f"{[round(x, 3) for x in last]}, {span(last, digits)}; final validation accuracy "
+              f"{[round(x, 2) for x in val]}, {span(val, 1)}; last three epochs' loss {tail}; final lr "
+              f"{sorted({h[-1]['lr'] for h in stage1})}")
+    print()
+
+
+COST_ROWS = ["ce", "ce [epochs=40]", "blt", "blt-finetune", "ride", "ride [reduce_width=True]", "bcl",
+             "logit-adjust", "paco", "sam"]
+
+
+def print_costs(records: list[dict[str, Any]]) -> None:
+    """Backbone epochs, parameters and MACs against ce's, and the mean wall time of each row (the board's columns);
+    the spread over seeds of the board's noisiest row; how many runs the board holds."""
+    base = by_method(records, "ce")[0]["cost"]
+    print("## Cost and spread (the board's columns)\n")
+    for name in COST_ROWS:
+        runs = by_method(records, name)
+        if not runs:
+            continue
+        cost = runs[0]["cost"]
+        print(f"{name}: backbone epochs {runs[0]['compute']['backbone_epochs']}, parameters {cost['parameters']} "
+              f"({cost['parameters'] / base['parameters']:.2f} times ce's), MACs {cost['inference_macs_per_image']} "
+              f"({cost['inference_macs_per_image'] / base['inference_macs_per_image']:.2f} times ce's), mean wall "
+              f"time {np.mean([r['wall_time_s'] for r in runs]):.0f} s")
+        widths = {extra(r, "ride").get("expert_width") for r in runs} - {None}
+        full = {extra(r, "ride").get("expert_width") for r in by_method(records, "ride")} - {None}
+        if len(widths) == 1 and len(full) == 1:
+            width, of = widths.pop(), full.pop()
+            print(f"  expert width {width} of the full-width rows' {of} ({Fraction(width, of)})")
+    table = summary.summarise([r for r in records if r["dataset"] == DATASET and r["budget"] == BUDGET])
+    noisiest = table.loc[table["overall_std"].idxmax()]
+    print(f"largest spread over seeds (overall std): {noisiest['method']} {noisiest['overall']:.2f} ± "
+          f"{noisiest['overall_std']:.2f}")
+    board = [r for r in records if r["dataset"] == DATASET and r["budget"] == BUDGET and r["status"] == "completed"]
+    seeds = {len({r["seed"] for r in by_method(records, name)}) for name in table["method"]}
+    print(f"the board: {len(board)} completed runs, {len(table)} rows, seeds per row {sorted(seeds)}\n")
+
+
+def print_schedule(records: list[dict[str, Any]]) -> None:
+    """The schedule SAFA and DRW act in: the shot groups' class sizes, SAFA's head and non-head classes and how
+    many features it generates, the learning rate by epoch, and DRW's class weights."""
+    rec = by_method(records, "ce")[0]
+    counts = np.asarray(rec["train_counts"])
+    groups = shot_groups(counts, **rec["group_thresholds"])
+    print("## The schedule and the class sizes\n")
+    for g in ("many", "medium", "few"):
+        print(f"{g}-shot classes: {int((groups == g).sum())}, {counts[groups == g].min()}-{counts[groups == g].max()}"
+              f" training images each")
+    history = [h for h in rec["history"] if h.get("stage", 1) == 1]
+    base_lr = rec["config"]["lr"]
+    changes = [(h["epoch"], h["lr"] / base_lr) for i, h in enumerate(history)
+               if i == 0 or h["lr"] != history[i - 1]["lr"]]
+    print(f"lr relative to {base_lr}, from epoch (1-based): {', '.join(f'x{f:g} from epoch {e}' for e, f in changes)}"
+          f" of {rec['config']['epochs']} (milestones {rec['config']['lr_milestones']} of the epochs)")
+    for name in ("safa", "ldam-drw+safa"):
+        runs = by_method(records, name)
+        if not runs:
+            continue
+        opts, fields = record_options(runs[0])["safa"], extra(runs[0], "safa")
+        n_head = max(1, int(round(opts["head_ratio"] * len(counts))))
+        order = np.argsort(-counts, kind="stable")
+        non_head = int(counts[order[n_head:]].sum())
+        epochs = runs[0]["config"]["epochs"] - fields["start_epoch"]
+        print(f"{name}: head classes {n_head} (head_ratio {opts['head_ratio']}), non-head classes "
+              f"{len(counts) - n_head} with {non_head} training images; generation from epoch {fields['start_epoch'] + 1} (1-based, start "
+              f"{opts['start']}) for {epochs} epochs: {non_head} x {epochs} = {non_head * epochs}, recorded "
+              f"{sorted({extra(r, 'safa')['generated'] for r in runs})}")
+    runs = by_method(records, "ldam-drw")
+    if runs:
+        beta = record_options(runs[0])["ldam-drw"]["beta"]
+        weight = lambda n: (1 - beta) / (1 - beta ** n)  # noqa: E731 (DRW's class weight, before normalising)
+        print(f"ldam-drw: DRW from epoch {extra(runs[0], 'ldam-drw')['drw_epoch'] + 1} (1-based), beta {beta}; the "
+              f"weight of a {counts.min()}-image class over a {counts.max()}-image one: "
+              f"{weight(counts.min()) / weight(counts.max()):.1f}")
+    print()
+
+
+SETTING_ROWS = ["cam-fusion", "blt", "safa", "ride", "ride [reduce_width=True]", "cb-focal", "ldam", "ldam-drw",
+                "ldam [max_margin=1e-06]", "sam", "ldam-drw+sam [sam.rho=0.8]", "bcl", "paco", "mislas", "mixup"]
+
+
+def print_settings(records: list[dict[str, Any]]) -> None:
+    """The options each row ran with and the papers' numbers its record carries (its methods' metadata)."""
+    print("## Settings and the papers' numbers the records carry\n")
+    for name in SETTING_ROWS:
+        runs = by_method(records, name)
+        if not runs:
+            continue
+        rec = runs[0]
+        stage2_epochs = len([h for h in rec["history"] if h.get("stage") == 2])
+        stage2 = f", stage 2 {stage2_epochs} epochs (its history)" if stage2_epochs else ""
+        print(f"{name}: options {record_options(rec)}; epochs {rec['config']['epochs']}{stage2}")
+        for method, meta in (rec.get("method_metadata") or {}).items():
+            ref = (meta.get("reference_results") or {}).get(DATASET)
+            if ref:  # the numbers and their setting (the source's wording is the plugin's, as of the record)
+                print(f"  {method}'s reference on {DATASET}: {({k: v for k, v in ref.items() if k != 'source'})}")
+    print()
+
+
 def main(argv: list[str]) -> int:
     records_dir = Path(argv[0] if argv else "leaderboards/records")
     ablations_dir = Path(argv[1] if len(argv) > 1 else "leaderboards/ablations")
+    study_dir = Path(argv[2] if len(argv) > 2 else "leaderboards/budget-study")
     records = summary.load_records(records_dir)
     print_comparisons(records)
     print_breadcrumb(records)
     print_mechanisms(records)
     print_cam_fusion_sets(records)
+    print_training(records)
+    print_costs(records)
+    print_schedule(records)
+    print_settings(records)
     if ablations_dir.exists():  # the ablations' own crt copy is the board's: the board's rows are used
         ablations = [default_bias(r) for r in summary.load_records(ablations_dir)
                      if r.get("variant", r["method"]) != "crt"]
         print_comparisons(records + ablations, ABLATIONS, "Ablations")
         print_cam_fusion_sets(records + ablations, "cam-fusion-real")
+    if study_dir.exists():
+        print_comparisons(summary.load_records(study_dir), BUDGET_STUDY, "Budget study, 45 epochs")
     return 0
 
 

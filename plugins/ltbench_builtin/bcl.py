@@ -1,6 +1,7 @@
 """``bcl``: Balanced Contrastive Learning (Zhu et al., CVPR 2022).
 
-Two branches share the backbone. The classification branch trains a cosine classifier with the logit-adjusted
+Two branches share the backbone. The classification branch trains a cosine classifier scaled by 30 (the official
+``NormedLinear`` hard-codes ``self.s = 30``; ltbench's ``scale`` option, default 30) with the logit-adjusted
 cross-entropy on one view of each image. The contrastive branch projects two more views (an MLP head to
 normalised ``feat_dim`` embeddings) and trains them with the *balanced* supervised contrastive loss:
 
@@ -11,7 +12,14 @@ normalised ``feat_dim`` embeddings) and trains them with the *balanced* supervis
   class with one.
 
 The loss is ``alpha * LA-CE + beta * BCL`` (official ``main.py``; ``loss/contrastive.py`` ``BalSCL``;
-``loss/logitadjust.py``), every view in one forward pass (``ltbench_train_views`` asks for three).
+``loss/logitadjust.py``; ``models/resnext.py`` ``NormedLinear`` and ``BCLModel``), every view in one forward pass
+(``ltbench_train_views`` asks for three).
+
+Augmentation: the released code trains ImageNet-LT and iNaturalist only. There the classification view is
+RandomResizedCrop, flip, colour jitter and RandAugment (``rand-n2-m10``), and the two contrastive views are
+SimCLR-style (RandomResizedCrop, flip, colour jitter with p 0.8, grayscale with p 0.2; ``--cl_views sim-sim``, the
+default; ``sim-rand`` adds RandAugment to one of them). It ships no CIFAR script, so the augmentation behind the
+paper's CIFAR numbers is not in the code. ltbench gives all three views the core's pad-crop-flip.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, projection_head, soft_cross_entropy
+from ltbench.api import (ConfigError, Method, MethodMetadata, gather_batch, hookimpl, is_distributed, projection_head,
+                         soft_cross_entropy)
 
 
 def balanced_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
@@ -75,26 +84,30 @@ class BalancedContrastiveLearning(Method):
         paper="Zhu et al., Balanced Contrastive Learning for Long-Tailed Visual Recognition",
         venue="CVPR", year=2022,
         code_url="https://github.com/FlamieZhu/Balanced-Contrastive-Learning",
-        summary="Logit-adjusted CE on a cosine classifier (one view) plus a supervised contrastive loss on two "
-                "more views that averages each class's negatives and adds the C class centres (an MLP of the "
-                "classifier's weights) to every batch; loss alpha CE + beta BCL (2.0, 0.6; temperature 0.1).",
+        summary="Logit-adjusted CE on a cosine classifier scaled by 30 (one view) plus a supervised contrastive "
+                "loss on two more views that averages each class's negatives and adds the C class centres (an MLP "
+                "of the classifier's weights) to every batch; loss alpha CE + beta BCL (2.0, 0.6; temperature 0.1).",
         reference_results={
             "cifar100-lt-if100": {"overall": 53.9, "backbone": "resnet32",
                                   "source": "BCL (ResNet-32), CIFAR-100-LT rho=100, error 46.1 as listed for the "
-                                  "paper by Papers with Code; trained with AutoAugment/Cutout and SimCLR "
-                                  "augmentation for the contrastive views, which ltbench does not apply"},
+                                  "paper by Papers with Code; its augmentation is not in the released code (no CIFAR "
+                                  "script), whose ImageNet-LT/iNaturalist runs use RandAugment on the classification "
+                                  "view and SimCLR augmentation on the contrastive views, which ltbench does not "
+                                  "apply"},
         },
         interpretations=(
-            "Every view is the core pad-crop-flip augmentation: the paper's RandAugment (classification view) and "
-            "SimCLR colour jitter/grayscale (contrastive views) are not applied, so the contrastive branch sees "
-            "weaker views than the paper's.",
+            "Every view is the core pad-crop-flip augmentation. The released code (ImageNet-LT/iNaturalist only, no "
+            "CIFAR script) uses RandAugment with colour jitter on the classification view and SimCLR colour "
+            "jitter/grayscale on the contrastive views; none is applied, so both branches see weaker views than "
+            "the official code's.",
             "The official repository ships the ImageNet-LT/iNaturalist script only (alpha 1, beta 0.35, "
             "temperature 0.07, feat_dim 1024); alpha 2.0, beta 0.6, temperature 0.1 and feat_dim 128 are our "
             "reading of the paper's CIFAR setting.",
-            "The cosine classifier is scaled by s = 30 before the logit-adjusted CE (an unscaled cosine in [-1, 1] "
-            "cannot fit a softmax over 100 classes); the class centres are taken from its weight vectors.",
-            "Under torchrun each rank contrasts its own rows (the official code computes the loss over the whole "
-            "batch under DataParallel).",
+            "The logit scale is an option (scale, default 30): the official NormedLinear hard-codes s = 30, so the "
+            "default is the official computation, not an ltbench choice; the class centres are taken from its "
+            "weight vectors, as the official BCLModel does.",
+            "Under torchrun the contrastive term is over the global batch (every rank's rows, gathered), as the "
+            "official code computes it over the whole batch under DataParallel and as one process does.",
         ),
     )
 
@@ -145,8 +158,12 @@ class BalancedContrastiveLearning(Method):
         rows = slice(batch.view_rows(1).start, batch.view_rows(2).stop)
         features = F.normalize(model.heads["bcl_projection"](output.features[rows]), dim=1)
         centres = F.normalize(model.heads["bcl_centres"](model.classifier.weight.T), dim=1)
-        scl = balanced_contrastive_loss(features.float(), batch.labels[: len(batch.images)], centres.float(),
-                                        self.opts["temperature"])
+        labels = batch.labels[: len(batch.images)]
+        if is_distributed():  # the contrast is over the global batch, as in one process: every rank's rows
+            n = len(labels)
+            features = torch.cat([gather_batch(run, features[:n]), gather_batch(run, features[n:])])
+            labels = gather_batch(run, labels)
+        scl = balanced_contrastive_loss(features.float(), labels, centres.float(), self.opts["temperature"])
         return {"bcl": self.opts["beta"] * scl}
 
 

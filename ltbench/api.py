@@ -22,8 +22,8 @@ from ltbench.plugins.reporting import epoch_scalars, final_metrics, flat_config
 from ltbench.results.metrics import evaluate_predictions
 from ltbench.results.plots import per_class_figure
 from ltbench.training.backbones import BackboneSpec, CifarResNet
-from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather_batch, gather_rows, is_distributed,
-                                          rank, shard_rows, sum_over_ranks, world_size)
+from ltbench.training.distributed import (agree, all_reduce_sum, barrier, gather_batch, gather_rows, global_normaliser,
+                                          is_distributed, rank, shard_rows, sum_over_ranks, world_size)
 from ltbench.training.evaluate import extract_features
 from ltbench.training.model import LTModel, ModelOutput, projection_head
 from ltbench.training.run import Batch, ParamGroup, Run, SecondStage
@@ -37,7 +37,8 @@ API_VERSION = "1.1"
 ADDED: dict[str, dict[str, list[str]]] = {
     "1.1": {
         "names": ["LTData", "exponential_counts", "long_tailed_split", "DataNotFoundError", "CompositionError",
-                  "ParamGroup", "gather_batch", "sum_over_ranks", "check_dataset", "check_backbone", "check_device"],
+                  "ParamGroup", "gather_batch", "sum_over_ranks", "global_normaliser", "check_dataset",
+                  "check_backbone", "check_device"],
         "hooks, fields and behaviour": [
             "`ltbench_param_groups`: a method shapes a stage's optimiser (parameter groups with their own weight "
             "decay and learning-rate multiple); the record's `optimizer` states each stage's groups as used",
@@ -64,7 +65,7 @@ SECTIONS: dict[str, list[str]] = {
                 "is_soft", "mix_pairs", "cross_entropy", "soft_cross_entropy", "weighted_mean", "evaluate_predictions",
                 "per_class_figure", "epoch_scalars", "final_metrics", "flat_config", "CifarResNet", "projection_head"],
     "Under torchrun": ["is_distributed", "rank", "world_size", "shard_rows", "gather_batch", "sum_over_ranks",
-                       "gather_rows", "all_reduce_sum", "agree", "barrier"],
+                       "global_normaliser", "gather_rows", "all_reduce_sum", "agree", "barrier"],
     "Errors": ["LtbenchError", "ConfigError", "DataNotFoundError", "PluginContractError", "CompositionError"],
     "The installed plugins": ["build_catalog", "Catalog", "list_methods"],
     "The testing kit (imported on first use)": [

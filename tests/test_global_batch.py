@@ -115,3 +115,32 @@ def test_the_guides_optimiser_shaping_method_trains_with_its_decay_and_composes_
         assert rec["status"] == "completed", rec["error"]
     (rec,) = run_methods(catalog, ["strong-decay+sam"], tmp_path, epochs=1)
     assert [g["weight_decay"] for g in rec["optimizer"]["1"]["groups"]] == [5e-3]
+
+
+def _bn1d_in_rank(rank: int, out) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(7, 5)
+    synced = D.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm1d(5)))[0]
+    mine = shard_rows(len(x))
+    xs = x[mine].clone().requires_grad_(True)
+    (synced(xs) * torch.arange(5.0)).pow(2).sum().backward()
+    (out / f"bn{rank}.json").write_text(json.dumps({"grad": xs.grad.tolist(), "var": synced.running_var.tolist()}))
+
+
+def test_a_projection_heads_batchnorm1d_uses_the_global_batch_under_sync_bn(tmp_path):
+    in_ranks(_bn1d_in_rank, tmp_path)
+    torch.manual_seed(0)
+    x = torch.randn(7, 5).requires_grad_(True)
+    bn = nn.BatchNorm1d(5)
+    (bn(x) * torch.arange(5.0)).pow(2).sum().backward()
+    ranks = [json.loads((tmp_path / f"bn{r}.json").read_text()) for r in (0, 1)]
+    assert torch.allclose(torch.cat([torch.tensor(r["grad"]) for r in ranks]), x.grad, atol=1e-4)
+    assert all(torch.allclose(torch.tensor(r["var"]), bn.running_var, atol=1e-5) for r in ranks)
+
+
+def test_cb_loss_normalises_over_the_global_batch_under_two_ranks(tmp_path):
+    """Issue 37, item 6: cb-loss's class-weighted mean divided each rank's sum by its own weight sum, 1.2e-3 from one
+    process; ``global_normaliser`` makes it the global batch's."""
+    from ltbench.api import build_catalog, check_distributed
+
+    check_distributed(build_catalog().method("cb-loss").cls, tmp_path)

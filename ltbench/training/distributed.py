@@ -215,6 +215,23 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return _SumOverRanks.apply(tensor) if is_distributed() else tensor
 
 
+def global_normaliser(local: torch.Tensor, rows: int) -> torch.Tensor:
+    """The normaliser of a weighted mean over the global batch, as this rank's share of it: under torchrun, the
+    sum of ``local`` (this rank's normaliser, e.g. its rows' class weights ``sum_i w_{y_i}``) over ranks times
+    this rank's share of the batch's rows (``rows`` here over all ranks' rows); ``local`` itself in one process.
+
+    Divide this rank's weighted sum by it: the core multiplies each rank's loss by its share of the rows and
+    averages gradients over ranks, so the step's gradient is the single-process weighted mean's (``sum_i w_i l_i /
+    sum_i w_i`` over the global batch), not a mean of per-rank weighted means. Without a gradient; every rank
+    must call it the same number of times."""
+    if not is_distributed():
+        return local
+    both = torch.stack([local.detach().to(torch.float64), torch.tensor(float(rows), dtype=torch.float64,
+                                                                        device=local.device)])
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    return (both[0] * rows / both[1]).to(local.dtype) if float(both[1]) > 0 else local
+
+
 class _GatherBatch(torch.autograd.Function):
     """This rank's rows -> the global batch's, in single-process order; backward: the gradient of this rank's
     rows, summed over ranks (see :func:`gather_batch`)."""
@@ -256,6 +273,29 @@ def gather_batch(run: Any, tensor: torch.Tensor) -> torch.Tensor:
     return _GatherBatch.apply(tensor)
 
 
+def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm of ``x`` ((B, C) or (B, C, ...)) with the statistics of the global batch over all ranks."""
+    c = x.shape[1]
+    dims = [0, *range(2, x.dim())]
+    shape = [1, c, *[1] * (x.dim() - 2)]
+    count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+    stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
+    stats = _SumOverRanks.apply(stats)
+    n = stats[-1]
+    mean = stats[:c] / n
+    var = stats[c : 2 * c] / n - mean * mean
+    if bn.track_running_stats:
+        with torch.no_grad():
+            momentum = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+            bn.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / max(float(n) - 1, 1))
+            bn.num_batches_tracked += 1
+    y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y
+
+
 class SyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch, over all ranks, on any device
     (``torch.nn.SyncBatchNorm`` needs a GPU). In a single process or in eval mode it is plain BatchNorm2d."""
@@ -263,32 +303,27 @@ class SyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
-        c = x.shape[1]
-        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
-        stats = _SumOverRanks.apply(stats)
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c : 2 * c] / n - mean * mean
-        if self.track_running_stats:
-            with torch.no_grad():
-                momentum = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / max(float(n) - 1, 1))
-                self.num_batches_tracked += 1
-        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
+        return _sync_batch_norm(self, x)
+
+
+class SyncBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d (a projection head's) with the global batch's statistics, as :class:`SyncBatchNorm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        return _sync_batch_norm(self, x)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm2d in ``module`` replaced by :class:`SyncBatchNorm` with the same state."""
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm):
-        synced = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
-        synced.load_state_dict(module.state_dict())
-        return synced
+    """Every BatchNorm2d and BatchNorm1d in ``module`` replaced by :class:`SyncBatchNorm` /
+    :class:`SyncBatchNorm1d` with the same state."""
+    for plain, synced_cls in ((nn.BatchNorm2d, SyncBatchNorm), (nn.BatchNorm1d, SyncBatchNorm1d)):
+        if isinstance(module, plain) and not isinstance(module, (SyncBatchNorm, SyncBatchNorm1d)):
+            synced = synced_cls(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+            synced.load_state_dict(module.state_dict())
+            return synced
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child))
     return module

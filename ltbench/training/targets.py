@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ltbench.training.distributed import global_normaliser
+
 
 def is_soft(targets: torch.Tensor) -> bool:
     """True for soft targets ``(B, C)``, false for hard labels ``(B,)``."""
@@ -68,15 +70,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, row_weights: torc
 def weighted_mean(per_class: torch.Tensor, q: torch.Tensor, weight: torch.Tensor | None,
                   row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a ``(B, C)`` tensor of target-weighted per-class loss terms: the mean over rows of their sums,
-    or, with class weights ``w``, ``sum(per_class * w) / sum(q * w)`` (PyTorch's weighted mean). Row weights
-    ``r`` scale each row's sum and leave the normaliser alone."""
+    or, with class weights ``w``, ``sum(per_class * w) / sum(q * w)`` (PyTorch's weighted mean; under torchrun the
+    normaliser is the global batch's, :func:`ltbench.api.global_normaliser`). Row weights ``r`` scale each row's
+    sum and leave the normaliser alone."""
     if row_weights is None:  # (the expressions every committed record was trained with)
         if weight is None:
             return per_class.sum(1).mean()
         w = weight.to(per_class.device, per_class.dtype)
-        return (per_class * w).sum() / (q * w).sum()
+        return (per_class * w).sum() / global_normaliser((q * w).sum(), len(q))
     r = row_weights.to(per_class.device, per_class.dtype)[:, None]
     if weight is None:
         return (per_class * r).sum(1).mean()
     w = weight.to(per_class.device, per_class.dtype)
-    return (per_class * w * r).sum() / (q * w).sum()
+    return (per_class * w * r).sum() / global_normaliser((q * w).sum(), len(q))

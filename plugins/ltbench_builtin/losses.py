@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import (ConfigError, Method, MethodMetadata, as_soft, hookimpl, is_soft, soft_cross_entropy,
-                         weighted_mean)
+from ltbench.api import (ConfigError, Method, MethodMetadata, as_soft, global_normaliser, hookimpl, is_distributed,
+                         is_soft, soft_cross_entropy, weighted_mean)
 
 from ltbench_builtin.ce import BOT_GALLERY, LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 
@@ -57,7 +57,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
     if weight is None:
         return per_sample.mean()
     w = weight.to(logits.device)[targets]
-    return (w * per_sample).sum() / w.sum()
+    return (w * per_sample).sum() / global_normaliser(w.sum(), len(w))
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
@@ -93,7 +93,8 @@ def ldam_loss(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor
         return ldam_loss_soft(cosine, as_soft(targets, cosine.shape[1]), margins, scale, weight, row_weights)
     margin = margins.to(cosine.device)[targets]
     adjusted = cosine - F.one_hot(targets, cosine.shape[1]).to(cosine.dtype) * margin[:, None]
-    return F.cross_entropy(scale * adjusted, targets, weight=None if weight is None else weight.to(cosine.device))
+    return _over_global_batch(F.cross_entropy(scale * adjusted, targets, weight=None if weight is None
+                                              else weight.to(cosine.device)), weight, targets)
 
 
 def ldam_loss_soft(cosine: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float,
@@ -126,7 +127,16 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: 
     """``F.cross_entropy(logits, y, weight=w)``; soft targets (or row weights): ``ltbench.api.soft_cross_entropy``."""
     if is_soft(targets) or row_weights is not None:
         return soft_cross_entropy(logits, targets, weight, row_weights)
-    return F.cross_entropy(logits, targets, weight=weight)
+    return _over_global_batch(F.cross_entropy(logits, targets, weight=weight), weight, targets)
+
+
+def _over_global_batch(loss: torch.Tensor, weight: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(..., weight=w)`` normalises by this rank's ``sum_i w_{y_i}``; under torchrun, by the global
+    batch's instead (:func:`ltbench.api.global_normaliser`), so 2 ranks train as one process (the same loss in one)."""
+    if weight is None or not is_distributed():
+        return loss
+    local = weight.to(loss.device, loss.dtype)[targets].sum()
+    return loss * local / global_normaliser(local, len(targets))
 
 
 def log_prior(counts: np.ndarray) -> torch.Tensor:

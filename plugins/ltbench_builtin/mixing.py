@@ -10,8 +10,10 @@ trains on its own terms).
 
 Randomness (the mixing weight and the pairing) comes from each method's own
 generator, seeded by the run's seed and saved in checkpoints, so a resumed
-run mixes exactly as an uninterrupted one. Under torchrun each rank mixes
-within its rows of the global batch.
+run mixes exactly as an uninterrupted one. Under torchrun every rank draws
+the same pairing and weight over the global batch and takes each row's
+partner from every rank's rows (``gather_batch``), so two ranks mix as one
+process does.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbench.api import ConfigError, Method, MethodMetadata, hookimpl, mix_pairs, rank
+from ltbench.api import (ConfigError, Method, MethodMetadata, gather_batch, hookimpl, is_distributed, mix_pairs,
+                         shard_rows)
 
 # --------------------------------------------------------------------------
 # Arithmetic
 # --------------------------------------------------------------------------
 
 
-def mixup_images(images: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
-    """Zhang et al. 2018: ``lam * x + (1 - lam) * x[perm]``."""
-    return lam * images + (1.0 - lam) * images[perm]
+def mixup_images(images: torch.Tensor, perm: torch.Tensor, lam: float, pool: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Zhang et al. 2018: ``lam * x + (1 - lam) * x[perm]`` (the partners taken from ``pool``, the global batch's
+    images under torchrun, else from ``images``)."""
+    return lam * images + (1.0 - lam) * (images if pool is None else pool)[perm]
 
 
 def cut_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -44,12 +49,13 @@ def cut_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tu
     return top, bottom, left, right
 
 
-def cutmix_images(images: torch.Tensor, perm: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, float]:
-    """Paste the box of the paired image into each image. Returns the images and the weight of the rows' own
-    labels, ``1 - box area / image area`` (the area actually kept, after clipping)."""
+def cutmix_images(images: torch.Tensor, perm: torch.Tensor, box: tuple[int, int, int, int],
+                  pool: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Paste the box of the paired image (from ``pool``, else ``images``) into each image. Returns the images and
+    the weight of the rows' own labels, ``1 - box area / image area`` (the area actually kept, after clipping)."""
     top, bottom, left, right = box
     mixed = images.clone()
-    mixed[:, :, top:bottom, left:right] = images[perm][:, :, top:bottom, left:right]
+    mixed[:, :, top:bottom, left:right] = (images if pool is None else pool)[perm][:, :, top:bottom, left:right]
     h, w = images.shape[-2:]
     return mixed, 1.0 - (bottom - top) * (right - left) / (h * w)
 
@@ -89,12 +95,25 @@ class _Mixing(Method):
 
     @hookimpl
     def ltbench_configure_model(self, run):
-        # one stream per (seed, rank): ranks mix their own rows differently, and a seed repeats
-        self.rng = np.random.default_rng([run.seed, rank(), 7_001])
+        # one stream per seed, the same on every rank (they draw one pairing of the global batch); a seed repeats
+        self.rng = np.random.default_rng([run.seed, 0, 7_001])
 
     def draw(self, batch) -> tuple[torch.Tensor, float]:
         perm = torch.from_numpy(self.rng.permutation(len(batch.labels))).to(batch.labels.device)
         return perm, float(self.rng.beta(self.opts["alpha"], self.opts["alpha"]))
+
+    def pairing(self, run, batch) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
+        """(each row's partner, as an index into the pool; the mixing weight; the pool's images, ``None`` for the
+        batch's own; the pool's labels). Under torchrun the pool is the global batch, gathered from every rank,
+        and the pairing is drawn over it alike on every rank, as one process draws it."""
+        if not (is_distributed() and run.shard_batches):
+            perm, lam = self.draw(batch)
+            return perm, lam, None, batch.labels
+        labels = gather_batch(run, batch.labels)
+        pool = gather_batch(run, batch.images.detach())
+        perm = torch.from_numpy(self.rng.permutation(len(labels))).to(labels.device)
+        lam = float(self.rng.beta(self.opts["alpha"], self.opts["alpha"]))
+        return perm[shard_rows(len(labels))], lam, pool, labels
 
     @staticmethod
     def applies(run, batch) -> bool:
@@ -138,9 +157,9 @@ class Mixup(_Mixing):
     def ltbench_augment_batch(self, run, batch):
         if not self.applies(run, batch):
             return
-        perm, lam = self.draw(batch)
-        batch.images = mixup_images(batch.images, perm, lam)
-        batch.targets = mix_pairs(batch.labels, batch.labels[perm], lam, run.num_classes)
+        perm, lam, pool, pool_labels = self.pairing(run, batch)
+        batch.images = mixup_images(batch.images, perm, lam, pool)
+        batch.targets = mix_pairs(batch.labels, pool_labels[perm], lam, run.num_classes)
         self.mixed_batches += 1
 
 
@@ -167,10 +186,10 @@ class CutMix(_Mixing):
     def ltbench_augment_batch(self, run, batch):
         if not self.applies(run, batch) or self.rng.random() >= self.opts["prob"]:
             return
-        perm, lam = self.draw(batch)
+        perm, lam, pool, pool_labels = self.pairing(run, batch)
         box = cut_box(batch.images.shape[-2], batch.images.shape[-1], lam, self.rng)
-        batch.images, kept = cutmix_images(batch.images, perm, box)
-        batch.targets = mix_pairs(batch.labels, batch.labels[perm], kept, run.num_classes)
+        batch.images, kept = cutmix_images(batch.images, perm, box, pool)
+        batch.targets = mix_pairs(batch.labels, pool_labels[perm], kept, run.num_classes)
         self.mixed_batches += 1
 
 
@@ -199,13 +218,13 @@ class Remix(_Mixing):
     def ltbench_augment_batch(self, run, batch):
         if not self.applies(run, batch):
             return
-        perm, lam = self.draw(batch)
+        perm, lam, pool, pool_labels = self.pairing(run, batch)
         if getattr(self, "_counts", None) is None:  # the class counts on the device, once per run
             self._counts = torch.as_tensor(run.train_counts, device=batch.labels.device)
-        weights = remix_label_weights(batch.labels, batch.labels[perm], lam, self._counts, self.opts["kappa"],
+        weights = remix_label_weights(batch.labels, pool_labels[perm], lam, self._counts, self.opts["kappa"],
                                       self.opts["tau"])
-        batch.images = mixup_images(batch.images, perm, lam)
-        batch.targets = mix_pairs(batch.labels, batch.labels[perm], weights, run.num_classes)
+        batch.images = mixup_images(batch.images, perm, lam, pool)
+        batch.targets = mix_pairs(batch.labels, pool_labels[perm], weights, run.num_classes)
         self.mixed_batches += 1
 
 

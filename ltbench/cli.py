@@ -128,11 +128,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for name in names:
             entry = cat.methods[name]
             meta = entry.cls.metadata
-            row = {"name": name, "title": meta.title, "venue": meta.venue, "year": meta.year,
-                   "plugin": f"{entry.plugin.distribution} {entry.plugin.version}"}
+            plugin = f"{entry.plugin.distribution} {entry.plugin.version}"
             if args.json:
-                row.update(metadata=meta.to_dict(), options=entry.cls.options, hooks=entry.stage_hooks)
-            rows.append(row)
+                rows.append({"name": name, "title": meta.title, "paper": meta.paper, "venue": meta.venue,
+                             "year": meta.year, "plugin": plugin, "metadata": meta.to_dict(),
+                             "options": entry.cls.options, "hooks": entry.stage_hooks})
+            else:  # the paper each method comes from (its title, what ltbench implements, is in --json)
+                rows.append({"name": name, "plugin": plugin, "paper": _citation(meta)})
     elif args.what == "datasets":
         rows = [{"name": n, "description": s.description, "budgets": ",".join(s.budgets),
                  "default_if": s.default_imbalance_factor} for n, s in ((n, cat.datasets[n]) for n in names)]
@@ -142,6 +144,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
             rows.append({"name": "timm/<model>", "description": "any timm model by name (random init)"})
     _print_table(rows, args.json)
     return 0
+
+
+def _citation(meta: Any) -> str:
+    """``Authors, Title (Venue Year)`` from a method's metadata; its title where it names no paper."""
+    when = " ".join(str(part) for part in (meta.venue, meta.year) if part)
+    paper = meta.paper or meta.title
+    return f"{paper} ({when})" if when else paper
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -214,6 +223,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ltbench.results import leaderboard
 
+    if args.action == "add":
+        return cmd_leaderboard_add(args)
     out = Path(args.out)
     if args.action == "build":
         written = leaderboard.build(Path(args.runs_dir) if args.runs_dir else None, out)
@@ -225,6 +236,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return _report_check(leaderboard.check(out),
                          "run `ltbench leaderboard build` (or ci/build_leaderboards.sh) and commit the result",
                          f"{out}: markdown matches its records")
+
+
+def cmd_leaderboard_add(args: argparse.Namespace) -> int:
+    """``ltbench leaderboard add RECORDS``: check records made elsewhere and copy those that pass
+    (docs/submitting.md); exit 1 when any is refused."""
+    from ltbench.results import submit
+
+    paths = [Path(p) for p in args.records]
+    to = Path(args.to) if args.to else submit.DEFAULT_TO
+    outcome = submit.add(paths, to, data_root=args.data_root, check_only=args.check_only, replace=args.replace)
+    for line in submit.report(outcome, args.check_only, to):
+        print(line)
+    return 1 if outcome.refused or not outcome.checked else 0
 
 
 def _report_check(problems: list[str], remedy: str, fine: str) -> int:
@@ -346,18 +370,107 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
 
-    lb = sub.add_parser("leaderboard", help="build or check markdown leaderboards")
-    lb.add_argument("action", choices=["build", "check"])
-    lb.add_argument("runs_dir", nargs="?", help="build: runs directory whose completed records to add")
-    lb.add_argument("--out", default="leaderboards", help="leaderboard directory (default leaderboards/)")
+    lb = sub.add_parser("leaderboard", help="build or check markdown leaderboards, or add records made elsewhere")
+    lb_actions = lb.add_subparsers(dest="action", required=True, metavar="{build,check,add}")
+    lb_build = lb_actions.add_parser("build", help="copy a runs directory's completed records to the board and "
+                                     "render the markdown and the web leaderboard")
+    lb_build.add_argument("runs_dir", nargs="?", help="runs directory whose completed records to add")
+    lb_check = lb_actions.add_parser("check", help="fail when the markdown differs from what its records produce")
+    lb_check.set_defaults(runs_dir=None)
+    for action in (lb_build, lb_check):
+        action.add_argument("--out", default="leaderboards", help="leaderboard directory (default leaderboards/)")
+    lb_add = lb_actions.add_parser("add", help="check records made elsewhere (schema, metrics from their "
+                                   "predictions, canonical split, code identity) and copy those that pass "
+                                   "(docs/submitting.md)")
+    lb_add.add_argument("records", nargs="+", metavar="RECORDS",
+                        help="result.json files, run folders or folders of them")
+    lb_add.add_argument("--to", help="where the records go (default leaderboards/records)")
+    lb_add.add_argument("--check-only", action="store_true", help="check the records, copy nothing")
+    lb_add.add_argument("--replace", action="store_true",
+                        help="replace a different record already at a record's place (else it is refused)")
+    lb_add.add_argument("--data-root", help="the datasets' data, for their canonical splits (else $LTBENCH_DATA; "
+                        "where no data is found, the board's records of the same dataset key)")
     lb.set_defaults(func=cmd_leaderboard)
     return parser
+
+
+#: the commands that train or evaluate a model: they check first that torch, torchvision and timm work together
+CHECKED_COMMANDS = ("run", "eval")
+#: the README's CPU-only install: PyTorch's CPU wheels
+CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
+
+
+def _installed(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: the message's first sentence``, at most 200 characters of it."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    sentence = text.split(". ", 1)[0]
+    return f"{type(exc).__name__}: {sentence[:200]}".rstrip(": ")
+
+
+def _torchvision_fix(torch_version: str, torchvision_version: str) -> str:
+    """What a torch/torchvision pair that does not work is, and the pip command that installs the torchvision built
+    for the installed torch (torch 2.N.p pairs with torchvision 0.(N+15).p; its wheel index from torch's local
+    version, ``+cpu`` -> PyTorch's CPU index)."""
+    import re
+
+    torch_release, _, local = torch_version.partition("+")
+    found = re.fullmatch(r"2\.(\d+)\.(\d+)", torch_release)
+    built_for = re.match(r"0\.(\d+)\.(\d+)", torchvision_version)
+    said = ""
+    if built_for and int(built_for[1]) >= 16:
+        wanted = f"2.{int(built_for[1]) - 15}.{built_for[2]}"
+        if wanted != torch_release:
+            said = f"; torchvision {torchvision_version} is built for torch {wanted}, not {torch_version}"
+    index = f" --index-url https://download.pytorch.org/whl/{local}" if local else ""
+    if found:
+        command = f'pip install --force-reinstall --no-deps "torchvision==0.{int(found[1]) + 15}.{found[2]}"{index}'
+    else:
+        command = f"pip install --force-reinstall torch torchvision --index-url {CPU_INDEX_URL}"
+    return (f"{said}. Install the torchvision built for this torch: {command}"
+            f" (on a CPU-only machine, the README's `pip install torch torchvision --index-url {CPU_INDEX_URL}` "
+            f"installs a matching pair)")
+
+
+def check_core_imports() -> None:
+    """Raise :class:`LtbenchError` naming the fix where torchvision (built for the installed torch) or timm cannot be
+    imported and used: checked before anything trains, since runs build torchvision models and the record writer
+    imports both at the end of each run. A torchvision built for another torch fails on import or when its compiled
+    operators are used: one ``nms`` on one box uses them. Costs the imports (about 2 s), which a run pays anyway."""
+    import torch
+
+    try:
+        import torchvision
+        import torchvision.ops
+
+        torchvision.ops.nms(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+    except Exception as exc:  # noqa: BLE001 - any failure of the pair is named with its fix
+        tv = getattr(sys.modules.get("torchvision"), "__version__", None) or _installed("torchvision")
+        what = (f"torchvision {tv} does not work with torch {torch.__version__} ({_first_line(exc)})" if tv
+                else "torchvision is not installed")
+        raise LtbenchError(f"{what}{_torchvision_fix(torch.__version__, tv or '')}; nothing was run") from None
+    try:
+        import timm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        raise LtbenchError(f"timm {_installed('timm') or '(not installed)'} cannot be imported ({_first_line(exc)}); "
+                           f"ltbench builds timm backbones with it and writes its version into every record. "
+                           f'Install it: pip install --force-reinstall "timm>=0.9"; nothing was run') from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command in CHECKED_COMMANDS:  # after parsing: --help and --version stay fast
+            check_core_imports()
         return args.func(args)
     except LtbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,6 +11,9 @@ the many/medium/few groups) is what the model was trained with; only the evaluat
 The record is the run's, with the evaluation's fields replaced (metrics, per-class accuracy, calibration,
 validation metrics, the evaluated dataset) and an ``evaluation`` entry saying what was evaluated, where and
 when; it is written where a run of that dataset would be, under ``--output``, with its ``predictions.npz``.
+``trained_on`` and ``evaluated_on`` state both settings (dataset key, imbalance factor, split fingerprint); on
+a setting other than the one it trained in, the record's ``variant`` says ``(trained on <dataset key>)``, so
+that every table and board labels the row as such.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     """An exception's message on one line, cut at ``limit`` characters."""
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _trained_elsewhere(variant: str, trained_key: str) -> str:
+    """``variant`` labelled as a model trained on ``trained_key`` (the variant cut where the label would be longer
+    than a record's labels may be)."""
+    from ltbench.results.reader import MAX_LABEL
+
+    suffix = f" (trained on {trained_key})"
+    room = MAX_LABEL - len(suffix)
+    return (variant if len(variant) <= room else variant[:room - 3] + "...") + suffix
 
 
 def _source(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -231,7 +244,18 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
                 f"rounding differs")
 
     evaluated = dict(record)
+    # the setting the model was trained in beside the one it is evaluated in; on another one, the row's label says
+    # so (``show``, the boards and the plots name a row by its variant), so that an IF100 model evaluated on the
+    # IF10 test set is never read as a model trained on IF10
+    trained_key = record["dataset"]
+    elsewhere = target_key != trained_key
     evaluated.update({
+        "variant": _trained_elsewhere(record["variant"], trained_key) if elsewhere else record["variant"],
+        "trained_on": {"dataset": trained_key, "dataset_name": spec.name,
+                       "imbalance_factor": config["imbalance_factor"], "split_fingerprint": trained_on.fingerprint,
+                       "variant": record["variant"]},
+        "evaluated_on": {"dataset": target_key, "dataset_name": target_spec.name, "imbalance_factor": target_if,
+                         "split_fingerprint": target.fingerprint},
         "dataset": target_key, "dataset_name": target_spec.name, "imbalance_factor": target_if,
         "metrics": test.metrics(), "calibration": test.calibration(target.y_test),
         "val_metrics": val.metrics() if val else None, "per_class_accuracy": test.per_class_accuracy,

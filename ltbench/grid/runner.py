@@ -219,39 +219,87 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
                 f"rank(s) {', '.join(map(str, stopped))} stopped answering (no heartbeat for over "
                 f"{6 * distributed.HEARTBEAT_S} s); " if stopped else "") + error)
         log(f"{tag} failed: {error.splitlines()[0]}")
-    if run is not None and (run.history or not (out / "metrics.jsonl").exists()):
-        _write_history(run)  # never replaces a written history with an empty one (a run that failed to resume)
-    peak, peak_kind = _peak_memory(device)
-    extra: dict[str, Any] = {}
-    if status == "completed":
-        try:
-            extra = _record_fields(run)
-        except (Exception, SystemExit) as exc:
-            status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
-            log(f"{tag} failed: {error}")
-    record = make_record(cell, device, catalog, status, error, run=run, plan=plan, test=test, val=val,
-                         stage1_info=stage1_info, timing=timing, eval_images=eval_images, extra=extra, cost=cost,
-                         started=started, process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
-    rank_failed = status == "failed" and distributed.is_distributed()
-    if distributed.is_main() or rank_failed:  # a failing rank writes its own record: rank 0 may be waiting
-        if test is not None and test.predictions is not None:
-            save_predictions(out / PREDICTIONS_FILE, test, cell.data.y_test)
-            record["files"] = {"predictions": PREDICTIONS_FILE}
-        atomic_write_json(result_path, record)
+    parts = dict(run=run, plan=plan, test=test, val=val, stage1_info=stage1_info, timing=timing,
+                 eval_images=eval_images, cost=cost, started=started)
+    record: dict[str, Any] | None = None
+    plots: list[str] = []
+    # recording: whatever raises from here on (the history, the record and the libraries it names, the predictions,
+    # the plots) is this run's failure, recorded where it still can be, and the grid goes on to the next run
+    try:
+        if run is not None and (run.history or not (out / "metrics.jsonl").exists()):
+            _write_history(run)  # never replaces a written history with an empty one (a run that failed to resume)
+        peak, peak_kind = _peak_memory(device)
+        extra: dict[str, Any] = {}
+        if status == "completed":
+            try:
+                extra = _record_fields(run)
+            except (Exception, SystemExit) as exc:
+                status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
+                log(f"{tag} failed: {error}")
+        record = make_record(cell, device, catalog, status, error, **parts, extra=extra,
+                             process_time=time.perf_counter() - t_start, peak=(peak, peak_kind))
+        rank_failed = status == "failed" and distributed.is_distributed()
+        if distributed.is_main() or rank_failed:  # a failing rank writes its own record: rank 0 may be waiting
+            if test is not None and test.predictions is not None:
+                save_predictions(out / PREDICTIONS_FILE, test, cell.data.y_test)
+                record["files"] = {"predictions": PREDICTIONS_FILE}
+            atomic_write_json(result_path, record)
+        if reporting is not None and not rank_failed:
+            from ltbench.results.plots import run_plots
+
+            plots = run_plots(out, record, tag)
+    except (Exception, SystemExit) as exc:
+        status = "failed"
+        rank_failed = distributed.is_distributed()
+        record = _recording_failed(exc, record, cell, device, catalog, result_path, tag, log,
+                                   write=distributed.is_main() or rank_failed, **parts,
+                                   process_time=time.perf_counter() - t_start)
+        error = record["error"]
     if rank_failed:
         # the other ranks may be waiting in a collective this rank will never join: end the job now (torchrun
         # stops the others) rather than leave them hanging; the same command resumes the rest of the grid
         raise RankFailed(f"{tag} failed on rank {distributed.rank()}; the job ends here: {error.splitlines()[0]}")
     if reporting is not None:
-        from ltbench.results.plots import run_plots
-
-        reporting.emit("ltbench_report_run_end", run=info, record=record, plots=run_plots(out, record, tag))
+        reporting.emit("ltbench_report_run_end", run=info, record=record, plots=plots)
     if status == "completed":
         m = record["metrics"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         log(f"{tag} {cell.dataset_key}/{cell.budget}: overall {fmt(m['overall'])} "
             f"many {fmt(m['many'])} medium {fmt(m['medium'])} few {fmt(m['few'])} ({record['wall_time_s']:.0f}s)")
     return record
+
+
+def _recording_failed(exc: BaseException, record: dict[str, Any] | None, cell: Cell, device: torch.device,
+                      catalog: Catalog, result_path: Path, tag: str, log, write: bool = True,
+                      **parts: Any) -> dict[str, Any]:
+    """The record of a run whose recording raised ``exc`` after it trained: ``failed``, with the error, and
+    written (when ``write``) where it still can be. It is the record made so far, or a new one; where that fails
+    too (what failed may be what every record needs, e.g. timm, whose version each record states), the run's
+    identity from its cell: what ``ltbench status``, ``show`` and the record reader need."""
+    error = f"recording the run failed: {_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    log(f"{tag} failed: {error.splitlines()[0]}")
+    if record is not None:
+        failed = {**record, "status": "failed", "error": error}
+    else:
+        try:
+            failed = make_record(cell, device, catalog, "failed", error, **parts)
+        except (Exception, SystemExit) as again:
+            started = parts.get("started") or datetime.now(timezone.utc)
+            failed = {
+                "schema_version": SCHEMA_VERSION, "method": cell.method, "methods": list(cell.config["methods"]),
+                "variant": cell.label, "config_id": cell.config_id, "overrides": cell.overrides,
+                "dataset": cell.dataset_key, "dataset_name": cell.dataset.name,
+                "imbalance_factor": cell.config["imbalance_factor"], "budget": cell.budget, "seed": cell.seed,
+                "status": "failed", "metrics": None, "config": cell.config, "split_fingerprint": cell.data.fingerprint,
+                "error": f"{error}\n(nor could the full failed record be made: {type(again).__name__}: {again})",
+                "device": str(device), "started_at": started.isoformat(timespec="seconds"),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if write:
+        try:
+            atomic_write_json(result_path, failed)
+        except (Exception, SystemExit) as again:
+            log(f"{tag} its record could not be written either ({type(again).__name__}: {again}); the grid goes on")
+    return failed
 
 
 def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str, error: str | None, *,

@@ -44,6 +44,22 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def label(rec: dict[str, Any]) -> str:
+    """A record's row: its variant (or method), saying ``(trained on <dataset key>)`` where the record evaluates a
+    model trained in another setting (``ltbench eval --imbalance-factor``), so that such a row is never read as a
+    model trained on the key it is listed under. Records of ``ltbench eval`` carry it in their variant; older ones
+    only name the training key under ``evaluation``."""
+    name = rec.get("variant", rec["method"])
+    trained = rec.get("trained_on")
+    trained = trained.get("dataset") if isinstance(trained, dict) else None
+    if trained is None and isinstance(rec.get("evaluation"), dict):
+        trained = rec["evaluation"].get("trained_on")
+    if (isinstance(trained, str) and trained.isprintable() and len(trained) <= 200 and trained != rec.get("dataset")
+            and f"(trained on {trained})" not in name):
+        name = f"{name} (trained on {trained})"
+    return name
+
+
 def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (dataset, budget, method or variant): mean and std over seeds of each group's accuracy,
     and how many runs completed, failed and diverged."""
@@ -51,7 +67,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
     for rec in records:
         m = rec.get("metrics") or {}
         cal = rec.get("calibration") or {}
-        rows.append({"dataset": rec["dataset"], "budget": rec["budget"], "method": rec.get("variant", rec["method"]),
+        rows.append({"dataset": rec["dataset"], "budget": rec["budget"], "method": label(rec),
                      "seed": rec["seed"], "status": rec["status"], **{g: m.get(g) for g in GROUPS},
                      "ece": cal.get("ece"), "nll": cal.get("nll")})
     df = pd.DataFrame(rows)
@@ -122,11 +138,11 @@ def compare(records: list[dict[str, Any]], a: str, b: str, dataset: str | None =
     """``a`` minus ``b`` per group, paired by seed (and by test image where both have predictions), with a
     95 % percentile-bootstrap interval: seeds are resampled, and within each class its test images."""
     done = [r for r in records if r["status"] == "completed"]
-    names = sorted({r.get("variant", r["method"]) for r in done})
+    names = sorted({label(r) for r in done})
     for name in (a, b):
         if name not in names:
             raise UnknownNameError("method", name, names)
-    pick = lambda name: [r for r in done if r.get("variant", r["method"]) == name  # noqa: E731
+    pick = lambda name: [r for r in done if label(r) == name  # noqa: E731
                          and (dataset is None or r["dataset"] == dataset) and (budget is None or r["budget"] == budget)]
     ra, rb = pick(a), pick(b)
     places = sorted({(r["dataset"], r["budget"]) for r in ra} & {(r["dataset"], r["budget"]) for r in rb})

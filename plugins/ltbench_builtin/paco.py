@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import ConfigError, Method, MethodMetadata, ParamGroup, hookimpl, projection_head
+from ltbench.api import (ConfigError, Method, MethodMetadata, ParamGroup, gather_batch, hookimpl, is_distributed,
+                         projection_head)
 
 
 def paco_loss(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, queue: torch.Tensor,
@@ -113,8 +114,9 @@ class ParametricContrastiveLearning(Method):
             "scaled so that it peaks there, through ltbench_param_groups; the record's optimizer states it); the "
             "budget's warm-up, decay epochs and weight decay apply (the official script: 10 warm-up epochs, x0.1 "
             "at 320 and x0.01 at 360 of 400 epochs, weight decay 5e-4).",
-            "Under torchrun each rank contrasts and enqueues its own rows, and rank 0's queue is the one kept "
-            "at each epoch's end (the official code gathers every GPU's keys into one queue).",
+            "Under torchrun the contrast is over the global batch and every rank enqueues the global batch's "
+            "keys (gathered), as one process does and as the official code gathers every GPU's keys into one "
+            "queue.",
         ),
     )
 
@@ -186,7 +188,12 @@ class ParametricContrastiveLearning(Method):
         rows = batch.view_rows(0)
         queries = F.normalize(heads["paco_projection"](output.features[rows]), dim=1)
         labels = batch.labels[: len(batch.images)]
+        sup_logits = output.logits[rows].float() + self._log_prior
+        weights = batch.row_weights
         queue = heads["paco_queue"]
+        if is_distributed():  # the contrast is over the global batch, as in one process: every rank's rows
+            queries, labels, sup_logits = (gather_batch(run, t) for t in (queries, labels, sup_logits))
+            weights = None if weights is None else gather_batch(run, weights)
         if run.reevaluating and self._this_step is not None:
             # a step owner (sam) evaluates the batch again: the same keys and queue, nothing advanced
             keys, queue_keys, queue_labels = self._this_step
@@ -196,14 +203,14 @@ class ParametricContrastiveLearning(Method):
                 key_backbone = heads["paco_key_backbone"]
                 pooled = key_backbone.forward_pool(key_backbone.forward_features(batch.extra_views[0]))
                 keys = F.normalize(heads["paco_key_projection"](pooled), dim=1)
+                if is_distributed():  # every rank's keys, so that every rank's queue holds the global batch's
+                    keys = gather_batch(run, keys)
             queue_keys, queue_labels = queue.keys.clone(), queue.labels.clone()
             self._this_step = (keys, queue_keys, queue_labels)
-        per_anchor = paco_loss(queries.float(), keys.float(), labels, queue_keys, queue_labels,
-                               output.logits[rows].float() + self._log_prior, self.opts["alpha"], self.opts["beta"],
-                               self.opts["gamma"], self.opts["temperature"])
+        per_anchor = paco_loss(queries.float(), keys.float(), labels, queue_keys, queue_labels, sup_logits,
+                               self.opts["alpha"], self.opts["beta"], self.opts["gamma"], self.opts["temperature"])
         if not run.reevaluating:
             queue.push(keys, labels)
-        weights = batch.row_weights
         loss = per_anchor.mean() if weights is None else (per_anchor * weights.to(per_anchor.dtype)).mean()
         return {"paco": loss}
 

@@ -230,16 +230,32 @@ def _built_model(tmp_path, method: str, **settings):
 
 
 def test_cb_focal_starts_every_sigmoid_at_the_prior_as_cui_et_al(tmp_path):
-    # Cui et al. Sec. 4.3: b = -log((1 - pi) / pi), pi = 0.1, so every class's sigmoid starts at pi
-    bias = _built_model(tmp_path, "cb-focal").classifier.bias
-    assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.1))
+    # Cui et al.'s code and Sec. 5.2: b = -log((1 - pi) / pi) with pi = 1/C, i.e. -log(C - 1)
+    from ltbench.plugins.testing import build_tiny_run
+
+    run = build_tiny_run(tmp_path, "cb-focal")
+    bias = run.model.classifier.bias
+    assert torch.allclose(bias, torch.full_like(bias, -math.log(run.num_classes - 1)))
     for settings in ({"cb-focal.prior": 0}, {"cb-focal.kind": "softmax"}):  # PyTorch's default bias, not constant
         assert _built_model(tmp_path, "cb-focal", **settings).classifier.bias.std() > 0
     assert torch.allclose(torch.sigmoid(_built_model(tmp_path, "cb-focal", **{"cb-focal.prior": 0.25})
                                         .classifier.bias), torch.tensor(0.25))
 
 
+def test_cb_focal_keeps_its_prior_bias_out_of_weight_decay(tmp_path):
+    """Cui et al.'s cifar_main.py leaves the prior's bias out of the L2 term; with no prior it is decayed."""
+    from ltbench.plugins.testing import catalog_with, run_methods
+
+    (rec,) = run_methods(catalog_with(), ["cb-focal"], tmp_path / "prior", epochs=1)
+    groups = {g["label"]: g for g in rec["optimizer"]["1"]["groups"]}
+    assert groups["stage 1: cb-focal prior bias"]["weight_decay"] == 0.0
+    assert groups["stage 1: cb-focal prior bias"]["tensors"] == 1
+    assert groups["stage 1"]["weight_decay"] == rec["config"]["weight_decay"] > 0
+    (plain,) = run_methods(catalog_with(), ["cb-focal"], tmp_path / "none", epochs=1, settings={"cb-focal.prior": "0"})
+    assert [g["weight_decay"] for g in plain["optimizer"]["1"]["groups"]] == [plain["config"]["weight_decay"]]
+
+
 @pytest.mark.parametrize("prior", [1.0, -0.1, "high", True])
 def test_cb_focal_rejects_a_prior_outside_0_1(prior):
-    with pytest.raises(ConfigError, match=r"cb-focal.prior must be a number in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"cb-focal.prior must be 1/C or a number in \[0, 1\)"):
         ClassBalancedFocal(prior=prior)

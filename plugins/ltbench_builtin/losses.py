@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import (ConfigError, Method, MethodMetadata, as_soft, global_normaliser, hookimpl, is_distributed,
-                         is_soft, soft_cross_entropy, weighted_mean)
+from ltbench.api import (ConfigError, Method, MethodMetadata, ParamGroup, as_soft, global_normaliser, hookimpl,
+                         is_distributed, is_soft, soft_cross_entropy, weighted_mean)
 
 from ltbench_builtin.ce import BOT_GALLERY, LDAM_SETTING  # the setting of numbers published at the LDAM-DRW recipe
 
@@ -209,23 +209,27 @@ FOCAL_KINDS = ("sigmoid", "softmax")
 
 class ClassBalancedFocal(Method):
     name = "cb-focal"
-    options = {"beta": 0.9, "gamma": 1.0, "kind": "sigmoid", "prior": 0.1}
+    options = {"beta": 0.9, "gamma": 1.0, "kind": "sigmoid", "prior": "1/C"}
     metadata = MethodMetadata(
         family="loss",
         title="Class-balanced focal loss (sigmoid)", paper=_CB_PAPER, venue="CVPR", year=2019,
         code_url="https://github.com/richardaecn/class-balanced-loss",
-        summary="Sigmoid focal loss (one binary focal term per class) weighted by class-balanced weights, as "
-        "Cui et al. and BagofTricks-LT.",
-        reference_results={"cifar100-lt-if100": {"overall": 38.56, **LDAM_SETTING, "source": _BOT},
-                           "cifar10-lt-if100": {"overall": 75.20, "source": _BOT}},
+        summary="Sigmoid focal loss (one binary focal term per class) weighted by class-balanced weights, its "
+        "classifier bias starting every class's sigmoid at 1/C and kept out of weight decay, as Cui et al.'s code.",
+        reference_results={"cifar100-lt-if100": {"overall": 38.56, **LDAM_SETTING,
+                                                 "source": _BOT + "; trained with no bias prior (its FC classifier "
+                                                 "keeps PyTorch's default bias: configs/cao_cifar/re_weighting/"
+                                                 "cbfocal/cifar100_im100.yaml, lib/net/network.py)"},
+                           "cifar10-lt-if100": {"overall": 75.20, "source": _BOT + "; trained with no bias prior"}},
         interpretations=("kind=sigmoid (default) is Cui et al.'s code: the row's class weight on every class's "
                          "binary focal term, divided by the number of rows; kind=softmax is the earlier ltbench "
                          "form (a softmax focal loss normalised by the batch's weight sum).",
                          "beta 0.9, as BagofTricks-LT's CIFAR-100 configs.",
-                         "With kind=sigmoid the classifier bias starts at -log((1 - pi) / pi), pi = prior = 0.1, as "
-                         "Cui et al. (Sec. 4.3) do for every sigmoid-based loss, so that each class's sigmoid "
-                         "starts near pi instead of 0.5; prior=0 keeps PyTorch's default bias (the board's "
-                         "earlier rows). The softmax form keeps the default, as theirs.",),
+                         "With kind=sigmoid the classifier bias starts at -log((1 - pi) / pi) with pi = 1/C (0.01 "
+                         "on CIFAR-100), -log(C - 1), and is exempt from weight decay, as Cui et al.'s code "
+                         "(src/model_base.py, src/cifar_main.py) and Sec. 5.2 do. prior takes another pi (a number "
+                         "in (0, 1); 0.1 was ltbench 0.2's default, which the board's earlier rows used) and 0 keeps "
+                         "PyTorch's default bias, decayed like every weight. The softmax form keeps the default.",),
     )
 
     def check_options(self):
@@ -233,21 +237,40 @@ class ClassBalancedFocal(Method):
         _check_gamma(self)
         if self.opts["kind"] not in FOCAL_KINDS:
             raise ConfigError(f"cb-focal.kind must be one of {', '.join(FOCAL_KINDS)}, got {self.opts['kind']!r}")
+        self.prior_of(2)  # checks the value
+
+    def prior_of(self, num_classes: int) -> float:
+        """pi for ``num_classes`` classes: 1/C for ``"1/C"``, else the number given (0: no prior)."""
         prior = self.opts["prior"]
-        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 <= prior < 1:
-            raise ConfigError(f"cb-focal.prior must be a number in [0, 1) (0 keeps the default bias), got {prior!r}")
+        if isinstance(prior, str) and prior.strip().upper() == "1/C":
+            return 1.0 / num_classes
+        try:
+            value = float(prior) if not isinstance(prior, bool) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not 0 <= value < 1:
+            raise ConfigError(f"cb-focal.prior must be 1/C or a number in [0, 1) (0 keeps the default bias), "
+                              f"got {prior!r}")
+        return value
 
     @hookimpl
     def ltbench_configure_model(self, run, model):
-        prior = self.opts["prior"]
+        prior = self.prior_of(run.num_classes)
         if self.opts["kind"] != "sigmoid" or prior == 0:
             return
         bias = getattr(model.classifier, "bias", None)
         if not isinstance(bias, torch.Tensor):
-            raise ConfigError(f"cb-focal.prior={prior} initialises the classifier's bias, but the classifier "
-                              f"{type(model.classifier).__name__} has none; set cb-focal.prior=0")
+            raise ConfigError(f"cb-focal.prior={self.opts['prior']} initialises the classifier's bias, but the "
+                              f"classifier {type(model.classifier).__name__} has none; set cb-focal.prior=0")
         with torch.no_grad():
             bias.fill_(-math.log((1 - prior) / prior))
+
+    @hookimpl
+    def ltbench_param_groups(self, run, stage):
+        """The prior's bias is not decayed (Cui et al.'s cifar_main.py leaves dense/bias out of the L2 term)."""
+        if stage != 1 or self.opts["kind"] != "sigmoid" or self.prior_of(run.num_classes) == 0:
+            return None
+        return [ParamGroup(("classifier.bias",), weight_decay=0.0, label="cb-focal prior bias")]
 
     @hookimpl
     def ltbench_build_loss(self, run):

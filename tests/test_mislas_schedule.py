@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import types
 
 import pytest
 
@@ -17,8 +19,9 @@ def resolved(budget: str, method: str):
     """(epochs, lr, batch size, the lr multiple at each epoch) of ``method``'s stage 2 at ``budget`` on CIFAR-100-LT."""
     catalog = build_catalog()
     cls = catalog.method(method).cls
-    plan = cls().ltbench_second_stage()
     config = resolve(catalog.dataset("cifar100-lt"), budget, [cls])  # the budget as a run resolves it (no data)
+    hook = cls().ltbench_second_stage  # called as pluggy calls it: with the arguments it takes
+    plan = hook(**({"run": types.SimpleNamespace(config=config)} if "run" in inspect.signature(hook).parameters else {}))
     epochs = config["stage2_epochs"] if plan.epochs is None else plan.epochs
     lr = config["stage2_lr"] if plan.lr is None else plan.lr
     batch = plan.batch_size or config["stage2_batch_size"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import types
+
 import pytest
 import torch
 
@@ -74,15 +76,34 @@ def test_resnet32_has_option_a_shortcuts_and_64_features(catalog):
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(0.46e6, rel=0.02)
 
 
-def test_stage2_of_crt_and_lws_is_bagoftricks_cifar_config(paper):
-    expected = [0.1 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)] + [0.1] * 5 + [0.01] * 10 + [0.001] * 10
+def bagoftricks_lr(e: int, base: float = 0.1, warm: int = 5, milestones=(10, 20), gamma: float = 0.1) -> float:
+    """BagofTricks-LT's WarmupMultiStepLR (lib/utils/lr_scheduler.py, warmup_factor 1/3, linear) at last_epoch e, as
+    main/train.py steps it: scheduler.step() before each 1-based epoch e, so epoch e trains at this rate."""
+    import bisect
+
+    factor = (1 / 3) * (1 - e / warm) + e / warm if e < warm else 1.0
+    return base * factor * gamma ** bisect.bisect_right(list(milestones), e)
+
+
+def test_stage2_of_crt_and_lws_is_bagoftricks_cifar_config_as_its_code_runs_it(paper, catalog):
+    expected = [bagoftricks_lr(e) for e in range(1, 31)]
+    assert expected[0] == pytest.approx(0.1 * 7 / 15) and expected[4] == 0.1 and expected[9] == pytest.approx(0.01)
     for name in ("crt", "lws"):
         config = paper[name]
         assert (config["stage2_epochs"], config["stage2_batch_size"], config["stage2_lr"]) == (30, 128, 0.1)
-        plan = SecondStage()  # what crt and lws ask for: the budget's stage 2
-        assert (plan.weight_decay, plan.momentum) == (5e-4, 0.9)
+        plan = catalog.method(name).cls().ltbench_second_stage(run=types.SimpleNamespace(config=config))
+        assert (plan.weight_decay, plan.momentum, plan.nesterov) == (5e-4, 0.9, True)
+        # the backbone frozen but in train mode, on augmented images: batch-norm statistics re-estimated
+        assert plan.update_bn_statistics and not plan.cached_features and not plan.train_backbone
         factor = stage2_schedule(config, plan)
         assert [config["stage2_lr"] * factor(e, 30) for e in range(30)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_cpu_budgets_crt_and_lws_keep_the_cheaper_cached_stage2(catalog):
+    config = resolve(catalog.dataset("cifar100-lt"), "cpu", [catalog.method("crt").cls])
+    for name in ("crt", "lws"):
+        plan = catalog.method(name).cls().ltbench_second_stage(run=types.SimpleNamespace(config=config))
+        assert plan.cached_features and not plan.update_bn_statistics and not plan.nesterov
 
 
 def test_a_method_with_its_own_stage2_length_keeps_its_own_schedule(paper):
@@ -105,7 +126,9 @@ def test_stage2_follows_the_budgets_steps_in_a_real_run(catalog, tmp_path):
     [rec] = run_methods(catalog, ["crt"], tmp_path, settings={
         "stage2_epochs": 4, "stage2_warmup_epochs": 2, "stage2_lr_milestones": "3", "stage2_lr": 0.2})
     lrs = [e["lr"] for e in rec["history"] if e["stage"] == 2]
-    assert lrs == pytest.approx([0.1, 0.2, 0.2, 0.02])
+    assert lrs == pytest.approx([bagoftricks_lr(e, 0.2, 2, (3,)) for e in (1, 2, 3, 4)])
+    assert lrs == pytest.approx([0.2 * 2 / 3, 0.2, 0.02, 0.02])
+    assert rec["optimizer"]["2"]["nesterov"] is True  # BagofTricks' SGD
     assert rec["config"]["stage2_lr_milestones"] == [3]
 
 

@@ -7,6 +7,7 @@ whole network. Both call the run hooks of :mod:`ltbench.hookspecs` in the order 
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
@@ -293,12 +294,13 @@ def image_batch(run: Run, labels: np.ndarray) -> Callable[[torch.Tensor], Batch]
     return make_images
 
 
-def make_optimizer(run: Run, stage: int, groups: list[dict[str, Any]], momentum: float) -> torch.optim.SGD:
+def make_optimizer(run: Run, stage: int, groups: list[dict[str, Any]], momentum: float,
+                   nesterov: bool = False) -> torch.optim.SGD:
     """The stage's SGD over the core's ``groups``, shaped by the methods' ``ltbench_param_groups``; what it is
     goes into ``run.optimizers`` (the record's ``optimizer``)."""
     shaped, described = param_groups(run, stage, groups)
-    run.optimizers[str(stage)] = {"name": "SGD", "momentum": momentum, "nesterov": False, "groups": described}
-    return torch.optim.SGD(shaped, lr=shaped[0]["lr"], momentum=momentum)
+    run.optimizers[str(stage)] = {"name": "SGD", "momentum": momentum, "nesterov": nesterov, "groups": described}
+    return torch.optim.SGD(shaped, lr=shaped[0]["lr"], momentum=momentum, nesterov=nesterov)
 
 
 def train_stage1(run: Run, ckpt_path: Path, on_epoch_end: Callable[[], None] | None = None) -> None:
@@ -336,21 +338,27 @@ def prepare_stage2(run: Run, plan: SecondStage) -> None:
     distributed.broadcast_state(run.model.classifier)  # a new head starts the same on every rank
 
 
+#: BagofTricks-LT's WarmupMultiStepLR starts its warm-up at a third of the rate (warmup_factor 1/3)
+BAGOFTRICKS_WARMUP_FACTOR = 1.0 / 3
+
+
 def stage2_schedule(config: dict[str, Any], plan: SecondStage) -> Callable[[int, int], float]:
     """``factor(epoch, epochs)``: the multiple of stage 2's learning rate at a (0-based) epoch.
 
     A stage 2 that takes the budget's length (``plan.epochs`` None) with the default ``cosine`` follows the
-    budget's stage-2 schedule: with ``stage2_lr_milestones``, a linear warm-up over ``stage2_warmup_epochs``
-    ((e + 1) / warm-up, as stage 1's) and then x ``stage2_lr_decay`` at each milestone; without, a cosine to 0.
-    A method that sets its own length keeps its own: a cosine, or a constant rate with ``cosine=False``."""
+    budget's stage-2 schedule: with ``stage2_lr_milestones``, BagofTricks-LT's ``WarmupMultiStepLR`` as its
+    training loop steps it (``scheduler.step()`` before each 1-based epoch ``e = epoch + 1``): a warm-up from a
+    third of the rate, ``1/3 (1 - e/w) + e/w`` while ``e < w`` (``w`` = ``stage2_warmup_epochs``), and
+    x ``stage2_lr_decay`` for each milestone ``<= e``; without, a cosine to 0. A method that sets its own length
+    keeps its own: a cosine, or a constant rate with ``cosine=False``."""
     milestones = config.get("stage2_lr_milestones", []) if plan.epochs is None and plan.cosine else []
     if milestones:
         warm, decay = config.get("stage2_warmup_epochs", 0), config.get("stage2_lr_decay", 0.1)
 
         def step(epoch: int, epochs: int) -> float:
-            if epoch < warm:
-                return (epoch + 1) / warm
-            return decay ** sum(epoch >= m for m in milestones)
+            e = epoch + 1  # the scheduler's last_epoch while this epoch trains
+            factor = BAGOFTRICKS_WARMUP_FACTOR * (1 - e / warm) + e / warm if e < warm else 1.0
+            return factor * decay ** bisect.bisect_right(sorted(milestones), e)
         return step
     if plan.cosine:
         return lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * epoch / epochs))
@@ -382,7 +390,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     if not groups or epochs == 0:
         run.pm.hook.ltbench_stage_end(run=run, stage=2)
         return
-    optimizer = make_optimizer(run, 2, groups, momentum=plan.momentum)
+    optimizer = make_optimizer(run, 2, groups, momentum=plan.momentum, nesterov=plan.nesterov)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     schedule = stage2_schedule(config, plan)

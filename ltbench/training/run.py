@@ -141,6 +141,8 @@ class SecondStage:
     batch_size: int | None = None
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    #: Nesterov momentum in stage 2's SGD (BagofTricks-LT's optimiser)
+    nesterov: bool = False
     cosine: bool = True
     train_backbone: bool = False
     backbone_lr: float | None = None

@@ -18,9 +18,11 @@ All images of a batch ascend together in one tensor, each stopping on its
 own, so the cost is at most 15 forward+backward passes per batch.
 
 Under torchrun (``--nproc K``): the confusion matrix comes from the validation pass every rank runs over the
-whole split, so it is the same everywhere. Each rank hallucinates for the tail samples of its own rows (the
-same share p of them, drawn from its own stream: the same distribution as one process, not the same draws);
-the counts in the record are summed over ranks.
+whole split, so it is the same everywhere. Every rank makes one process's draws (which tail samples of the
+global batch, their target classes and thresholds: the same stream, seeded alike, over the gathered labels),
+then ascends and appends those among its own rows; its rows are weighed (``batch.row_weights``) so that the task
+loss is the mean over the global batch's rows, hallucinated ones included, as in one process. The counts in the
+record are summed over ranks (``forward_passes``: every rank's ascent passes).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltbench.api import (ConfigError, Method, MethodMetadata, SecondStage, all_reduce_sum, class_share_sampler,
-                         hookimpl, is_distributed)
+                         gather_batch, hookimpl, is_distributed, rank, shard_rows)
 
 # --------------------------------------------------------------------------
 # Arithmetic (pinned by tests)
@@ -113,6 +115,28 @@ def hallucinate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, t
     finally:
         model.train(was_training)
     return x.detach(), iters, forwards
+
+
+def weigh_appended_rows(run, batch, own: int, appended: int) -> None:
+    """Under torchrun, where this rank appended ``appended`` rows (hallucinated images, SAFA's generated samples)
+    to its ``own`` rows of the global batch: weigh its rows (``batch.row_weights``) so that the task loss is the
+    mean over the global batch's rows, appended ones included, as in one process. Nothing in one process.
+
+    The core scales rank r's loss by its share of the batch's own rows, ``n_r K / N``; a mean over its
+    ``n_r + a_r`` rows then needs the factor ``N (n_r + a_r) / (n_r (N + A))`` to be its part of one process's
+    mean over ``N + A`` rows (also for a class-weighted mean, whose normaliser ``ltbench.api.global_normaliser``
+    takes over the ``n_r + a_r`` rows). Every rank calls it alike (a collective)."""
+    if not (is_distributed() and getattr(run, "shard_batches", True)):
+        return
+    counts = all_reduce_sum(torch.tensor([float(own), float(appended)], dtype=torch.float64,
+                                         device=batch.labels.device))
+    total_own, total_appended = counts.tolist()
+    if total_appended == 0 or own == 0:
+        return
+    factor = total_own * (own + appended) / (own * (total_own + total_appended))
+    weights = torch.full((own + appended,), factor, dtype=torch.get_default_dtype(), device=batch.labels.device)
+    batch.row_weights = weights if batch.row_weights is None else \
+        torch.cat([batch.row_weights, batch.row_weights.new_ones(appended)]) * weights
 
 
 # --------------------------------------------------------------------------
@@ -214,27 +238,43 @@ class BLT(Method):
         if run.stage != 2 or not self.opts["hallucinate"] or self.confusion is None:
             return
         t0 = time.perf_counter()
-        tail = torch.as_tensor(run.train_counts <= self.opts["tail_max"])[batch.labels.cpu()]
+        # Under torchrun the draws are one process's: every rank draws, from the same stream, for the tail samples
+        # of the global batch, then ascends and appends those among its own rows (``mine``: rows start..stop)
+        own = len(batch.labels)
+        sharded = is_distributed() and getattr(run, "shard_batches", True)
+        labels_all = gather_batch(run, batch.labels) if sharded else batch.labels
+        start = shard_rows(len(labels_all)).start if sharded else 0
+        tail = torch.as_tensor(run.train_counts <= self.opts["tail_max"])[labels_all.cpu()]
         tail_pos = tail.nonzero().squeeze(1)
         if len(tail_pos) == 0:
+            weigh_appended_rows(run, batch, own, 0)
             return
-        self.stats["batches_with_tail"] += 1
+        if rank() == 0:  # (the record sums the counts over ranks)
+            self.stats["batches_with_tail"] += 1
         n = math.ceil(self.opts["p"] * len(tail_pos))
         chosen = tail_pos[torch.randperm(len(tail_pos), generator=self.generator)[:n]]
-        labels = batch.labels[chosen.to(batch.labels.device)].cpu()
+        labels = labels_all[chosen.to(labels_all.device)].cpu()
         targets = pick_targets(labels, self.confusion, self.generator)
         keep = targets >= 0
-        self.stats["skipped_no_confusion"] += int((~keep).sum())
+        mine = (chosen >= start) & (chosen < start + own)
+        self.stats["skipped_no_confusion"] += int((~keep & mine).sum())
+        appended = 0
         if keep.any():
             chosen, labels, targets = chosen[keep], labels[keep], targets[keep]
             low, high = self.opts["score_low"], self.opts["score_high"]
             thresholds = low + (high - low) * torch.rand(len(chosen), generator=self.generator)
-            images, _, forwards = hallucinate(model, batch.images[chosen.to(batch.images.device)], targets,
-                                              thresholds, self.opts["step"], self.opts["max_iters"])
-            batch.images = torch.cat([batch.images, images])
-            batch.labels = torch.cat([batch.labels, labels.to(batch.labels.device)])
-            self.stats["hallucinated"] += len(chosen)
-            self.stats["forward_passes"] += forwards
+            mine = mine[keep]
+            if mine.any():
+                chosen, labels, targets, thresholds = (chosen[mine] - start, labels[mine], targets[mine],
+                                                       thresholds[mine])
+                images, _, forwards = hallucinate(model, batch.images[chosen.to(batch.images.device)], targets,
+                                                  thresholds, self.opts["step"], self.opts["max_iters"])
+                batch.images = torch.cat([batch.images, images])
+                batch.labels = torch.cat([batch.labels, labels.to(batch.labels.device)])
+                self.stats["hallucinated"] += len(chosen)
+                self.stats["forward_passes"] += forwards
+                appended = len(chosen)
+        weigh_appended_rows(run, batch, own, appended)
         self.stats["seconds"] += time.perf_counter() - t0
 
     @hookimpl

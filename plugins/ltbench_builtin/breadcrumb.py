@@ -409,7 +409,7 @@ class Breadcrumb(_BreadcrumbBase):
             return None
         t0 = time.perf_counter()
         # a step owner's re-evaluation of the batch (sam): the same bank rows, nothing collected or counted again
-        again = run.reevaluating
+        again = getattr(run, "reevaluating", False)
         step = self.step - 1 if again else self.step
         if not again:
             self.collect(batch, output)

@@ -194,7 +194,7 @@ class ParametricContrastiveLearning(Method):
         if is_distributed():  # the contrast is over the global batch, as in one process: every rank's rows
             queries, labels, sup_logits = (gather_batch(run, t) for t in (queries, labels, sup_logits))
             weights = None if weights is None else gather_batch(run, weights)
-        if run.reevaluating and self._this_step is not None:
+        if getattr(run, "reevaluating", False) and self._this_step is not None:
             # a step owner (sam) evaluates the batch again: the same keys and queue, nothing advanced
             keys, queue_keys, queue_labels = self._this_step
         else:
@@ -209,7 +209,7 @@ class ParametricContrastiveLearning(Method):
             self._this_step = (keys, queue_keys, queue_labels)
         per_anchor = paco_loss(queries.float(), keys.float(), labels, queue_keys, queue_labels, sup_logits,
                                self.opts["alpha"], self.opts["beta"], self.opts["gamma"], self.opts["temperature"])
-        if not run.reevaluating:
+        if not getattr(run, "reevaluating", False):
             queue.push(keys, labels)
         loss = per_anchor.mean() if weights is None else (per_anchor * weights.to(per_anchor.dtype)).mean()
         return {"paco": loss}

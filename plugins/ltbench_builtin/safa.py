@@ -32,10 +32,13 @@ modelled on RSG (Wang et al., CVPR 2021), which SAFA compares itself to:
   copy of the stage output, so generated samples send no gradient into the
   layers before the insertion point; real samples train them as usual.
 
-Under torchrun (``--nproc K``): the running class-mean maps are updated with the class means of the global
-batch (per-class sums and counts summed over ranks), so they are the same on every rank. Head-tail pairs are
-drawn within each rank's rows; ``generated`` in the record is summed over ranks. The activation-memory probe
-runs only in a single process.
+Under torchrun (``--nproc K``): every rank computes SAFA as one process does, on the global batch: the stage
+outputs of every rank's rows are gathered (``gather_batch``, differentiable), the head-tail pairs drawn over the
+global batch's labels (the same stream on every rank), and the class-mean maps, the generated samples and the
+loss terms computed from them, the same on every rank (the SAFA modules run K times over, once per rank).
+Each rank appends the generated samples of the tail rows that are its own, and weighs its rows so that the task
+loss is the mean over the global batch's rows, generated ones included. ``generated`` in the record is summed
+over ranks. The activation-memory probe runs only in a single process.
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.api import (ConfigError, Method, MethodMetadata, PluginContractError, all_reduce_sum, hookimpl,
-                         is_distributed)
+from ltbench.api import (ConfigError, Method, MethodMetadata, PluginContractError, all_reduce_sum, gather_batch,
+                         hookimpl, is_distributed, shard_rows)
+from ltbench_builtin.blt import weigh_appended_rows
 
 EPS = 1e-5
 POSITIONS = ("layer1", "layer2", "layer3")
@@ -97,18 +101,9 @@ class SAFAModule(nn.Module):
         return self.G(torch.cat([f_t, delta_t], 1))
 
     def update_means(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """Running class means of the maps ``feats`` (the global batch's under torchrun, gathered by
+        :class:`SAFAStage`, so every rank updates them alike)."""
         feats = feats.detach()
-        if is_distributed():  # the class means of the global batch, the same on every rank
-            sums = torch.zeros_like(self.class_means).index_add_(0, labels, feats)
-            counts = torch.bincount(labels, minlength=len(self.class_means)).to(feats.dtype)
-            all_reduce_sum(sums), all_reduce_sum(counts)
-            present = counts > 0
-            mean = sums[present] / counts[present].view(-1, *[1] * (feats.dim() - 1))
-            old = self.class_means[present]
-            self.class_means[present] = torch.where(self.seen[present].view(-1, *[1] * (feats.dim() - 1)),
-                                                    0.9 * old + 0.1 * mean, mean)
-            self.seen[present] = True
-            return
         for c in labels.unique():
             mean = feats[labels == c].mean(0)
             self.class_means[c] = torch.where(self.seen[c], 0.9 * self.class_means[c] + 0.1 * mean, mean)
@@ -135,6 +130,9 @@ class SAFAStage(nn.Module):
         self.generated = 0
         #: whether generated samples join the batch (from the start epoch) or only train the modules
         self.append = True
+        #: under torchrun, this rank's rows -> the global batch's (``ltbench.api.gather_batch``; set by the plugin);
+        #: None in one process
+        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stage(x)
@@ -148,6 +146,8 @@ class SAFAStage(nn.Module):
             self.last_plan = plan
         labels, tails, heads = plan
         src = out.detach() if self.detach_input else out
+        if self.gather is not None:  # under torchrun: the global batch's maps, every rank computing as one process
+            src = self.gather(src)
         if not again:
             self.safa.update_means(src, labels)
         self.losses = {}
@@ -181,7 +181,10 @@ class SAFAStage(nn.Module):
         if not self.append:  # the modules train on their own losses; the batch goes on without the samples
             self.generated = 0
             return out
-        self.generated = len(tails)
+        if self.gather is not None:  # this rank appends the samples of the tail rows that are its own
+            start = shard_rows(len(src)).start
+            gen = gen[(tails >= start) & (tails < start + len(out))]
+        self.generated = len(gen)
         return torch.cat([out, gen])
 
 
@@ -280,7 +283,9 @@ class SAFA(Method):
         module = SAFAModule(map_shape, run.num_classes)
         self.stage_module = SAFAStage(stage, module, self.opts["detach_input"], self.opts["detach_mode_seeking"])
         setattr(backbone, position, self.stage_module)
-        self.stage_module.reevaluating = lambda: run.reevaluating
+        self.stage_module.reevaluating = lambda: getattr(run, "reevaluating", False)
+        if is_distributed():
+            self.stage_module.gather = lambda t: gather_batch(run, t)
         counts = run.train_counts
         n_head = max(1, int(round(self.opts["head_ratio"] * run.num_classes)))
         self.is_head = torch.zeros(run.num_classes, dtype=torch.bool)
@@ -304,17 +309,25 @@ class SAFA(Method):
             self.stage_module.last_plan = None  # a new step: no re-evaluation may use the previous one's
         if not self.active(run) or batch.images is None:
             return
-        tails, heads = pair_head_tail(batch.labels, self.is_head, self.generator)
-        device = batch.labels.device
-        plan = (batch.labels, tails.to(device), heads.to(device))
+        own = batch.labels
+        gather = self.stage_module.gather  # under torchrun: one process's pairs, of the global batch's rows
+        labels = gather(own) if gather is not None else own
+        tails, heads = pair_head_tail(labels, self.is_head, self.generator)
+        device = labels.device
+        plan = (labels, tails.to(device), heads.to(device))
         if self.memory is None and len(tails) and not is_distributed():  # (a probe on one rank
             # only would run collectives the others do not)
             self.memory = activation_memory(model, batch.images, plan)
         self.stage_module.plan = plan
         self.stage_module.append = self.appending(run)
         if self.stage_module.append:
+            if gather is not None:  # this rank appends the samples of the tail rows that are its own
+                start = shard_rows(len(labels)).start
+                tails = tails[(tails >= start) & (tails < start + len(own))]
             # the module appends one generated sample per tail sample, labelled with that tail sample's class
-            batch.labels = torch.cat([batch.labels, batch.labels[tails.to(device)]])
+            batch.labels = torch.cat([own, labels[tails.to(device)]])
+            if gather is not None:  # the task loss: the mean over the global batch's rows, generated ones included
+                weigh_appended_rows(run, batch, len(own), len(tails))
 
     @hookimpl
     def ltbench_extra_losses(self, run):
@@ -322,7 +335,7 @@ class SAFA(Method):
             return None
         losses = self.stage_module.losses
         self.stage_module.losses = {}
-        if not run.reevaluating:  # a step owner's second pass generates the same samples again: counted once
+        if not getattr(run, "reevaluating", False):  # a step owner's second pass generates them again: counted once
             self.generated_total += self.stage_module.generated
         weights = {"safa_cycle": self.opts["lambda_cycle"], "safa_contrastive": self.opts["lambda_contrastive"],
                    "safa_mode_seeking_head": self.opts["lambda_mode_seeking"],

@@ -50,7 +50,8 @@ class SharpnessAwareMinimisation(Method):
         code_url="https://github.com/val-iisc/Saddle-LongTail",
         summary="Each step moves the weights to w + rho g/||g||, takes the gradient of the same batch's loss there, "
                 "and steps from w with it. rho 0.2 (the official CIFAR-100-LT CE+SAM run); composes with any loss "
-                "method whose hooks honour run.reevaluating (every built-in does): ldam-drw+sam trains LDAM-DRW's loss this way (the official run uses rho 0.8).",
+                "method whose hooks honour run.reevaluating (every built-in does): ldam-drw+sam trains LDAM-DRW's "
+                "loss this way (the official run uses rho 0.8).",
         reference_results={
             "cifar100-lt-if100": {"overall": None, **LDAM_SETTING,
                                   "source": "no CE+SAM number in the official README; it gives CE+DRW+SAM 44.6 and "

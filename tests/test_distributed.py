@@ -124,14 +124,18 @@ def test_the_building_blocks_compute_what_one_process_computes(tmp_path):
 
 
 def _safa_means(rank: int, out: Path) -> None:
+    from types import SimpleNamespace
+
     from ltbench_builtin.safa import SAFAModule
 
     torch.manual_seed(1)
     feats, labels = torch.randn(12, 4, 2, 2), torch.tensor([0, 1, 1, 2, 0, 0, 3, 1, 2, 2, 0, 1])
     module = SAFAModule((4, 2, 2), 5)
+    run = SimpleNamespace(shard_batches=True)
     for _ in range(2):  # the second update is an exponential average with the first
         rows = D.shard_rows(len(labels))
-        module.update_means(feats[rows], labels[rows])
+        # as SAFA's stage does under torchrun: the global batch's stage output and labels, gathered
+        module.update_means(D.gather_batch(run, feats[rows]), D.gather_batch(run, labels[rows]))
     torch.save({"means": module.class_means, "seen": module.seen}, out / f"safa{rank}.pt")
 
 

@@ -1,8 +1,9 @@
 """The web leaderboard's charts, drawn as inline SVG (no library, nothing fetched): elements carry the row's
 ``data-family`` and ``data-method`` so that the page's filters hide and re-lay them out, as they do rows.
 
-The board charts take the site's rows (anything with ``name``, ``family``, ``mean`` per shot group,
-``backbone_epochs`` and ``macs``); the per-method charts take records.
+The board charts take the site's rows (anything with ``name``, ``family``, ``mean`` per shot group and
+``backbone_epochs``; the compute chart reads the training FLOPs of the row's ``recs``); the per-method charts take
+records.
 """
 
 from __future__ import annotations
@@ -77,28 +78,113 @@ class Chart:
                 f'aria-label="{html.escape(label)}"{extra}>{"".join(self.parts)}</svg>')
 
 
+#: (dx, dy, anchor) of a point's label, tried in turn: right, left, above and below by it, then further out (with a
+#: line to the point), for rows crowded at one computation
+LABEL_SPOTS = [(7, 4, "start"), (-7, 4, "end"), (7, -8, "start"), (7, 16, "start"), (-7, -8, "end"),
+               (-7, 16, "end"), (0, -9, "middle"), (0, 19, "middle")] + [
+    (dx, dy, "start" if dx > 0 else "end") for dy in (-20, 28, -32, 40, -44, 52, -56, 64, -68, 76)
+    for dx in (7, -7, 40, -40, 80, -80)]
+LABEL_SIZE = 10  # px; a character is about 0.58 of it wide
+
+
+def row_training_compute(row: Any) -> tuple[float | None, bool]:
+    """A row's training FLOPs (the mean over its records of :func:`ltbench.results.records.training_compute`)
+    and whether any of them is estimated; ``(None, True)`` where a record has neither a count nor an estimate."""
+    from ltbench.results.records import training_compute
+
+    found = [training_compute(r) for r in getattr(row, "recs", None) or []]
+    if not found or any(v is None for v, _ in found):
+        return None, True
+    return sum(v for v, _ in found) / len(found), any(e for _, e in found)
+
+
+def _flops_unit(values: list[float]) -> tuple[float, str]:
+    top = max(values)
+    return next(((scale, name) for scale, name in ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"),
+                                                    (1e9, "GFLOPs")) if top >= scale), (1.0, "FLOPs"))
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _labels(chart: Chart, points: list[tuple[float, float, Any]]) -> list[str]:
+    """A label by each point (the row's name), at the first of :data:`LABEL_SPOTS` that overlaps no other label
+    and no point and stays in the plot, else at the one that overlaps least; a label set apart from its point gets
+    a thin line to it. Each carries its row's ``data-family``/``data-method``, so that the filters hide it too."""
+    taken = [(x - 4, y - 4, x + 4, y + 4) for x, y, _ in points]
+    left, right, top, bottom = chart.left, chart.w - chart.right, chart.top, chart.h - chart.bottom
+    parts = []
+    for x, y, row in sorted(points, key=lambda p: (p[1], p[0])):  # top to bottom
+        width, height = 0.58 * LABEL_SIZE * len(row.name) + 2, LABEL_SIZE + 1
+        best = None
+        for dx, dy, anchor in LABEL_SPOTS:
+            x0 = x + dx - {"start": 0, "end": width, "middle": width / 2}[anchor]
+            box = (x0, y + dy - height + 2, x0 + width, y + dy + 2)
+            outside = box[0] < left or box[2] > right or box[1] < top or box[3] > bottom
+            cost = sum(_overlap(box, t) for t in taken) + (1e6 if outside else 0)
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, anchor, box)
+            if cost == 0:
+                break
+        _, dx, dy, anchor, box = best
+        taken.append(box)
+        attrs = f'data-family="{html.escape(row.family)}" data-method="{html.escape(row.name)}"'
+        leader = (f'<line x1="{x}" y1="{y}" x2="{round(x + dx - (2 if dx > 0 else -2 if dx < 0 else 0), 2)}" '
+                  f'y2="{round(y + dy - 4, 2)}" stroke="#999" stroke-width="0.6"/>' if abs(dy) > 10 or abs(dx) > 10
+                  else "")
+        parts.append(f'<g class="label" {attrs}>{leader}<text x="{round(x + dx, 2)}" y="{round(y + dy, 2)}" '
+                     f'text-anchor="{anchor}" font-size="{LABEL_SIZE}" fill="#333">{html.escape(row.name)}</text></g>')
+    return parts
+
+
 def pareto_chart(rows: list[Any], key: str) -> str:
-    use_macs = all(r.macs for r in rows)
-    cost = {r.name: float(f"{r.backbone_epochs * (r.macs / 1e9 if use_macs else 1.0):.3g}") for r in rows}  # MACs
-    # differ in their last digits between heads of the same backbone: 3 digits keep those rows level
-    xlabel = ("training compute: backbone epochs × GMACs per image" if use_macs else "backbone epochs")
-    spread = max(cost.values()) / max(min(cost.values()), 1e-12)
-    chart = Chart(640, 380, list(cost.values()), [r.mean["overall"] for r in rows if r.mean["overall"] is not None],
-                  xlog=spread > 3)
+    """Overall accuracy against training compute, a labelled point per row and the Pareto front. The compute is
+    the training FLOPs each record counted (:func:`row_training_compute`); a row whose records predate counting is
+    estimated from its inference MACs and drawn hollow, said in its tooltip and a legend (never mixed silently).
+    Rows without either fall back, for the whole chart, to backbone epochs."""
+    measured = {r.name: row_training_compute(r) for r in rows}
+    use_flops = bool(rows) and all(v is not None for v, _ in measured.values())
+    if use_flops:
+        scale, unit = _flops_unit([v for v, _ in measured.values()])
+        cost = {name: float(f"{v / scale:.3g}") for name, (v, _) in measured.items()}  # 3 digits keep rows of
+        # one computation level (MACs of heads of one backbone differ in their last digits)
+        estimated = {name for name, (_, e) in measured.items() if e}
+        xlabel = f"training compute ({unit}" + ("; hollow: estimated)" if estimated else ", counted)")
+    else:
+        cost = {r.name: float(r.backbone_epochs) for r in rows}
+        estimated, unit, xlabel = set(), "backbone epochs", "backbone epochs"
+    spread = max(cost.values()) / max(min(cost.values()), 1e-12) if cost else 1.0
+    chart = Chart(760, 440, list(cost.values()), [r.mean["overall"] for r in rows if r.mean["overall"] is not None],
+                  xlog=spread > 3, margin=(30, 20, 45, 55))
     chart.axes(xlabel, "overall accuracy (%)")
-    points, front, best = [], [], -math.inf
+    points, front, best, placed = [], [], -math.inf, []
     for r in sorted(rows, key=lambda r: (cost[r.name], -(r.mean["overall"] or 0))):
         if r.mean["overall"] is None:
             continue
         x, y = chart.x(cost[r.name]), chart.y(r.mean["overall"])
-        points.append(f'<circle class="point" data-family="{html.escape(r.family)}" data-method="{html.escape(r.name)}" '
-                      f'cx="{x}" cy="{y}" r="4"><title>{html.escape(r.name)}: {r.mean["overall"]:.2f} at '
-                      f'{cost[r.name]:.3g}</title></circle>')
+        guess = r.name in estimated
+        how = (" (estimated: 6 × inference MACs × images trained on; extra passes, views and encoders missed)"
+               if guess else "")
+        style = ' style="fill:#fff;stroke:#1f77b4;stroke-width:1.5"' if guess else ""
+        points.append(f'<circle class="point{" estimated" if guess else ""}" data-family="{html.escape(r.family)}" '
+                      f'data-method="{html.escape(r.name)}" cx="{x}" cy="{y}" r="4"{style}><title>'
+                      f'{html.escape(r.name)}: {r.mean["overall"]:.2f} at {cost[r.name]:.3g} {unit}{how}</title>'
+                      f'</circle>')
+        placed.append((x, y, r))
         if r.mean["overall"] > best:
             best = r.mean["overall"]
             front.append(f"{x},{y}")
     chart.parts.append(f'<polyline class="front" points="{" ".join(front)}"/>')
+    chart.parts.extend(_labels(chart, placed))
     chart.parts.extend(points)
+    if estimated:
+        chart.parts.append(f'<circle cx="{chart.left + 8}" cy="12" r="4" class="legend-point" fill="#1f77b4"/>'
+                           f'<text x="{chart.left + 16}" y="16">counted by torch.utils.flop_counter</text>'
+                           f'<circle cx="{chart.left + 228}" cy="12" r="4" style="fill:#fff;stroke:#1f77b4;'
+                           f'stroke-width:1.5"/><text x="{chart.left + 236}" y="16">estimated (record predates '
+                           f'counting): 6 × inference MACs × images</text>')
     return chart.svg("pareto", f"overall accuracy against {xlabel} for {key}, Pareto front in red")
 
 

@@ -26,7 +26,7 @@ from tabulate import tabulate
 
 from ltbench.errors import LtbenchError
 from ltbench.results.reader import MAX_PREDICTIONS_BYTES, Unreadable, consistent, read_bytes, read_record
-from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE, atomic_write_text, compute
+from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE, atomic_write_text, compute, training_compute
 from ltbench.results.references import reference_description, reference_result, reference_setting
 
 RECORDS = "records"
@@ -133,6 +133,13 @@ def _millions(value: Any, digits: int) -> str:
     return "–" if value is None or pd.isna(value) else f"{value / 1e6:.{digits}f}"
 
 
+def _training_pflops(value: Any, estimated: Any) -> str:
+    """A row's training compute in PFLOPs (3 digits), ``~`` before an estimated one (records.training_compute)."""
+    if value is None or pd.isna(value):
+        return "–"
+    return ("~" if estimated else "") + f"{value / 1e15:.3g}"
+
+
 def render(records: list[dict[str, Any]]) -> dict[str, str]:
     """Return {file name: markdown}, one file per dataset key (``cifar100-lt-if200.md``: a dataset at one imbalance
     factor) with a table per budget; the ``paper`` budget's table is the page's paper section."""
@@ -145,6 +152,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
         speed = rec.get("throughput_img_per_s") or {}
         paper, source, measured_in = _paper(rec)
         cost = compute(rec)
+        flops, estimated = training_compute(rec)
         rows.append({"dataset": rec["dataset"], "budget": rec["budget"], "method": rec["variant"],
                      "config_id": rec["config_id"],
                      "seed": rec["seed"], "overall": m["overall"], "many": m["many"], "medium": m["medium"],
@@ -156,10 +164,12 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                      "epochs": rec["config"]["epochs"], "groups": rec.get("group_sizes") or {},
                      "backbone_epochs": cost["backbone_epochs"],
                      "params": cost["parameters"], "macs": cost["inference_macs_per_image"],
+                     "train_flops": flops, "train_estimated": estimated,
                      "thresholds": rec["group_thresholds"],
                      "per_class": tuple(rec.get("per_class_accuracy") or ())})
     df = pd.DataFrame(rows)
-    for col in ("overall", "many", "medium", "few", "wall", "stage2", "ips1", "ips2", "params", "macs"):
+    for col in ("overall", "many", "medium", "few", "wall", "stage2", "ips1", "ips2", "params", "macs",
+                "train_flops"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     pages = {}
     for dataset, ddf in df.groupby("dataset", sort=True):
@@ -176,6 +186,13 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                   f"RIDE's experts), MACs (M) the multiply-accumulates of classifying one test image along the "
                   f"method's evaluation path (torch.utils.flop_counter; – where a record has no cost): rows "
                   f"with more had more capacity than their baselines. "
+                  f"Training PFLOPs (10^15 FLOPs) is what the run's training took, counted by "
+                  f"torch.utils.flop_counter on the first step of every epoch (every forward and backward pass the "
+                  f"step runs: all views, extra losses and their encoders, SAM's second pass, generated samples; "
+                  f"matrix products and convolutions, as torch's counter counts, not element-wise work) times the "
+                  f"images the epoch trained on; a value marked ~ is estimated, for records that predate "
+                  f"counting, as 6 × MACs × the images trained on, which misses every pass beyond one forward and "
+                  f"backward. "
                   f"Wall time is the mean per run, a reused stage 1 counted at what it cost to train; img/s is "
                   f"the images per second of each stage's training steps (from the records; – where a record "
                   f"predates it). Both were measured on whatever machine made the record, under whatever load, "
@@ -197,7 +214,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                 paper=("paper", "first"), source=("source", "first"), setting=("setting", "first"),
                 measured_in=("measured_in", "first"),
                 backbone=("backbone", "first"), epochs=("epochs", "first"),
-                backbone_epochs=("backbone_epochs", "first"), params=("params", "first"), macs=("macs", "first"))
+                backbone_epochs=("backbone_epochs", "first"), params=("params", "first"), macs=("macs", "first"),
+                train_flops=("train_flops", "mean"), train_estimated=("train_estimated", "any"))
             agg = agg.sort_values(["overall"], ascending=False, kind="mergesort")
             # the paper budget always compares; another budget where a row is in its paper's setting
             compared = budget == "paper" or (agg["setting"] == "").any()
@@ -207,6 +225,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                 table.append([_md(method), _fmt(r["overall"], r["overall_sd"], n), _fmt(r["many"], r["many_sd"], n),
                               _fmt(r["medium"], r["medium_sd"], n), _fmt(r["few"], r["few_sd"], n), n,
                               str(int(r["backbone_epochs"])), _millions(r["params"], 3), _millions(r["macs"], 1),
+                              _training_pflops(r["train_flops"], r["train_estimated"]),
                               f"{r['wall']:.0f}", "–" if pd.isna(r["stage2"]) else f"{r['stage2']:.1f}",
                               "–" if pd.isna(r["ips1"]) else f"{r['ips1']:.0f}",
                               "–" if pd.isna(r["ips2"]) else f"{r['ips2']:.0f}", _md(r["paper"] or "–")])
@@ -221,7 +240,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
             backbones = ", ".join(sorted(set(bdf["backbone"])))
             epochs = ", ".join(str(e) for e in sorted(set(bdf["epochs"])))
             headers = ["method", "overall", "many", "medium", "few", "seeds", "backbone epochs", "params (M)",
-                       "MACs (M)", "wall (s)",
+                       "MACs (M)", "training PFLOPs", "wall (s)",
                        "stage 2 (s)", "stage 1 img/s", "stage 2 img/s", "paper overall"]
             lines += [f"## budget `{_md(budget)}` ({_md(backbones)}, {epochs} epochs)", ""]
             if compared:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import subprocess
@@ -424,12 +425,50 @@ def versions(plugins: dict[str, dict[str, Any]],
             "git_dirty": git["dirty"]}
 
 
+#: what counted a record's ``compute.training_flops``
+TRAINING_FLOPS_COUNTED_BY = "torch.utils.flop_counter: each epoch's first step, times the epoch's images"
+#: training FLOPs per image processed, where a record has no count: a forward (2 FLOPs a multiply-accumulate of
+#: the evaluation path) and a backward of twice that (:func:`training_compute`)
+ESTIMATE_FLOPS_PER_MAC = 6
+
+
+def _count(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
+def _stage_flops(entries: list[dict[str, Any]], epochs: int) -> int | None:
+    """A stage's training FLOPs from its history entries: each epoch's counted FLOPs per image times its images;
+    ``None`` where an epoch has no count (a record or a reused stage 1 that predates counting, a device the counter
+    cannot run on) or the history lacks the stage; 0 for a stage of no epochs."""
+    if not entries:
+        return 0 if epochs == 0 else None
+    total = 0.0
+    for e in entries:
+        per_image, images = _count(e.get("train_flops_per_image")), e.get("images")
+        if per_image is None or not isinstance(images, int) or isinstance(images, bool) or images < 0:
+            return None
+        total += per_image * images
+    return round(total)
+
+
 def compute(record: dict[str, Any]) -> dict[str, Any]:
     """What a run trained, for compute-matched comparisons: ``backbone_epochs`` (epochs in which the backbone's
     weights were trained: stage 1, plus stage 2 when it fine-tunes the backbone) and, per stage, its epochs,
     whether it trained the backbone, and the training images it saw (from the record's history; ``None`` where
     the history lacks the stage, e.g. a reused stage 1 or a record that predates histories); and the model's
     ``parameters`` and ``inference_macs_per_image`` from the record's ``cost`` (``None`` where it has none).
+
+    ``training_flops``: the FLOPs the run's training took, measured: the first training step of every epoch is
+    counted by ``torch.utils.flop_counter`` (every forward and backward pass the step runs: all views, extra
+    losses and their encoders, a step owner's closure such as SAM's, generated samples) per image, and each epoch
+    costs that per image times the images it processed (the history's ``train_flops_per_image`` and ``images``);
+    the counter counts matrix products, convolutions and attention (2 FLOPs a multiply-accumulate), not
+    element-wise work such as batch norm or the optimiser's update.
+    Per stage, ``training_flops`` and ``flops_per_image`` (the stage's FLOPs over its images, each view an image);
+    ``None`` wherever an epoch of the run has no count (records that predate counting: the boards then estimate,
+    and say so, :func:`training_compute`). Work outside the steps is not counted: epoch hooks, validation, and a
+    stage 2's one pass extracting the training set's features. ``counted_by`` names the counter.
     Derived from the record, so it works for every schema."""
     config, plan = record["config"], record.get("second_stage")
     history = record.get("history") or []
@@ -438,7 +477,39 @@ def compute(record: dict[str, Any]) -> dict[str, Any]:
     if plan:
         epochs = config["stage2_epochs"] if plan.get("epochs") is None else plan["epochs"]
         stages["2"] = {"epochs": epochs, "backbone": bool(plan.get("train_backbone")), "images": seen[2]}
+    for key, stage in stages.items():
+        flops = _stage_flops([e for e in history if e["stage"] == int(key)], stage["epochs"])
+        stage["training_flops"] = flops
+        stage["flops_per_image"] = flops / stage["images"] if flops is not None and stage["images"] else None
     backbone = sum(s["epochs"] for s in stages.values() if s["backbone"])
     cost = record.get("cost") or {}
+    counted = [s["training_flops"] for s in stages.values()]
+    total = sum(counted) if counted and None not in counted and sum(counted) > 0 else None
     return {"backbone_epochs": backbone, "stages": stages, "parameters": cost.get("parameters"),
-            "inference_macs_per_image": cost.get("inference_macs_per_image")}
+            "inference_macs_per_image": cost.get("inference_macs_per_image"), "training_flops": total,
+            "counted_by": TRAINING_FLOPS_COUNTED_BY if total is not None else None}
+
+
+def training_compute(record: dict[str, Any]) -> tuple[float | None, bool]:
+    """The FLOPs a run's training took, and whether they are estimated: ``compute(record)["training_flops"]``
+    where the record counted them; else (a record that predates counting) the estimate the boards used before,
+    backbone epochs x inference cost, in FLOPs: ``ESTIMATE_FLOPS_PER_MAC`` x the inference multiply-accumulates
+    per image x the images the backbone's stages processed (from the history, each view an image; else the
+    training set once per backbone epoch). It misses every pass beyond one forward and backward of the evaluation
+    path (SAM's second, a key encoder); ``(None, True)`` where the record has no inference cost either."""
+    block = compute(record)
+    if block["training_flops"] is not None:
+        return float(block["training_flops"]), False
+    macs = _count(block.get("inference_macs_per_image"))
+    if macs is None:
+        return None, True
+    images = 0
+    for key, stage in block["stages"].items():
+        if not stage["backbone"]:
+            continue
+        if stage["images"]:
+            images += stage["images"]
+        else:
+            counts = record.get("train_counts") or []
+            images += stage["epochs"] * sum(c for c in counts if isinstance(c, int) and not isinstance(c, bool))
+    return (ESTIMATE_FLOPS_PER_MAC * macs * images if images else None), True

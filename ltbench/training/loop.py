@@ -153,9 +153,67 @@ def _train_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batc
     return {k: v.detach() for k, v in terms.items()}
 
 
+#: count the first training step of every epoch with torch's flop counter (the history's
+#: ``train_flops_per_image``, the record's ``compute.training_flops``). The counter only observes: a run's losses
+#: and predictions are the same with it off (tests/test_training_flops.py)
+COUNT_TRAINING_FLOPS = True
+
+
+def _flop_counter():
+    """torch's ``FlopCounterMode`` counting globally, without its per-module tracker: the tracker's backward
+    hooks refuse an ``autograd.grad`` call inside the step (BLT's adversarial ascent), and ltbench needs the
+    total only. Where torch's internals differ, the plain counter."""
+    from torch.utils import flop_counter
+
+    inner = getattr(flop_counter, "_FlopCounterMode", None)
+    if inner is None:
+        return flop_counter.FlopCounterMode(display=False)
+
+    class GlobalFlopCounter(flop_counter.FlopCounterMode):
+        def __enter__(self):
+            self.flop_counts.clear()
+            self.mode = inner(self)
+            self.mode.__enter__()
+            return self
+
+        def __exit__(self, *args):
+            mode, self.mode = self.mode, None
+            return mode.__exit__(*args)
+
+    return GlobalFlopCounter(display=False)
+
+
+def _counted_step(run: Run, optimizer: torch.optim.Optimizer, loss_fn, batch: Batch,
+                  scale: float = 1.0) -> tuple[dict[str, torch.Tensor], float | None]:
+    """:func:`_train_step` under ``torch.utils.flop_counter.FlopCounterMode``: its loss terms, and the FLOPs of
+    the whole step per image it trained on (each view one image, as the history's ``images`` counts them), or
+    ``None`` where the counter cannot run here. Everything the step runs is counted: the augmentation hooks
+    (generated samples), the forward pass of every view, the task and extra losses (a key encoder, projection
+    heads), the backward pass, and a step owner's closure (SAM's second forward and backward); the optimiser's
+    element-wise update is not (torch's counter counts matrix products and convolutions)."""
+    images = len(batch.labels) * run.views  # the rows sampled, before a hook appends any of its own
+    try:
+        counter = _flop_counter()
+        counter.__enter__()
+    except Exception:  # noqa: BLE001 - no counter on this device: the step runs uncounted, the record says null
+        return _train_step(run, optimizer, loss_fn, batch, scale), None
+    counted = True
+    try:
+        terms = _train_step(run, optimizer, loss_fn, batch, scale)
+    finally:
+        try:
+            counter.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - as above
+            counted = False
+    flops = counter.get_total_flops() if counted else 0
+    return terms, (flops / images if flops > 0 and images else None)
+
+
 def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.Tensor, batch_size: int,
-              make_batch: Callable[[torch.Tensor], Batch], bar=None) -> tuple[dict[str, torch.Tensor], int]:
+              make_batch: Callable[[torch.Tensor], Batch], bar=None,
+              flops: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """The steps of one epoch over ``order`` (indices): per-term loss sums on the device, and the step count.
+    With ``flops`` (a dict), the first step is counted (:func:`_counted_step`) and ``flops["per_image"]`` set.
 
     A non-finite loss is not checked per step (that would wait for the device every step): it makes its
     term's sum non-finite, which :func:`check_finite` reads once at the end of the epoch."""
@@ -169,7 +227,11 @@ def run_steps(run: Run, optimizer: torch.optim.Optimizer, loss_fn, order: torch.
             rows = distributed.shard_rows(len(batch.labels))
             scale = (rows.stop - rows.start) * distributed.world_size() / len(batch.labels)
             batch = batch.rows(rows)
-        for k, v in _train_step(run, optimizer, loss_fn, batch, scale).items():
+        if flops is not None and steps == 0 and COUNT_TRAINING_FLOPS:
+            terms, flops["per_image"] = _counted_step(run, optimizer, loss_fn, batch, scale)
+        else:
+            terms = _train_step(run, optimizer, loss_fn, batch, scale)
+        for k, v in terms.items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
         steps += 1
         if bar:
@@ -241,7 +303,8 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
             make_batch.prefetch(order, batch_size)
         bar = _progress(run, math.ceil(len(order) / batch_size), f"stage {stage} epoch {epoch + 1}/{epochs}")
         t0 = time.perf_counter()
-        device_sums, steps = run_steps(run, optimizer, loss_fn, order, batch_size, make_batch, bar)
+        counted: dict[str, Any] = {}  # the epoch's first step, counted: its FLOPs per image
+        device_sums, steps = run_steps(run, optimizer, loss_fn, order, batch_size, make_batch, bar, flops=counted)
         sums = _mean_over_ranks(device_sums)  # the one wait for the device per epoch
         distributed.broadcast_state(model, buffers_only=True)  # rank 0's running statistics everywhere
         seconds = time.perf_counter() - t0
@@ -251,6 +314,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         entry = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                  "seconds": round(seconds, 3), "images": len(order) * run.views,  # every view is an image processed
                  "images_per_s": round(len(order) * run.views / seconds, 1) if seconds > 0 else None,
+                 **({"train_flops_per_image": counted["per_image"]} if "per_image" in counted else {}),
                  **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
         run.pm.hook.ltbench_epoch_end(run=run, stage=stage, epoch=epoch)
         every = run.config.get("val_every", 0)

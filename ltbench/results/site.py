@@ -5,7 +5,11 @@ opens from disk or from any static host that serves the folder alone.
 ``index.html`` holds every board (one per dataset and budget) behind a switcher. Each board's heading says its
 dataset, budget, backbones and epochs; its table has the markdown board's columns (accuracy per shot group,
 seeds, backbone epochs, parameters, MACs, wall time; each header explains itself on hover and in the notes
-below) and the paper's numbers where the source gives them. The best mean of each accuracy column is marked
+below) and the paper's numbers where the source gives them. A board that compares with the papers (the ``paper``
+budget, as the markdown board's paper section) has a section of its own under its table: each row's overall against
+its paper's, "ours − paper" where the paper measured the same setting, the setting and source of each published
+number (:mod:`ltbench.results.references`, from the installed methods), the seeds behind each row, and a link to the
+docs' paper-budget page. The best mean of each accuracy column is marked
 ★, and a row whose difference from that best is not distinguishable from noise by ltbench's paired bootstrap
 over seeds and test images (:func:`ltbench.results.summary.compare`) is marked ≈. Two charts follow, drawn as
 inline SVG so that the family filters apply to them as to the rows: accuracy against training compute with
@@ -31,10 +35,15 @@ import numpy as np
 
 from ltbench.results import charts, plots
 from ltbench.results.records import compute
-from ltbench.results.references import reference_result, reference_setting
+from ltbench.results.references import reference_description, reference_result, reference_setting
 from ltbench.results.summary import GROUPS
 
 SITE = "site"
+#: the docs site from the board's root: the leaderboard workflow publishes the board at the root of its pages and
+#: the docs (``mkdocs build --site-dir _pages/docs``) under ``docs/`` (.github/workflows/leaderboard.yml)
+DOCS = "docs/"
+#: the docs page that gives the paper budget's recipe and reads its differences (docs/paper-budget.md)
+PAPER_BUDGET_PAGE = DOCS + "paper-budget/"
 #: bootstrap draws for the within-noise marks (seeded: a rebuild marks the same rows)
 NOISE_DRAWS = 1000
 
@@ -46,6 +55,7 @@ th:first-child, td:first-child, th.text, td.text { text-align: left; }
 th { cursor: pointer; user-select: none; background: #f4f4f4; position: sticky; top: 0; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 .sd { color: #888; font-size: 0.8em; } .filters label { margin-right: 1rem; } img { max-width: 100%; }
+td:not(.text), .sd { white-space: nowrap; }  /* a value and its ± spread stay on one line */
 .best { font-weight: 600; } .mark { color: #b15c00; } figure { margin: 1rem 0; } .note { color: #555; font-size: 0.9rem; }
 dl.columns { font-size: 0.85rem; color: #444; display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
 dl.columns dt { font-weight: 600; } svg { max-width: 100%; height: auto; font-size: 11px; }
@@ -101,7 +111,8 @@ showBoard(location.hash.slice(1) && document.getElementById('board-' + location.
 COLUMNS = {  # header -> what it means (the header's tooltip, and the notes under each table)
     "method": "the method, or a variant of it with the options that differ from its defaults; links to its page",
     "family": "the method's family (plugin metadata); the filters above select families",
-    "overall": "mean of the per-class test accuracies (%), mean ± std over seeds",
+    "overall": "mean of the per-class test accuracies (%): the mean over the row's seeds, ± their standard deviation "
+               "where the row has two or more",
     "many": "mean accuracy of the many-shot classes (more than 100 training images)",
     "medium": "mean accuracy of the medium-shot classes (20 to 100 training images)",
     "few": "mean accuracy of the few-shot classes (fewer than 20 training images)",
@@ -142,10 +153,11 @@ def _finite(value: Any) -> float | None:
 def _num(value: float | None, sd: float | None = None, mark: str = "", digits: int = 2) -> str:
     if value is None or np.isnan(value):
         return '<td data-value="">–</td>'
-    shown = f"{value:.{digits}f}" + (f' <span class="sd">± {sd:.2f}</span>' if sd is not None and not np.isnan(sd) else "")
+    spread = sd is not None and not np.isnan(sd)  # joined by non-breaking spaces: one line, as the CSS keeps it
+    shown = f"{value:.{digits}f}" + (f'&nbsp;<span class="sd">±&nbsp;{sd:.2f}</span>' if spread else "")
     cls = ' class="best"' if mark == "★" else ""
     label = {"★": "best of the column", "≈": "not distinguishable from the best (paired bootstrap)"}.get(mark, "")
-    badge = f' <span class="mark" title="{label}">{mark}</span>' if mark else ""
+    badge = f'&nbsp;<span class="mark" title="{label}">{mark}</span>' if mark else ""
     return f'<td{cls} data-value="{value:.6f}">{shown}{badge}</td>'
 
 
@@ -226,15 +238,33 @@ def _page(title: str, body: str, root: str = "") -> str:
             f'<link rel="stylesheet" href="{root}style.css"></head>\n<body>{body}</body></html>\n')
 
 
+def _metadata(record: dict[str, Any], method: str) -> dict[str, Any]:
+    """``method``'s metadata: the installed method's current one (as the references, so that a corrected title or
+    link reaches every record), the record's own copy only for a method that is not installed."""
+    from ltbench.plugins.catalog import get_catalog
+
+    entry = get_catalog().methods.get(method)
+    if entry is not None:
+        return entry.cls.metadata.to_dict()
+    meta = (record.get("method_metadata") or {}).get(method)
+    return meta if isinstance(meta, dict) else {}
+
+
+def _code_link(code: Any) -> str:
+    """`` · code`` linking a method's code, where its ``code_url`` is an https URL; words after the URL (an old
+    record's ``"https://... (unofficial)"``) are shown after the link, never made part of it."""
+    url, _, note = str(code).strip().partition(" ") if isinstance(code, str) else ("", "", "")
+    if not url.startswith("https://"):
+        return ""
+    return f' · <a href="{html.escape(url)}">code</a>' + (f" {html.escape(note.strip())}" if note.strip() else "")
+
+
 def _method_page(row: Row, key: str, heading: str) -> str:
     first = row.recs[0]
-    metas = first.get("method_metadata") or {}
     about = []
     for name in first.get("methods", [first["method"]]):
-        meta = metas.get(name) if isinstance(metas.get(name), dict) else {}
-        paper, code = meta.get("paper"), meta.get("code_url")
-        links = (f' · <a href="{html.escape(code)}">code</a>' if isinstance(code, str) and code.startswith("https://")
-                 else "")
+        meta = _metadata(first, name)
+        paper, links = meta.get("paper"), _code_link(meta.get("code_url"))
         about.append(f"<h3>{html.escape(name)}: {html.escape(str(meta.get('title', '')))}</h3>"
                      f"<p>{html.escape(str(paper or ''))} ({html.escape(str(meta.get('venue', '')))} "
                      f"{html.escape(str(meta.get('year', '')))}){links}</p>"
@@ -267,6 +297,77 @@ def _heading(dataset: str, budget: str, recs: list[dict[str, Any]], rows: list[R
     epochs = sorted({r.backbone_epochs for r in rows})
     return (f"{dataset} · budget {budget} · {', '.join(backbones)} · "
             f"{', '.join(map(str, epochs))} backbone epochs")
+
+
+def _seeds_note(rows: list[Row]) -> str:
+    """What a board's numbers are over: one seed (no spread shown), or the mean over the seeds each row has."""
+    counts = sorted({len(row.recs) for row in rows})
+    if counts == [1]:
+        seeds = sorted({row.recs[0]["seed"] for row in rows})
+        return (f"Every row is a single run (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): no "
+                f"spread over seeds is shown, and how far another seed would move a number is not measured on this "
+                f"board.")
+    many = f"{counts[0]} to {counts[-1]}" if len(counts) > 1 else str(counts[0])
+    return (f"Each row is the mean over its seeds ({many}; the seeds column), ± their standard deviation where it "
+            f"has two or more.")
+
+
+#: the paper section's columns: header -> what it means (the header's tooltip)
+PAPER_COLUMNS = {
+    "method": "the method, or a variant of it; links to its page",
+    "seeds": "how many seeds our number is the mean of; with one, how far another seed would move it is not measured",
+    "ours overall": "our overall accuracy (%): the mean over the row's seeds",
+    "paper overall": "the overall accuracy the method's source reports for this dataset",
+    "ours − paper": "our overall minus the paper's, where the paper measured this setting (dataset, backbone, "
+                    "epochs and the method options it names); otherwise what keeps the two apart",
+    "paper's setting": "the setting the paper's number was measured in: backbone, epochs, augmentation, options",
+    "source": "where the paper's number comes from",
+}
+
+
+def _compares(rows: list[Row], budget: str) -> bool:
+    """Whether a board has a paper section: the ``paper`` budget always, another where a row is in its paper's
+    setting (as the markdown board's "ours − paper" column)."""
+    return budget == "paper" or any(row.setting == "" for row in rows)
+
+
+def _paper_section(rows: list[Row], key: str, dataset: str, budget: str) -> str:
+    """The board's rows against their papers: "ours − paper" where the paper measured the row's setting (the same
+    number as the markdown board's), else what keeps them apart; each published number's setting and source."""
+    body = []
+    for row in rows:
+        paper = row.paper_number("overall")
+        ours = row.mean["overall"]
+        if row.setting == "" and paper is not None and ours is not None:
+            diff = ours - float(f"{paper:.2f}")  # against the number as printed, as the markdown board
+            gap = f'<td data-value="{diff:.6f}">{diff:+.2f}</td>'
+        else:
+            gap = f'<td class="text" data-value="">{html.escape(row.setting or "no published number")}</td>'
+        described = reference_description(row.paper) if paper is not None else "–"
+        source = str(row.paper.get("source") or ("not stated" if paper is not None else "–"))
+        name, family = html.escape(row.name), html.escape(row.family)
+        body.append(f'<tr data-family="{family}"><td class="text" data-value="{name}"><a href="methods/'
+                    f'{html.escape(key)}/{row.slug}.html">{name}</a></td>'
+                    f'<td data-value="{len(row.recs)}">{len(row.recs)}</td>{_num(ours)}{_num(paper)}{gap}'
+                    f'<td class="text" data-value="{html.escape(described)}">{html.escape(described)}</td>'
+                    f'<td class="text" data-value="{html.escape(source)}">{html.escape(source)}</td></tr>')
+    text = ("method", "paper's setting", "source")
+    head = "".join(f'<th class="{"text" if h in text else ""}" '
+                   f'title="{html.escape(t)}">{html.escape(h)}</th>' for h, t in PAPER_COLUMNS.items())
+    backbones = ", ".join(sorted({str(r["config"].get("backbone")) for row in rows for r in row.recs}))
+    epochs = ", ".join(str(e) for e in sorted({r["config"].get("epochs") for row in rows for r in row.recs}))
+    recipe = ("This board trains each method with its paper's recipe. " if budget == "paper" else "")
+    return (f'<section class="paper" id="paper-{html.escape(key)}">'
+            f"<h3>Against the papers: {html.escape(dataset)} · budget {html.escape(budget)} · "
+            f"{html.escape(backbones)} · {html.escape(epochs)} epochs</h3>"
+            f'<p class="note">{recipe}"ours − paper" is our overall mean minus the number the method\'s source '
+            f"reports, where that number was measured in the same setting (dataset, backbone, epochs and the method "
+            f"options it names); a row whose number comes from another setting says so instead of a difference. "
+            f"A composition's number is the one its methods' papers report for the composition. "
+            f"{html.escape(_seeds_note(rows))} "
+            f'The recipe and what each difference means: <a class="docs" href="{PAPER_BUDGET_PAGE}">the paper '
+            f"budget</a> (docs).</p>"
+            f'<table class="paper"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>')
 
 
 def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
@@ -331,12 +432,14 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
                                       f"{html.escape(heading)}</a></p><h1>Every row, in one figure each</h1>"
                                       f"{figures}", root="../"))
         written.append(figures_page)
+        against = _paper_section(rows, key, dataset, budget) if _compares(rows, budget) else ""
         sections.append(
             f'<section class="board" id="board-{html.escape(key)}"><h2>{html.escape(heading)}</h2>'
+            f'<p class="note seeds">{html.escape(_seeds_note(rows))}</p>'
             f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
             f'<p class="note">★ the best mean of the column; ≈ not distinguishable from it (ltbench\'s paired '
             f"bootstrap over seeds and test images, {NOISE_DRAWS} draws, 95 %). Hover a header for what it "
-            f'means:</p><dl class="columns">{notes}</dl>'
+            f'means:</p><dl class="columns">{notes}</dl>{against}'
             f"<h3>Accuracy against training compute</h3>{charts.pareto_chart(rows, key)}"
             f'<p class="note">The red line joins the rows no other row beats with less compute (the Pareto front '
             f"of the rows shown).</p><h3>Shot groups per method</h3>{charts.bars_chart(rows, key)}"
@@ -346,7 +449,9 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     filters = "".join(f'<label><input type="checkbox" value="{html.escape(f)}" checked> {html.escape(f)}</label>'
                       for f in sorted(all_families))
     body = (f"<h1>ltbench leaderboard</h1>"
-            f'<p class="note">Top-1 accuracy (%) on the balanced test set at the final epoch, mean ± std over seeds. '
+            f'<p class="note">Top-1 accuracy (%) on the balanced test set at the final epoch: each row the mean over '
+            f"its seeds (the seeds column; each board says how many), ± their standard deviation where it has two or "
+            f"more. "
             f"A paper's number marked † comes from another setting (hover it): it orients, it does not compare. "
             f"Click a header to sort.</p>"
             f'<p><label>Board: <select id="board-switch">{"".join(options)}</select></label></p>'

@@ -178,9 +178,10 @@ class CAMFusion(Method):
         title="CAM-based feature space augmentation (fusing tail class-specific with confusing classes' "
         "class-generic features)",
         paper=PAPER, venue="ECCV", year=2020,
-        code_url="https://github.com/SSRSGJYD/Feature-Space-Augmentation-for-Long-Tailed-Data (unofficial)",
+        code_url="https://github.com/SSRSGJYD/Feature-Space-Augmentation-for-Long-Tailed-Data",
         summary="Phase II fine-tunes the linear classifier on batches of real tail samples, feature maps fusing "
-        "their CAM class-specific vectors with confusing classes' class-generic vectors, and head samples.",
+        "their CAM class-specific vectors with confusing classes' class-generic vectors, and head samples. "
+        "The linked code is unofficial (not the authors').",
         reference_results={
             "cifar100-lt-if100": {"overall": 46.57, **CIFAR_SETTING, "source": RESNET18 + "; ResNet-34: 48.51"},
             "cifar100-lt-if50": {"overall": 51.90, **CIFAR_SETTING, "source": RESNET18},

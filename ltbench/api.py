@@ -78,7 +78,15 @@ __all__ = ["API_VERSION", *(name for names in SECTIONS.values() for name in name
 _TESTING_KIT = tuple(SECTIONS["The testing kit (imported on first use)"])
 
 
+#: the kit's names that live beside the method checks: the checks of datasets, backbones and devices
+_KIT_CHECKS = ("check_dataset", "check_backbone", "check_device")
+
+
 def __getattr__(name: str):
+    if name in _KIT_CHECKS:
+        from ltbench.plugins import kit_checks
+
+        return getattr(kit_checks, name)
     if name in _TESTING_KIT:
         from ltbench.plugins import testing
 

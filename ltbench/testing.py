@@ -18,3 +18,4 @@ warnings.warn("ltbench.testing is deprecated and goes in the next minor version 
 from ltbench.plugins.testing import *  # noqa: E402,F401,F403  (every name the module had before it moved)
 from ltbench.plugins.testing import (BroadcastProbe, build_tiny_run, catalog_with, check_distributed,  # noqa: E402,F401
                                      check_method, check_streaming, run_methods)
+from ltbench.plugins.kit_checks import check_backbone, check_dataset, check_device  # noqa: E402,F401

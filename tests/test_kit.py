@@ -19,8 +19,8 @@ from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.api import (BackboneSpec, Budget, DatasetSpec, LTData, Reporter, SecondStage, exponential_counts,
                          long_tailed_split)
 from ltbench.plugins.catalog import get_catalog
-from ltbench.plugins.testing import (catalog_with, check_backbone, check_dataset, check_device, check_method,
-                                     run_methods)
+from ltbench.api import check_backbone, check_dataset, check_device
+from ltbench.plugins.testing import catalog_with, check_method, run_methods
 from ltbench_builtin import losses
 
 REPO = Path(__file__).resolve().parents[1]

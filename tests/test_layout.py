@@ -7,7 +7,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: modules allowed past MAX_LINES, each with the reason
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "ltbench.grid.runner": "one run from plan to record: its guard must hold training and recording in one place",
+    "ltbench.results.records": "the record's fields and the code identity they state; split when either grows",
+    "ltbench.results.submit": "every check a submitted record passes, in the order the command reports them",
+}
 MAX_LINES = 500
 
 

@@ -17,12 +17,12 @@ import ltbench.hookspecs as hookspecs
 from ltbench.errors import CompositionError, PluginContractError
 from ltbench.plugins.defaults import CoreDefaults
 from ltbench.plugins.method import STAGE_HOOKS, STAGES, Method
-from ltbench.training.model import LTModel, ModelOutput
+from ltbench.training.model import LTModel, ModelOutput, ParamGroup
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ltbench.training.run import Batch, ParamGroup, Run
+    from ltbench.training.run import Batch, Run
 
 
 FIRST_RESULT_HOOKS = sorted(
@@ -212,8 +212,6 @@ def compute_loss(run: Run, loss_fn, logits: torch.Tensor, targets: torch.Tensor,
 
 def _check_param_group(who: str, group: Any) -> None:
     import math
-
-    from ltbench.training.run import ParamGroup  # (run.py imports this module)
 
     if not isinstance(group, ParamGroup):
         raise PluginContractError(f"{who} returned {type(group).__name__} in its list; the hook specification "

@@ -63,3 +63,22 @@ def projection_head(dim: int, out: int) -> nn.Sequential:
     PaCo's official code build it): ``Linear(dim, dim)``, ``BatchNorm1d``, ``ReLU``, ``Linear(dim, out)``.
     A method adds it to ``model.heads`` in ``ltbench_configure_model``."""
     return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """A group of the optimiser's parameters with its own weight decay or learning rate (``ltbench_param_groups``).
+
+    ``prefixes`` select parameters by the start of their name in ``model.named_parameters()``
+    (``"classifier."``, ``"backbone.layer3."``; ``""`` selects every parameter). ``weight_decay`` replaces the
+    stage's weight decay for them (``None`` keeps it); ``lr_factor`` multiplies the stage's learning rate at every
+    epoch of its schedule. ``label`` names the group in the record (the prefixes when empty).
+    """
+
+    prefixes: tuple[str, ...]
+    weight_decay: float | None = None
+    lr_factor: float = 1.0
+    label: str = ""
+
+    def describe(self) -> str:
+        return self.label or " ".join(repr(p) for p in self.prefixes)

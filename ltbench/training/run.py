@@ -29,7 +29,7 @@ from ltbench.results.metrics import EvalResult
 from ltbench.training import distributed
 from ltbench.training.evaluate import evaluate
 from ltbench.training.hooks import build_classifier, make_plugin_manager
-from ltbench.training.model import LTModel
+from ltbench.training.model import LTModel, ParamGroup  # (ParamGroup: re-exported where it lived)
 
 from typing import TYPE_CHECKING
 
@@ -104,25 +104,6 @@ class Batch:
             return self.targets
         appended = nn.functional.one_hot(self.labels[len(self.targets):], num_classes).to(self.targets.dtype)
         return torch.cat([self.targets, appended])
-
-
-@dataclass(frozen=True)
-class ParamGroup:
-    """A group of the optimiser's parameters with its own weight decay or learning rate (``ltbench_param_groups``).
-
-    ``prefixes`` select parameters by the start of their name in ``model.named_parameters()``
-    (``"classifier."``, ``"backbone.layer3."``; ``""`` selects every parameter). ``weight_decay`` replaces the
-    stage's weight decay for them (``None`` keeps it); ``lr_factor`` multiplies the stage's learning rate at every
-    epoch of its schedule. ``label`` names the group in the record (the prefixes when empty).
-    """
-
-    prefixes: tuple[str, ...]
-    weight_decay: float | None = None
-    lr_factor: float = 1.0
-    label: str = ""
-
-    def describe(self) -> str:
-        return self.label or " ".join(repr(p) for p in self.prefixes)
 
 
 @dataclass

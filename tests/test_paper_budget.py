@@ -1,4 +1,4 @@
-"""The CIFAR `paper` budget is the published recipe, number for number.
+"""The CIFAR `paper` budget is the published recipe, as the reference code runs it.
 
 Stage 1 is checked against the official LDAM-DRW ``cifar_train.py`` (Cao et al. 2019), whose schedule is
 written out here independently of ltbench's (``official_lr``); stage 2 of cRT / LWS against

@@ -80,6 +80,13 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob(RESULT_FILE))
 
 
+#: cpu rows whose defaults changed with a fidelity fix; their committed records hold the old configuration
+AWAITING_RETRAIN = {
+    "paco": "issue 37, item 2: the released CIFAR-100 script's alpha 0.01, 32-d keys and peak lr 0.05",
+    "cb-focal": "issue 37, item 3: Cui et al.'s bias prior 1/C, kept out of weight decay",
+}
+
+
 @pytest.mark.skipif(not CIFAR.exists(), reason=f"needs CIFAR-100 at {CIFAR}")
 def test_the_board_file_plans_exactly_the_committed_records():
     from ltbench.grid.orchestrate import plan_cells, run_options
@@ -98,6 +105,13 @@ def test_the_board_file_plans_exactly_the_committed_records():
         paper_cells += cells_of_board
     records = _records(REPO / "leaderboards/records")
     committed = {(r["method"], r["config_id"], r["seed"]) for r in records if r["budget"] == "cpu"}
+    # a row whose defaults a fidelity fix changed: on the board at its old configuration until its retrain lands,
+    # and planned at its new one (named here, so that it is never silently stale)
+    for method in AWAITING_RETRAIN:
+        assert any(m == method for m, _, _ in committed) and any(m == method for m, _, _ in planned), method
+    committed_now = {key for key in committed if key[0] not in AWAITING_RETRAIN}
+    planned = {key for key in planned if key[0] not in AWAITING_RETRAIN}
+    committed = committed_now
     assert committed and committed <= planned  # running the file skips every committed run
     paper = {(r["method"], r["config_id"], r["seed"]) for r in records if r["budget"] == "paper"}
     assert paper <= {(c.method, c.config_id, c.seed) for c in paper_cells}

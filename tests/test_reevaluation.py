@@ -10,23 +10,11 @@ import pytest
 import torch
 
 from ltbench.api import Method, MethodMetadata, hookimpl
-from ltbench.plugins.testing import catalog_with, run_methods
+from ltbench.plugins.testing import _same, catalog_with, run_methods  # (_same: the kit's deep equality)
 
 #: the batch-norm statistics of trained modules move on every train-mode forward pass, as SAM's official code
 #: lets them; everything else (a momentum encoder's statistics included) a closure leaves as it found it
 MOVES_ON_EVERY_FORWARD = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and np.array_equal(a, b)
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def _snapshot(run, model):

@@ -333,20 +333,29 @@ def _distinct(records: list[dict[str, Any]], skipped: list[str]) -> tuple[list[d
 # predictions
 
 
-def _class_vector(archive: zipfile.ZipFile, key: str, length: int | None, classes: int) -> Any:
-    """The npz array ``key``, which must be a vector of ``length`` class indices; its header is checked before
-    its data is read, so that a crafted header never makes numpy allocate."""
+def npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], Any]:
+    """(shape, dtype) of the npz array ``key``, read from its header alone (its data is not read, so that a
+    crafted header never makes numpy allocate)."""
     import numpy as np
 
-    member = f"{key}.npy"
-    if member not in archive.namelist():
-        raise ValueError(f"no {key!r} array")
-    with archive.open(member) as fh:
+    with archive.open(f"{key}.npy") as fh:
         version = np.lib.format.read_magic(fh)
         if version not in ((1, 0), (2, 0)):
             raise ValueError(f"{key!r} is in npy format {version}")
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = header(fh)
+    return shape, dtype
+
+
+def _class_vector(archive: zipfile.ZipFile, key: str, length: int | None, classes: int) -> Any:
+    """The npz array ``key``, which must be a vector of ``length`` class indices; its header is checked before
+    its data is read (:func:`npy_header`)."""
+    import numpy as np
+
+    member = f"{key}.npy"
+    if member not in archive.namelist():
+        raise ValueError(f"no {key!r} array")
+    shape, dtype = npy_header(archive, key)
     if len(shape) != 1 or dtype.kind not in "iu" or shape[0] * dtype.itemsize > MAX_PREDICTIONS_BYTES \
             or (length is not None and shape[0] != length):
         raise ValueError(f"{key!r} is a {dtype} array of shape {shape}, not {length or 'n'} class indices")

@@ -37,7 +37,6 @@ import io
 import math
 import os
 import re
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,9 +46,9 @@ from typing import Any
 import numpy as np
 
 from ltbench.errors import ConfigError, LtbenchError
-from ltbench.results.reader import (MAX_LABEL, MAX_PREDICTIONS_BYTES, Unreadable, read_bytes, read_predictions,
-                                    read_record)
-from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE
+from ltbench.results.reader import (MAX_LABEL, MAX_PREDICTIONS_BYTES, Unreadable, npy_header, read_bytes,
+                                    read_predictions, read_record)
+from ltbench.results.records import PREDICTIONS_FILE, RESULT_FILE, atomic_write_bytes
 
 #: where ``ltbench leaderboard add`` copies records (the board's records)
 DEFAULT_TO = Path("leaderboards") / "records"
@@ -207,12 +206,7 @@ def _float_vector(archive: zipfile.ZipFile, key: str, length: int) -> np.ndarray
     member = f"{key}.npy"
     if member not in archive.namelist():
         return None
-    with archive.open(member) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"{key!r} is in npy format {version}")
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = header(fh)
+    shape, dtype = npy_header(archive, key)
     if shape != (length,) or dtype.kind != "f" or dtype.itemsize > 8:
         raise ValueError(f"{key!r} is a {dtype} array of shape {shape}, not {length} probabilities")
     with archive.open(member) as fh:
@@ -403,23 +397,6 @@ def _existing_state(item: Checked) -> str:
     return "replaces" if differs else "new" if missing else "unchanged"
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Atomically: a temporary file beside ``path``, then renamed over it (a link there is replaced, never
-    followed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def add(paths: list[Path], to: Path = DEFAULT_TO, data_root: str | None = None, check_only: bool = False,
         replace: bool = False) -> Outcome:
     """Check the records named by ``paths`` and copy those that pass into ``to`` (none with ``check_only``).
@@ -468,7 +445,7 @@ def add(paths: list[Path], to: Path = DEFAULT_TO, data_root: str | None = None, 
             continue
         try:
             for name in (PREDICTIONS_FILE, RESULT_FILE):  # the record last, as a run writes it
-                _write_bytes(item.dest / name, item.files[name])
+                atomic_write_bytes(item.dest / name, item.files[name])
                 outcome.written.append(item.dest / name)
         except OSError as exc:  # e.g. a file where a folder of the board should be
             outcome.checked.remove(item)

@@ -88,17 +88,22 @@ ABLATIONS = [
     ("cam-fusion", "cam-fusion-real", "fused features against real images of the same tail class"),
     ("cam-fusion-real", "crt", "CAM fusion's Phase II on real images against crt"),
     ("cb-focal", "cb-focal (default bias)", "Cui et al.'s prior bias initialisation against PyTorch's default"),
-    ("cb-focal (default bias)", "ce", "the board's earlier cb-focal row, without the prior bias"),
+    ("cb-focal", "cb-focal (prior 0.1)", "Cui et al.'s prior 1/C, bias not decayed, against ltbench's earlier 0.1, decayed"),
+    ("cb-focal (prior 0.1)", "cb-focal (default bias)", "the earlier prior of 0.1 against PyTorch's default bias"),
+    ("cb-focal (default bias)", "ce", "the board's first cb-focal row, without the prior bias"),
     ("ldam", "ldam [max_margin=1e-06]", "LDAM's margins over its cosine classifier (s = 30) alone"),
     ("ldam [max_margin=1e-06]", "ce", "the cosine classifier without margins against ce's linear head"),
 ]
 
 
-def default_bias(record: dict[str, Any]) -> dict[str, Any]:
-    """cb-focal's records from before the prior bias option (kept in the ablations), under their own label."""
+def cb_focal_label(record: dict[str, Any]) -> dict[str, Any]:
+    """cb-focal's earlier records (kept in the ablations) under their own labels: those from before the prior bias
+    option (PyTorch's default bias) and those at ltbench's earlier prior of 0.1 (bias decayed)."""
     opts = record["config"]["methods"].get("cb-focal")
     if record["method"] == "cb-focal" and opts is not None and "prior" not in opts:
         return {**record, "variant": "cb-focal (default bias)"}
+    if record["method"] == "cb-focal" and opts is not None and opts.get("prior") == 0.1:
+        return {**record, "variant": "cb-focal (prior 0.1)"}
     return record
 
 
@@ -374,7 +379,7 @@ def main(argv: list[str]) -> int:
     print_schedule(records)
     print_settings(records)
     if ablations_dir.exists():  # the ablations' own crt copy is the board's: the board's rows are used
-        ablations = [default_bias(r) for r in summary.load_records(ablations_dir)
+        ablations = [cb_focal_label(r) for r in summary.load_records(ablations_dir)
                      if r.get("variant", r["method"]) != "crt"]
         print_comparisons(records + ablations, ABLATIONS, "Ablations")
         print_cam_fusion_sets(records + ablations, "cam-fusion-real")

@@ -83,7 +83,6 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 #: cpu rows whose defaults changed with a fidelity fix; their committed records hold the old configuration
 AWAITING_RETRAIN = {
     "paco": "issue 37, item 2: the released CIFAR-100 script's alpha 0.01, 32-d keys and peak lr 0.05",
-    "cb-focal": "issue 37, item 3: Cui et al.'s bias prior 1/C, kept out of weight decay",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -227,6 +228,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return cmd_leaderboard_add(args)
     out = Path(args.out)
     if args.action == "build":
+        _check_out_dir(args.out, "--out")
         written = leaderboard.build(Path(args.runs_dir) if args.runs_dir else None, out)
         for path in written:
             print(f"wrote {path}")
@@ -465,6 +467,14 @@ def check_core_imports() -> None:
                            f'Install it: pip install --force-reinstall "timm>=0.9"; nothing was run') from None
 
 
+#: errno -> what to do, for a file the command could not write: the disk is read-only, not ours, or full
+_UNWRITABLE = {errno.EROFS: "give an output folder on a writable disk",
+               errno.EACCES: "give an output folder you may write to, or change its permissions",
+               errno.EPERM: "give an output folder you may write to, or change its permissions",
+               errno.ENOSPC: "free some space (or give an output folder on another disk) and run the command again",
+               errno.EDQUOT: "free some space (or give an output folder on another disk) and run the command again"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -474,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LtbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only, foreign or full output: one line naming the file, never a traceback
+        if exc.errno not in _UNWRITABLE:
+            raise
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror}; {_UNWRITABLE[exc.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

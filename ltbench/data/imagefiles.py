@@ -19,6 +19,10 @@ Augmentation, from ``ImageFiles.transform``:
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +76,169 @@ class ImageFiles:
         except (OSError, ValueError) as exc:
             raise DataNotFoundError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from exc
         return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# content digests: what the data's content fingerprint (``LTData.content_fingerprint``) knows of images on disk
+#
+# Each file's bytes are hashed once: the digest is cached with the file's size and modification time, in a file
+# beside the data (:data:`DIGEST_CACHE` at the split's root), and a file is hashed again only when its size or
+# modification time (ns) changed. Where the root cannot be written (or files are given without a root), the cache
+# goes to the user's cache directory instead (:func:`user_digest_cache`).
+
+#: the cache of a root's file digests, kept at the root: ``{"version": 1, "files": {path: [size, mtime_ns,
+#: sha256]}}`` with each path as the split names it (relative to the root)
+DIGEST_CACHE = ".ltbench-file-sha256.json"
+#: a directory for the digest caches of roots that cannot be written (default: ``$XDG_CACHE_HOME/ltbench/file-sha256``,
+#: else ``~/.cache/ltbench/file-sha256``)
+DIGEST_CACHE_ENV = "LTBENCH_DIGEST_CACHE"
+#: while files are hashed, a progress line on stderr every this many seconds, when at least PROGRESS_MIN_FILES are
+PROGRESS_EVERY_S = 5.0
+PROGRESS_MIN_FILES = 1000
+#: a file modified less than this long (ns) before it is hashed is not cached: it could be written again within
+#: the same timestamp (file systems keep modification times to a clock tick), at the same size
+SETTLED_NS = 2 * 10**9
+_CACHE_VERSION = 1
+#: the largest digest cache read (about 120 bytes a file: iNaturalist's 462,000 images take 55 MB)
+_MAX_CACHE_BYTES = 2**30
+
+
+def user_digest_cache(root: str) -> Path:
+    """Where the digests of the files under ``root`` are cached when ``root`` cannot be written, and those of files
+    given without a root (``root`` ""): one file per root under ``$LTBENCH_DIGEST_CACHE``, else
+    ``$XDG_CACHE_HOME/ltbench/file-sha256``, else ``~/.cache/ltbench/file-sha256``."""
+    base = os.environ.get(DIGEST_CACHE_ENV) or (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ltbench" / "file-sha256")
+    where = os.path.abspath(root) if root else "(no root)"
+    return Path(base).expanduser() / f"{hashlib.sha256(where.encode()).hexdigest()[:16]}.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of the bytes of the file ``path``, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_entry(entry: Any) -> bool:
+    """``[size, mtime_ns, sha256 hex]``"""
+    return (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int for v in entry[:2])
+            and isinstance(entry[2], str) and len(entry[2]) == 64)
+
+
+def _read_digest_cache(path: Path) -> dict[str, Any]:
+    """The entries of the digest cache at ``path``: {} when there is none or it is not one. Read as any file
+    others may have put there (a regular file of bounded size, never a link or a FIFO); an entry of another shape
+    is never used (:func:`_is_entry`: its file is hashed again)."""
+    from ltbench.results.safe_files import Unreadable, read_json
+
+    if not os.path.lexists(path):
+        return {}
+    try:
+        data = read_json(path, limit=_MAX_CACHE_BYTES, max_depth=4)
+    except Unreadable:
+        return {}
+    files = data.get("files") if isinstance(data, dict) and data.get("version") == _CACHE_VERSION else None
+    return files if isinstance(files, dict) else {}
+
+
+def _write_digest_cache(root: str, entries: dict[str, list]) -> Path | None:
+    """Write ``entries`` atomically beside the data at ``root``, else (a root that cannot be written, or none) in
+    the user's cache directory; the file written, or None where neither could be (the digests are then computed
+    again next time)."""
+    import json
+
+    from ltbench.results.records import atomic_write_bytes
+
+    data = json.dumps({"version": _CACHE_VERSION, "files": entries}, separators=(",", ":")).encode()
+    for path in ([Path(root) / DIGEST_CACHE] if root else []) + [user_digest_cache(root)]:
+        try:
+            atomic_write_bytes(path, data)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _unreadable(path: str, exc: OSError) -> DataNotFoundError:
+    return DataNotFoundError(f"{path} cannot be read to fingerprint the data ({exc.strerror or type(exc).__name__})")
+
+
+def file_digests(splits: Sequence[ImageFiles]) -> list[list[str]]:
+    """The sha256 of each image file of each of ``splits``, in their order, from the bytes on disk.
+
+    A file is hashed once: its digest is cached with its size and modification time (see :data:`DIGEST_CACHE`;
+    not for a file modified in the last :data:`SETTLED_NS`), and it is hashed again when either changed. A file
+    rewritten to the same size with its modification time set back is not noticed: delete the cache
+    (``.ltbench-file-sha256.json`` at the root) to hash every file again. Hashing many files prints a progress
+    line on stderr every few seconds."""
+    by_root: dict[str, list[ImageFiles]] = {}
+    for files in splits:
+        by_root.setdefault(files.root, []).append(files)
+    digests: dict[int, list[str]] = {}
+    for root, group in by_root.items():
+        cached = _read_digest_cache(Path(root) / DIGEST_CACHE) if root else {}
+        cached.update(_read_digest_cache(user_digest_cache(root)))  # written only where the root could not be
+        todo: list[tuple[list[str], int, str, str, os.stat_result]] = []
+        for files in group:
+            if id(files) in digests:  # (one split given twice)
+                continue
+            found = digests[id(files)] = []
+            for i, rel in enumerate(map(str, files.paths)):  # (strings: pathlib would double the time of a load)
+                # the cache names a file by its path relative to the root, or by its absolute path without one
+                path, key = (os.path.join(root, rel), rel) if root else (rel, os.path.abspath(rel))
+                try:
+                    st = os.stat(path)
+                except OSError as exc:
+                    raise _unreadable(path, exc) from None
+                entry = cached.get(key)
+                if _is_entry(entry) and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+                    found.append(entry[2])
+                else:
+                    found.append("")
+                    todo.append((found, i, path, key, st))
+        if not todo:
+            continue
+        progress, added = _Progress(len(todo), root or "(files without a root)"), 0
+        for n, (found, i, path, key, st) in enumerate(todo, 1):
+            try:
+                found[i] = digest = sha256_file(path)
+            except OSError as exc:
+                raise _unreadable(path, exc) from None
+            if time.time_ns() - st.st_mtime_ns >= SETTLED_NS:
+                cached[key] = [st.st_size, st.st_mtime_ns, digest]
+                added += 1
+            progress.update(n)
+        written = _write_digest_cache(root, cached) if added else None
+        progress.done(f"digests cached in {written}" if written else "the digests could not be cached anywhere"
+                      if added else "none cached: the files were modified just now")
+    return [digests[id(files)] for files in splits]
+
+
+class _Progress:
+    """Progress lines on stderr while ``total`` files under ``where`` are hashed (only when there are many)."""
+
+    def __init__(self, total: int, where: str) -> None:
+        self.total, self.where, self.shown = total, where, total >= PROGRESS_MIN_FILES
+        self.start = self.last = time.perf_counter()
+        if self.shown:
+            self._say(f"hashing {total:,} image files under {self.where} (once: their digests are cached)")
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def update(self, n: int) -> None:
+        now = time.perf_counter()
+        if self.shown and now - self.last >= PROGRESS_EVERY_S and n < self.total:
+            self.last = now
+            self._say(f"hashing image files: {n:,} of {self.total:,} ({n / (now - self.start):,.0f} files/s)")
+
+    def done(self, kept: str) -> None:
+        if self.shown:
+            self._say(f"hashed {self.total:,} image files in {time.perf_counter() - self.start:.1f}s; {kept}")
 
 
 SKIP = -1  # an item index that stands for a row this process does not need (torchrun: another rank's)

@@ -137,6 +137,43 @@ class LTData:
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
+    @functools.cached_property
+    def content_fingerprint(self) -> dict[str, str]:
+        """What every split holds: for each of ``train``, ``val`` and ``test``, the sha256 of its images and its
+        labels, in order (images in memory by their pixels, images on disk by each file's bytes, hashed once and
+        cached beside the data: :func:`ltbench.data.imagefiles.file_digests`). Records keep it as ``data_sha256``.
+        Unlike :attr:`fingerprint` (training and validation only; image files by their paths), it changes when
+        any image or label of any split does."""
+        from ltbench.data.imagefiles import ImageFiles, file_digests
+
+        on_disk = [x for x in (self.x_train, self.x_val, self.x_test) if isinstance(x, ImageFiles)]
+        digests = dict(zip(map(id, on_disk), file_digests(on_disk)))
+        return {split: split_sha256(getattr(self, f"x_{split}"), getattr(self, f"y_{split}"),
+                                    digests.get(id(getattr(self, f"x_{split}"))))
+                for split in DATA_SPLITS}
+
+
+#: the splits of a dataset, as ``LTData.content_fingerprint`` (and a record's ``data_sha256``) names them
+DATA_SPLITS = ("train", "val", "test")
+
+
+def split_sha256(images: Any, labels: Any, file_digests: list[str] | None = None) -> str:
+    """The sha256 of one split: its images (uint8 arrays by their shape and pixels; image files by the digests of
+    their bytes, ``file_digests``, in order) and its labels (as int64), in hex."""
+    h = hashlib.sha256()
+    if file_digests is not None:
+        h.update(f"files {len(file_digests)}\n".encode())
+        for digest in file_digests:
+            h.update(bytes.fromhex(digest))
+    else:
+        arr = np.ascontiguousarray(images)
+        h.update(f"array {arr.dtype.str} {arr.shape}\n".encode())
+        h.update(memoryview(arr).cast("B"))
+    y = np.ascontiguousarray(labels, dtype=np.int64)
+    h.update(f"labels {len(y)}\n".encode())
+    h.update(memoryview(y).cast("B"))
+    return h.hexdigest()
+
 
 class SealedSplit:
     """Stands in for the test arrays while a run trains: any use of it is an error."""

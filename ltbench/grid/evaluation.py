@@ -11,9 +11,11 @@ the many/medium/few groups) is what the model was trained with; only the evaluat
 The record is the run's, with the evaluation's fields replaced (metrics, per-class accuracy, calibration,
 validation metrics, the evaluated dataset) and an ``evaluation`` entry saying what was evaluated, where and
 when; it is written where a run of that dataset would be, under ``--output``, with its ``predictions.npz``.
-``trained_on`` and ``evaluated_on`` state both settings (dataset key, imbalance factor, split fingerprint); on
-a setting other than the one it trained in, the record's ``variant`` says ``(trained on <dataset key>)``, so
-that every table and board labels the row as such.
+``trained_on`` and ``evaluated_on`` state both settings (dataset key, imbalance factor, split fingerprint); the
+record's ``data_sha256`` (and ``evaluated_on``'s) is the contents of every split of the evaluated data, its test
+images and labels included. A run whose training or validation contents changed since it trained (its record's
+``data_sha256``) is refused. On a setting other than the one it trained in, the record's ``variant`` says
+``(trained on <dataset key>)``, so that every table and board labels the row as such.
 """
 
 from __future__ import annotations
@@ -178,6 +180,14 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
         raise ConfigError(f"ltbench eval: the {record['dataset']} split found at {data_root or 'the default root'} "
                           f"(fingerprint {trained_on.fingerprint}) is not the one the run trained on "
                           f"({record.get('split_fingerprint')}): point --data-root at the run's data")
+    # ... and its contents: the images and labels the model trained and selected on (its test set may be another)
+    then, now = record.get("data_sha256") or {}, trained_on.content_fingerprint  # (none in records before it)
+    changed = [s for s in ("train", "val") if then and then.get(s) != now[s]]
+    if changed:
+        raise ConfigError(f"ltbench eval: the {' and '.join(changed)} images or labels of the {record['dataset']} data "
+                          f"found at {data_root or 'the default root'} changed since the run trained on them "
+                          f"(data_sha256 {'; '.join(f'{s}: {then.get(s)} then, {now[s]} now' for s in changed)}): "
+                          f"point --data-root at the run's data")
     target_spec = catalog.dataset(dataset) if dataset else spec
     target_if = imbalance_factor if imbalance_factor is not None else (
         config["imbalance_factor"] if target_spec is spec else target_spec.default_imbalance_factor)
@@ -255,7 +265,9 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, imbalance_fact
                        "imbalance_factor": config["imbalance_factor"], "split_fingerprint": trained_on.fingerprint,
                        "variant": record["variant"]},
         "evaluated_on": {"dataset": target_key, "dataset_name": target_spec.name, "imbalance_factor": target_if,
-                         "split_fingerprint": target.fingerprint},
+                         "split_fingerprint": target.fingerprint, "data_sha256": target.content_fingerprint},
+        # what the record's numbers were measured on: every split's contents, the test images and labels included
+        "data_sha256": target.content_fingerprint,
         "dataset": target_key, "dataset_name": target_spec.name, "imbalance_factor": target_if,
         "metrics": test.metrics(), "calibration": test.calibration(target.y_test),
         "val_metrics": val.metrics() if val else None, "per_class_accuracy": test.per_class_accuracy,

@@ -92,18 +92,29 @@ def _check_out_dir(path: str | Path, flag: str) -> None:
             return
 
 
+def _flag(key: str, python: bool) -> str:
+    """How an error names an option: ``--data-root`` on the command line, ``ltbench.run(): data_root`` from
+    Python, which has no flags."""
+    return f"ltbench.run(): {key}" if python else f"--{key.replace('_', '-')}"
+
+
 def _checked(args: argparse.Namespace, experiment_data: dict[str, Any] | None = None,
-             output_flag: str = "--output") -> argparse.Namespace:
-    """``args`` merged with the experiment and checked, before anything is planned; ``output_flag`` is how an
-    error names the output (``ltbench.run(): output`` from Python)."""
+             python: bool = False) -> argparse.Namespace:
+    """``args`` merged with the experiment and checked, before anything is planned; ``python``: the errors name
+    the options as :func:`ltbench.run` takes them (``ltbench.run(): jobs``), not as flags."""
     from ltbench.grid import launch
 
     args = run_options(args, experiment_data)
-    _check_out_dir(args.output, output_flag)
+    _check_out_dir(args.output, _flag("output", python))
     if args.jobs < 1:
-        raise ConfigError(f"--jobs must be a positive integer, got {args.jobs}")
+        raise ConfigError(f"{_flag('jobs', python)} must be a positive integer, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
+        raise ConfigError(f"{_flag('threads', python)} must be a positive integer, got {args.threads}")
+    if not args.seeds:
+        raise ConfigError(f"{_flag('seeds', python)}: give at least one seed, e.g. "
+                          + ("seeds=[0, 1, 2]" if python else "--seeds 0,1,2"))
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{_flag('device', python)} must be auto, cpu or cuda, got {args.device!r}")
     if args.launcher and args.jobs > 1:
         raise ConfigError("--jobs and --launcher do not combine: the launcher runs one job per stage-1 group; "
                           "use --slurm-array-parallelism to bound how many run at once")
@@ -172,7 +183,7 @@ def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> 
     for key, value in options.items():
         setattr(args, key, value)
     args.set = dict(options.get("set", {}))
-    args = _checked(args, exp, output_flag="ltbench.run(): output")
+    args = _checked(args, exp, python=True)
     device, output = resolve_device(args.device), Path(args.output)
     warn_broken()
     cells = plan_cells(args, log=None if args.quiet else stderr_log)

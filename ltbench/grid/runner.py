@@ -31,12 +31,12 @@ from ltbench.grid.plan import grid_description, grid_progress, stage1_dir
 from ltbench.plugins.catalog import Catalog, get_catalog
 from ltbench.plugins.method import Method
 from ltbench.results import records as records_mod
-from ltbench.results.records import (MODEL_FILE, PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_json,
-                                     atomic_write_text, json_default, load_result, versions)
+from ltbench.results.records import (MODEL_FILE, PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, atomic_write_bytes,
+                                     atomic_write_json, atomic_write_text, json_default, load_result, versions)
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import evaluate, model_cost
-from ltbench.training.loop import (Diverged, _rng_state, _set_rng_state, method_states, prepare_stage2, train_stage1,
-                                   train_stage2)
+from ltbench.training.loop import (Diverged, _rng_state, _set_rng_state, check_identity, method_states, prepare_stage2,
+                                   train_stage1, train_stage2)
 from ltbench.training.run import Run, build_run
 
 from typing import TYPE_CHECKING
@@ -136,7 +136,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         return existing
     if distributed.is_main():
         atomic_write_json(out / "config.json", cell.config)
-        atomic_write_json(out / DATA_FILE, {"dataset": cell.dataset_key, "split_fingerprint": cell.data.fingerprint})
+        atomic_write_json(out / DATA_FILE, {"dataset": cell.dataset_key, "split_fingerprint": cell.data.fingerprint,
+                                            "data_sha256": cell.data.content_fingerprint})
     info = None
     if reporting is not None:
         from ltbench.plugins.reporting import run_info
@@ -211,7 +212,8 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     except LtbenchError as exc:
         status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
         log(f"{tag} failed: {error}")
-    except (Exception, SystemExit) as exc:  # any plugin or core fault (sys.exit too): recorded, the grid goes on
+    except BaseException as exc:  # any plugin or core fault, sys.exit or another BaseException too: recorded, and
+        # the grid goes on (only Ctrl-C, above, stops it)
         status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         if distributed.is_distributed():
             stopped = distributed.stopped_ranks(output / RANKS_DIR)
@@ -233,7 +235,9 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         if status == "completed":
             try:
                 extra = _record_fields(run)
-            except (Exception, SystemExit) as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 status, error = "failed", f"{_blame(exc)}{type(exc).__name__}: {exc}"
                 log(f"{tag} failed: {error}")
         record = make_record(cell, device, catalog, status, error, **parts, extra=extra,
@@ -248,7 +252,9 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
             from ltbench.results.plots import run_plots
 
             plots = run_plots(out, record, tag)
-    except (Exception, SystemExit) as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         status = "failed"
         rank_failed = distributed.is_distributed()
         record = _recording_failed(exc, record, cell, device, catalog, result_path, tag, log,
@@ -271,19 +277,21 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
 
 def _recording_failed(exc: BaseException, record: dict[str, Any] | None, cell: Cell, device: torch.device,
                       catalog: Catalog, result_path: Path, tag: str, log, write: bool = True,
-                      **parts: Any) -> dict[str, Any]:
+                      doing: str = "recording the run", **parts: Any) -> dict[str, Any]:
     """The record of a run whose recording raised ``exc`` after it trained: ``failed``, with the error, and
     written (when ``write``) where it still can be. It is the record made so far, or a new one; where that fails
     too (what failed may be what every record needs, e.g. timm, whose version each record states), the run's
     identity from its cell: what ``ltbench status``, ``show`` and the record reader need."""
-    error = f"recording the run failed: {_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    error = f"{doing} failed: {_blame(exc)}{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     log(f"{tag} failed: {error.splitlines()[0]}")
     if record is not None:
         failed = {**record, "status": "failed", "error": error}
     else:
         try:
             failed = make_record(cell, device, catalog, "failed", error, **parts)
-        except (Exception, SystemExit) as again:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as again:
             started = parts.get("started") or datetime.now(timezone.utc)
             failed = {
                 "schema_version": SCHEMA_VERSION, "method": cell.method, "methods": list(cell.config["methods"]),
@@ -297,7 +305,9 @@ def _recording_failed(exc: BaseException, record: dict[str, Any] | None, cell: C
     if write:
         try:
             atomic_write_json(result_path, failed)
-        except (Exception, SystemExit) as again:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as again:
             log(f"{tag} its record could not be written either ({type(again).__name__}: {again}); the grid goes on")
     return failed
 
@@ -341,6 +351,8 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "val_size": int(len(cell.data.y_val)),
         "test_size": int(len(cell.data.y_test)),
         "split_fingerprint": cell.data.fingerprint,
+        # what every split holds (images and labels): a run found again on changed contents is refused by it
+        "data_sha256": cell.data.content_fingerprint,
         "stage1": stage1_info or {},
         "second_stage": plan.describe() if plan is not None else None,
         "stage_wall_time_s": {k: round(v, 3) for k, v in timing.items()},
@@ -405,23 +417,75 @@ def _check_run_dir(cell: Cell, out: Path, rerun: bool) -> tuple[str | None, dict
         return (f"{out} holds a run of {cell.dataset_key} trained on other data (split fingerprint {trained_on}; "
                 f"the data loaded now gives {cell.data.fingerprint}): another copy or root of the dataset was "
                 f"used. Give this data its own --output, or pass --rerun to replace that run"), None
+    # ... and so is the same split with other contents (images rewritten in place, another test set)
+    changed = _other_contents(cell, out, existing)
+    if changed:
+        return changed, None
     if existing and existing["status"] in ("completed", "diverged"):
         return None, existing
     return None, None
+
+
+def _other_contents(cell: Cell, out: Path, existing: dict[str, Any] | None) -> str | None:
+    """Why the run in ``out`` was made on other contents than the data loaded now, or None. The record's
+    ``data_sha256`` (else ``data.json``'s, for a run that has not finished) must be the data's
+    :attr:`~ltbench.data.split.LTData.content_fingerprint`. A record from before ``data_sha256`` is compared by what
+    it holds: its test set's size and the test labels in its ``predictions.npz``, in order (it cannot tell changed
+    test images, nor, for images on disk, changed training images)."""
+    from ltbench.data.split import DATA_SPLITS
+
+    now = cell.data.content_fingerprint
+    remedy = "Give this data its own --output, or pass --rerun to replace that run"
+    stored = existing.get("data_sha256") if existing else None
+    if stored is None and (out / DATA_FILE).exists():
+        stored = json.loads((out / DATA_FILE).read_text()).get("data_sha256")
+    if stored is not None:
+        differ = [s for s in DATA_SPLITS if not isinstance(stored, dict) or stored.get(s) != now[s]]
+        if not differ:
+            return None
+        then = {s: str(stored.get(s) if isinstance(stored, dict) else stored)[:80] for s in differ}
+        said = "; ".join(f"{s}: {then[s]} then, {now[s]} now" for s in differ)
+        return (f"{out} holds a run of {cell.dataset_key} made on other contents of the data: the images or labels "
+                f"of its {', '.join(differ)} split{'s' if len(differ) > 1 else ''} changed since (data_sha256 {said}). "
+                f"{remedy}")
+    if not existing or existing.get("status") != "completed":
+        return None
+    y_test = cell.data.y_test
+    if isinstance(existing.get("test_size"), int) and existing["test_size"] != len(y_test):
+        return (f"{out} holds a run of {cell.dataset_key} evaluated on {existing['test_size']} test images; the "
+                f"test split loaded now has {len(y_test)}: the test set changed since it ran. {remedy}")
+    from ltbench.results.reader import read_predictions
+
+    if not isinstance(existing.get("train_counts"), list):
+        return None
+    found, _ = read_predictions({**existing, "_path": str(out / RESULT_FILE)})
+    if found is None:  # none there, or unreadable: nothing to compare
+        return None
+    labels = found["labels"]
+    if len(labels) != len(y_test) or (labels != y_test).any():
+        differ = (f"{len(labels)} test labels, the test split loaded now {len(y_test)}" if len(labels) != len(y_test)
+                  else f"test labels of which {int((labels != y_test).sum())} of {len(y_test)} are not the test "
+                       f"split's loaded now")
+        return (f"{out} holds a run of {cell.dataset_key} whose {PREDICTIONS_FILE} holds {differ}: the test set "
+                f"changed since it ran. {remedy}")
+    return None
 
 
 def save_predictions(path: Path, test: Any, labels: Any) -> None:
     """``predictions.npz`` beside a record: the test split's labels and predicted classes (so that comparisons
     can pair methods image by image), the confusion matrix [true, predicted], and each image's softmax
     probability of its predicted and of its true class (so that ECE and NLL can be recomputed)."""
+    import io
+
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.tmp.npz")
     extra = {} if test.confidence is None else {"confidence": test.confidence.astype(np.float32),
                                                  "true_probability": test.true_probability.astype(np.float32)}
-    np.savez_compressed(tmp, labels=np.asarray(labels, dtype=np.int32), predictions=test.predictions.astype(np.int32),
-                        confusion=test.confusion.astype(np.int32), **extra)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=np.asarray(labels, dtype=np.int32),
+                        predictions=test.predictions.astype(np.int32), confusion=test.confusion.astype(np.int32),
+                        **extra)
+    atomic_write_bytes(path, buffer.getvalue())  # whole or not at all: a full disk leaves no truncated file
 
 
 def throughput(history: list[dict[str, Any]], eval_images: int, eval_seconds: float | None) -> dict[str, Any]:
@@ -476,6 +540,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
     info_path = s1_dir / "stage1.json"
     if distributed.agree(final.exists() and info_path.exists()):
         state = checkpoints.load(final)
+        check_identity(run, final, state, stated_only=True)  # another key's (or run's) stage 1 is never reused
         info = json.loads(info_path.read_text())
         run.model.load_state_dict(state["model"])
         for m in run.methods:
@@ -501,13 +566,27 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
     seconds = prior + time.perf_counter() - t1
     trained_by = str(run.out_dir.relative_to(output))
     if distributed.is_main():
-        checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run)},
-                         final)
+        checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run),
+                          "identity": run.checkpoint_identity}, final)
         atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history,
                                       "trained_by": trained_by})
         ckpt.unlink(missing_ok=True)  # stage1.pt holds the finished stage; the resume checkpoint is redundant
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
+
+
+def _failed_last(cells: list[Cell], output: Path, log) -> list[Cell]:
+    """Under torchrun: the cells whose record says ``failed`` after the others. A run that fails on a rank ends the
+    job (:class:`RankFailed`), so a failure that repeats on every try would otherwise come first again on each rerun
+    and the rest of the grid would never train. Rank 0 reads the records; every rank takes its order."""
+    failed = distributed.agree([i for i, cell in enumerate(cells) if (load_result(cell.out_dir(output) / RESULT_FILE)
+                                                                      or {}).get("status") == "failed"]
+                               if distributed.is_main() else None)
+    if not failed or len(failed) == len(cells):
+        return cells
+    log(f"{len(failed)} run(s) that failed before go last, so that the rest of the grid trains first: "
+        + ", ".join(f"{cells[i].label} seed {cells[i].seed}" for i in failed))
+    return [c for i, c in enumerate(cells) if i not in failed] + [cells[i] for i in failed]
 
 
 def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool = False, log=print,
@@ -516,6 +595,8 @@ def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool 
     ends (from the time the runs trained here took; skipped runs cost nothing). ``reporting``
     (:class:`ltbench.plugins.reporting.Reporting`) gets the grid's and the runs' events."""
     records, retrained = [], set()
+    if distributed.is_distributed():
+        cells = _failed_last(cells, output, log)
     start, trained = time.perf_counter(), []
     began = datetime.now(timezone.utc).replace(microsecond=0)
     grid = grid_description(cells, output, grid_id)
@@ -524,8 +605,15 @@ def run_grid(cells: list[Cell], output: Path, device: torch.device, rerun: bool 
     for i, cell in enumerate(cells, 1):
         log(f"== run {i}/{len(cells)}: {cell.label} on {cell.dataset_key} ({cell.budget}), seed {cell.seed}")
         t0 = time.perf_counter()
-        record = execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained,
-                         reporting=reporting, grid_id=grid["grid_id"])
+        try:
+            record = execute(cell, output, device, rerun=rerun, log=log, catalog=catalog, retrained=retrained,
+                             reporting=reporting, grid_id=grid["grid_id"])
+        except OSError as exc:  # a full disk (or a read-only one) where this run's files go: it fails, the grid goes on
+            if distributed.is_distributed():  # (under torchrun the job ends, as for any failure on a rank)
+                raise
+            record = _recording_failed(exc, None, cell, device, catalog or get_catalog(),
+                                       cell.out_dir(output) / RESULT_FILE, f"[{cell.label} seed {cell.seed}]", log,
+                                       doing="writing the run's files")
         records.append(record)
         if record.get("started_at") and datetime.fromisoformat(record["started_at"]) >= began:  # not skipped
             trained.append(time.perf_counter() - t0)

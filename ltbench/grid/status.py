@@ -12,12 +12,12 @@ A run that a grid planned (``<RUNS>/_grids/*.json``, written by ``ltbench run``)
 
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from ltbench.errors import ConfigError
 from ltbench.grid.launch import GRIDS_DIR
@@ -35,13 +35,25 @@ MANIFEST = fields({"runs": list_of(fields({key: text(10_000) for key in ("run_di
 
 
 def _locked(run: Path) -> bool:
-    lock = FileLock(str(run) + ".lock")
+    """Whether a process holds the run's lock (``seed<k>.lock``, which ``ltbench run`` makes before it works on the
+    run). Only a lock file that is there is tried, opened read-only and shared: ``status`` never makes one, and
+    works on runs it may not write (a read-only copy, another user's)."""
+    path = Path(str(run) + ".lock")
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none (nobody is working on the run), or not a file it can open
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # a worker holds it, exclusively
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _describe(runs: Path, run: Path) -> dict[str, Any]:

@@ -39,6 +39,17 @@ from ltbench.training.backbones import TIMM_PREFIX, BackboneSpec
 ENTRY_POINT_GROUP = "ltbench"
 BUILTIN_DISTRIBUTION = "ltbench"
 CORE_MODULES = ("ltbench.data.datasets", "ltbench.training.backbones")
+#: every name ltbench's own entry-point plugins register (plugins/ltbench_builtin), by kind: reserved even when a
+#: built-in fails to load, so that a third-party plugin never takes the name of a built-in that is missing (a test
+#: keeps this equal to what the built-ins register)
+BUILTIN_NAMES: dict[str, frozenset[str]] = {
+    "method": frozenset({
+        "balanced-softmax", "bcl", "blt", "blt-finetune", "breadcrumb", "breadcrumb-weak", "cam-fusion", "cb-focal",
+        "cb-loss", "cb-sampling", "ce", "crt", "cutmix", "focal", "ldam", "ldam-drw", "logit-adjust",
+        "logit-adjust-posthoc", "lws", "mislas", "mixup", "ncm", "paco", "progressive-sampling", "remix", "ride",
+        "safa", "sam", "sqrt-sampling", "tau-norm"}),
+    "reporter": frozenset({"jsonl", "mlflow", "tensorboard", "wandb"}),
+}
 
 
 @dataclass
@@ -82,16 +93,45 @@ def _foreign_module(module: ModuleType | None, dist: md.Distribution) -> str | N
         return None
     if any(Path(dist.locate_file(f)).resolve() == path for f in files):
         return None
-    direct = dist.read_text("direct_url.json")
-    if direct:  # an editable install: its code is the project directory it names
-        info = json.loads(direct)
-        url = urllib.parse.urlparse(info.get("url", ""))
-        if info.get("dir_info", {}).get("editable") and url.scheme == "file":
-            if Path(urllib.parse.unquote(url.path)).resolve() in path.parents:
-                return None
+    project = _editable_project(dist)
+    if project is not None and project in path.parents:
+        return None
     return (f"module {module.__name__} was imported from {path}, which is not part of the distribution "
             f"{dist.name} {dist.version} that declares this entry point: another installed package ships a "
             f"module of the same name and shadows it; uninstall or rename that package")
+
+
+def _editable_project(dist: md.Distribution) -> Path | None:
+    """The project directory an editable install of ``dist`` names in its ``direct_url.json`` (None for another
+    install). A directory that is a file-system root is not believed: every module lies under it, so a forged
+    ``file:///`` would vouch for any code."""
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "null")
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("dir_info"), dict) or not info["dir_info"].get("editable"):
+        return None
+    url = urllib.parse.urlparse(str(info.get("url", "")))
+    if url.scheme != "file":
+        return None
+    project = Path(urllib.parse.unquote(url.path)).resolve()
+    return None if project.parent == project else project
+
+
+def _not_running_ltbench(dist: md.Distribution) -> str | None:
+    """Why ``dist``, a distribution named ``ltbench``, is not the ltbench that is running (None when it is): its
+    files hold this ``ltbench`` package, or it is an editable install of the project directory that holds it. Other
+    metadata of that name (a stray or fake ``ltbench`` dist-info earlier on the path) must not speak for ltbench:
+    its entry points would load as built-ins, with the built-ins' reserved names."""
+    package = Path(__file__).resolve().parents[1] / "__init__.py"  # ltbench/__init__.py, this module's package
+    if _editable_project(dist) == package.parent.parent:
+        return None
+    if any(Path(dist.locate_file(f)).resolve() == package for f in dist.files or () if f.name == "__init__.py"):
+        return None
+    return (f"the distribution metadata {dist.name} {dist.version} at {dist.locate_file('')} is not the ltbench that "
+            f"is running (the package at {package.parent}): its files do not hold that package, nor is it an editable "
+            f"install of its project; its entry points are not loaded. Remove that stray or fake metadata from the "
+            f"path (or reinstall ltbench)")
 
 
 class Catalog:
@@ -138,6 +178,10 @@ class Catalog:
                                         f"{MAX_NAME} letters, digits and . _ - (e.g. my-method)")
                     if (kind, name) in self.owners or (kind, name) in self.contested:
                         self._conflict(kind, name, info)
+                    if info.distribution != BUILTIN_DISTRIBUTION and name in BUILTIN_NAMES.get(kind, ()):
+                        raise ValueError(f"{kind} name {name!r} belongs to ltbench itself, whose plugin for it did "
+                                         f"not load (see `ltbench plugins`); built-in names cannot be taken by "
+                                         f"{_who(info)}; rename it")
                     table[name] = MethodEntry(item, info) if kind == "method" else item
                     self.owners[kind, name] = info
                     added.append((table, kind, name))
@@ -181,12 +225,21 @@ class Catalog:
         raise ValueError(_contested(kind, name, claimants))
 
     def load_entry_points(self) -> None:
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP),  # ltbench's own first: its names are reserved
+        # every distribution's, not md.entry_points()'s first distribution of each name: that would be a stray or
+        # fake "ltbench" earlier on the path, and the running ltbench's own entry points would go unseen
+        found = [ep for dist in md.distributions() for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        eps = sorted(found,  # ltbench's own first: its names are reserved
                      key=lambda ep: ((ep.dist.name if ep.dist else "") != BUILTIN_DISTRIBUTION,
                                      (ep.dist.name if ep.dist else ""), ep.name))
-        seen = set()
+        seen, impostors = set(), set()
         for ep in eps:
             dist = ep.dist.name if ep.dist else "?"
+            impostor = _not_running_ltbench(ep.dist) if ep.dist and dist == BUILTIN_DISTRIBUTION else None
+            if impostor:  # one line per such metadata, not one per entry point it declares
+                if impostor not in impostors:
+                    impostors.add(impostor)
+                    self.broken.append(BrokenPlugin(ep.name, dist, impostor, ep.dist.version))
+                continue
             if (dist, ep.name) in seen:  # the same distribution visible twice on sys.path
                 continue
             seen.add((dist, ep.name))

@@ -74,7 +74,9 @@ class Reporting:
         for impl in list(getattr(self.pm.hook, event).get_hookimpls()):
             try:
                 impl.function(*[kwargs[arg] for arg in impl.argnames])
-            except (Exception, SystemExit) as exc:  # a reporter never fails a run, nor ends the grid
+            except KeyboardInterrupt:  # Ctrl-C still stops the grid
+                raise
+            except BaseException as exc:  # a reporter never fails a run, nor ends the grid (sys.exit or any other)
                 name = impl.plugin_name
                 self.disabled[name] = f"{event}: {type(exc).__name__}: {exc}"
                 self.pm.unregister(name=name)

@@ -207,6 +207,7 @@ RECORD: dict[str, Check] = {
     "group_sizes": optional(mapping(integer())),
     "val_size": optional(integer()), "test_size": optional(integer()),
     "split_fingerprint": optional(text(MAX_NAME)),
+    "data_sha256": optional(fields({split: text(64) for split in ("train", "val", "test")})),
     "stage1": optional(mapping()),
     "second_stage": optional(fields({"epochs": optional(integer(0, 10**6)), "train_backbone": optional(boolean)})),
     "stage_wall_time_s": optional(mapping(optional(number(0.0)))),

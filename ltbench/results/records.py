@@ -85,6 +85,45 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux's ``renameat2`` with ``RENAME_EXCHANGE``), so that neither name is
+    ever missing; False where the system cannot (another OS, an old C library or kernel, a file system without it)."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Put the directory ``staged`` in the place of ``final`` (a generated site) so that a kill at any moment leaves
+    a whole ``final``, the old one or the new: one exchange where the system has it, then the old one deleted;
+    elsewhere the old one renamed aside (``.<name>-old``) and ``staged`` renamed in, a gap that
+    :func:`recover_dir` closes when a kill fell into it."""
+    import shutil
+
+    if final.is_dir() and not final.is_symlink() and _exchange(staged, final):
+        shutil.rmtree(staged)  # (now the old one)
+        return
+    old = final.with_name(f".{final.name}-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(final):
+        final.rename(old)
+    staged.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: Path) -> None:
+    """Put back the ``final`` that :func:`replace_dir` had renamed aside when a kill left no ``final``."""
+    old = final.with_name(f".{final.name}-old")
+    if old.is_dir() and not old.is_symlink() and not os.path.lexists(final):
+        old.rename(final)
+
+
 def json_default(value: Any) -> Any:
     import numpy as np
 

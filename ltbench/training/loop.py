@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,29 @@ def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer) -> None:
         "methods": method_states(run), "rng": _rng_state(run), "history": run.history,
         "identity": run.checkpoint_identity,
     }, path)
+
+
+def check_identity(run: Run, path: Path, ckpt: Any, stated_only: bool = False) -> None:
+    """Refuse a checkpoint that is not this run's: its ``identity`` (what :func:`_checkpoint` and a finished stage 1
+    write: the run's configuration, or the shared stage 1's key) names another run, or it names none, so that a
+    checkpoint copied or left there is never resumed from or reused as if it were this run's. ``stated_only``: one
+    that names no identity is taken (a finished ``stage1.pt`` written before ltbench wrote identities into them,
+    such as the shipped paper-budget stage 1s), with a line saying so."""
+    if not run.checkpoint_identity:  # a run outside a grid (the testing kit): nothing to compare with
+        return
+    written_for = ckpt.get("identity") if isinstance(ckpt, dict) else None
+    if written_for is None and stated_only:
+        if distributed.is_main():  # said even under --quiet: what a run is built on is never silent
+            print(f"note: {path} names no run it belongs to (written before ltbench recorded one); it is used as "
+                  f"this run's ({run.checkpoint_identity}); pass --rerun if it was copied from elsewhere",
+                  file=sys.stderr, flush=True)
+        return
+    if written_for != run.checkpoint_identity:
+        whose = (f"belongs to another configuration ({written_for}; " if written_for else
+                 "names no run it belongs to (")
+        raise CheckpointError(f"checkpoint {path} {whose}this run is {run.checkpoint_identity}): it was copied or "
+                              f"left there; refused, never resumed from or reused. Pass --rerun to retrain the run, "
+                              f"or remove the file")
 
 
 def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -> int:
@@ -285,11 +309,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
     start = 0
     if distributed.agree(ckpt_path.exists()):
         ckpt = checkpoints.load(ckpt_path)
-        written_for = ckpt.get("identity") or ""  # "" in checkpoints from before identities were written
-        if written_for and run.checkpoint_identity and written_for != run.checkpoint_identity:
-            raise CheckpointError(f"checkpoint {ckpt_path} belongs to another configuration ({written_for}; this "
-                                  f"run is {run.checkpoint_identity}): it was copied or left there; refused, not "
-                                  f"resumed from. Pass --rerun to retrain the run, or remove the file")
+        check_identity(run, ckpt_path, ckpt)
         start = _restore(run, ckpt, optimizer)
     for epoch in range(start, epochs):
         run.epoch = epoch

@@ -213,7 +213,8 @@ class Run:
     #: where the backbone's starting weights came from (source and sha256), when they were pretrained
     pretrained: dict[str, Any] | None = None
     #: what the checkpoints written now belong to (a shared stage 1's key, else the run's config id); set by
-    #: the runner. A checkpoint that names another is refused, never resumed from
+    #: the runner. A checkpoint or finished stage 1 that names another is refused, never resumed from or reused;
+    #: a resume checkpoint that names none is refused too
     checkpoint_identity: str = ""
     _eval_stores: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 

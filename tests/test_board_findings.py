@@ -1,13 +1,15 @@
 """Every number docs/board.md's findings ("Reading the board") quote is printed by ``ci/board_findings.py`` from the
 committed records, as quoted (issue 37, item 8).
 
-The page is split into its findings (a bold lead and what follows it, down to the next bold lead); each number a
-finding quotes must appear among the numbers the script prints, with the same digits: a sign the page writes must be
-the printed sign (an unsigned quote, "5.29 below", matches either), an interval ``[a, b]`` must be printed as one,
-``d,ddd`` is ``dddd``. A number that the records do not hold (a paper's length or value, a setting the page names
-without a record behind it, a row no longer committed) is listed in ``NOT_IN_RECORDS`` under its finding with why; a
-headline that rounds a printed number ("trails cRT by 1.2 points") is listed in ``ROUNDED`` with the printed number
-it rounds, which must itself be printed. So the test goes red when a quoted number changes, when the script stops
+The section runs from its heading to the end of the page and is split at its headings: a heading per finding
+(``### Breadcrumb trails cRT by 1.2 points, all of it many-shot``), grouped under a heading per kind of method
+(``## Losses``); a finding is its heading and its text down to the next heading. Each number a finding quotes
+(its heading's included) must appear among the numbers the script prints, with the same digits: a sign the page
+writes must be the printed sign (an unsigned quote, "5.29 below", matches either), an interval ``[a, b]`` must be
+printed as one, ``d,ddd`` is ``dddd``. A number that the records do not hold (a paper's length or value, a setting
+the page names without a committed record behind it) is listed in ``NOT_IN_RECORDS`` under its finding (keyed by
+the start of its heading) with why; a heading that rounds a printed number ("trails cRT by 1.2 points") is listed
+in ``ROUNDED`` with the printed number it rounds, which must itself be printed. So the test goes red when a quoted number changes, when the script stops
 printing a comparison the page quotes, and when an exemption no longer matches the page.
 """
 
@@ -34,14 +36,14 @@ INTERVAL = re.compile(r"\[([+−-]?\d[\d,]*(?:\.\d+)?), ([+−-]?\d[\d,]*(?:\.\d
 #: exponent "1e-6", thousands "25,164"
 NUMBER = re.compile(r"(?<![\w.])([+−-](?=\d))?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:(/\d+)|(e[+-]?\d+))?(?![\w])")
 
-#: numbers a finding quotes that the committed records do not hold, by the start of the finding's bold lead
+#: numbers a finding quotes that the committed records do not hold, by the start of the finding's heading
 NOT_IN_RECORDS: dict[str, dict[str, str]] = {
-    "Breadcrumb trails cRT": {"12": "the earlier 12-epoch budget, whose records were removed"},
+    "Breadcrumb trails cRT": {"12": "a 12-epoch budget, whose records are not committed"},
     "On LDAM-DRW, SAFA": {"50": "the supplement's other imbalance factor (IF 200 and 50)"},
     "MiSLAS beats ce": {"200": "the papers' 200 epochs"},
     "The mixing rows": {"200": "the papers' 200 epochs or more"},
-    "RIDE's lead": {"200": "RIDE's 200 epochs", "-0.2": "the earlier diversity factor, rows no longer committed",
-                    "30.75": "the earlier rows' mean, records no longer committed"},
+    "RIDE's lead": {"200": "RIDE's 200 epochs", "-0.2": "a diversity factor whose records are not committed",
+                    "30.75": "the mean of those uncommitted records"},
     "cb-focal trails ce": {"0.01": "Cui et al.'s prior 1/C on CIFAR-100 (their code: -log(C - 1))",
                            "0.5": "a sigmoid's output at a zero bias",
                            "0": "cb-focal.prior=0, the option that keeps PyTorch's default bias"},
@@ -50,7 +52,6 @@ NOT_IN_RECORDS: dict[str, dict[str, str]] = {
     "LDAM-DRW with SAM": {"200": "Rangwani et al.'s 200 epochs"},
     "BCL trails logit": {"200": "the paper's 200 epochs"},
     "PaCo is level": {"400": "the paper's 400 epochs"},
-    "closing": {"12": "the earlier 12-epoch board, whose records were removed"},
 }
 
 #: a headline's number rounded from a printed one: {finding: {quoted: the printed number it rounds}}; the quote must
@@ -83,28 +84,28 @@ def numbers(text: str) -> tuple[list[str], list[str]]:
     return intervals, found
 
 
-#: the section's closing paragraph, which follows the last finding without a lead of its own
-CLOSING = "Every row of the board"
+#: a heading of the section: "## " a kind of method, "### " a finding
+HEADING = re.compile(r"^(#{2,3}) (.+)$", re.M)
 
 
 def findings(page: str) -> dict[str, str]:
-    """The findings of the page's "Reading the board" section: {bold lead: its text down to the next bold lead}; the
-    text before the first lead is "intro", the closing paragraph "closing"."""
-    section = page.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    parts = re.split(rf"\n\n(?=\*\*|{CLOSING})", section)
-    out = {"intro": parts[0]}
-    for part in parts[1:]:
-        if part.startswith(CLOSING):
-            out["closing"] = part
-            continue
-        lead = re.match(r"\*\*(.+?)\*\*", part, re.S).group(1)
-        out[" ".join(lead.split())] = part
+    """The parts of the page's "Reading the board" section, which runs to the end of the page: {heading: the
+    heading and its text down to the next heading}, every heading of the section (the section's own, the kinds of
+    method and the findings) with its text, so that no number of the section goes unread."""
+    section = SECTION + page.split(SECTION, 1)[1]
+    starts = [m.start() for m in HEADING.finditer(section)]
+    out = {}
+    for start, end in zip(starts, starts[1:] + [len(section)]):
+        part = section[start:end]
+        heading = " ".join(HEADING.match(part).group(2).split())
+        assert heading not in out, f"two headings {heading!r}: the second's numbers would go unread"
+        out[heading] = part
     return out
 
 
-def exemptions(table: dict[str, dict[str, str]], lead: str) -> dict[str, str]:
-    keys = [k for k in table if lead.startswith(k)]
-    assert len(keys) <= 1, f"{lead!r} matches several exemption keys {keys}"
+def exemptions(table: dict[str, dict[str, str]], heading: str) -> dict[str, str]:
+    keys = [k for k in table if heading.startswith(k)]
+    assert len(keys) <= 1, f"{heading!r} matches several exemption keys {keys}"
     return table[keys[0]] if keys else {}
 
 
@@ -114,12 +115,12 @@ def unprinted(page: str, output: str) -> list[str]:
     printed_intervals, printed = set(printed_intervals), set(printed)
     unsigned = {p.lstrip("+-") for p in printed}
     missing = []
-    for lead, text in findings(page).items():
-        skip, rounded = exemptions(NOT_IN_RECORDS, lead), exemptions(ROUNDED, lead)
+    for heading, text in findings(page).items():
+        skip, rounded = exemptions(NOT_IN_RECORDS, heading), exemptions(ROUNDED, heading)
         intervals, quoted = numbers(text)
         for interval in intervals:
             if interval not in printed_intervals:
-                missing.append(f"{lead}: interval {interval} is not printed")
+                missing.append(f"{heading}: interval {interval} is not printed")
         for q in quoted:
             if q in skip:
                 continue
@@ -128,16 +129,16 @@ def unprinted(page: str, output: str) -> list[str]:
                 digits, printed_digits = len(q.partition(".")[2]), len(full.partition(".")[2])
                 off = abs(abs(float(full)) - abs(float(q)))
                 if full not in printed:
-                    missing.append(f"{lead}: {q} rounds {full}, which is not printed")
+                    missing.append(f"{heading}: {q} rounds {full}, which is not printed")
                 elif off > 0.5 * 10 ** -digits + 0.5 * 10 ** -printed_digits or (q[0] in "+-" and q[0] != full[0]):
-                    missing.append(f"{lead}: {q} does not round the printed {full}")
+                    missing.append(f"{heading}: {q} does not round the printed {full}")
                 continue
             if q not in (printed if q[0] in "+-" else unsigned):
-                missing.append(f"{lead}: {q} is not printed")
+                missing.append(f"{heading}: {q} is not printed")
         for table, name in ((skip, "NOT_IN_RECORDS"), (rounded, "ROUNDED")):
             stale = set(table) - set(quoted)
             if stale:
-                missing.append(f"{lead}: {name} lists {sorted(stale)}, which the finding no longer quotes")
+                missing.append(f"{heading}: {name} lists {sorted(stale)}, which the finding no longer quotes")
     return missing
 
 
@@ -164,15 +165,20 @@ def test_every_number_the_findings_quote_is_printed_by_board_findings(printed):
 
 
 def test_the_findings_are_read_whole():
-    """The split finds every finding the page has (a lead the split misses would go unchecked)."""
+    """The split reads the whole section, heading by heading: each finding is a "### " heading under a "## " kind
+    of method (no bold lead left, whose finding would have no heading of its own), the parts put together are the
+    section, and each exemption names a finding."""
     page = PAGE.read_text()
     found = findings(page)
-    section = page.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    assert "closing" in found
-    assert len(found) - 2 == len(re.findall(r"(?:^|\n\n)\*\*", section))
+    section = SECTION + page.split(SECTION, 1)[1]
+    assert "".join(found.values()) == section
+    headings = HEADING.findall(section)
+    assert len(found) == len(headings) and headings[0][0] == "##" and headings[1][0] == "##"
+    assert sum(level == "###" for level, _ in headings) >= 14  # the findings
+    assert not re.search(r"(?:^|\n\n)\*\*", section), "a finding with a bold lead instead of a heading"
     assert sum(len(numbers(text)[1]) + len(numbers(text)[0]) for text in found.values()) > 250
-    for lead in {**NOT_IN_RECORDS, **ROUNDED}:
-        assert any(f.startswith(lead) for f in found), f"exemption key {lead!r} names no finding"
+    for key in {**NOT_IN_RECORDS, **ROUNDED}:
+        assert any(f.startswith(key) for f in found), f"exemption key {key!r} names no finding"
 
 
 def test_a_changed_quote_or_a_dropped_comparison_goes_red(printed):
@@ -180,7 +186,7 @@ def test_a_changed_quote_or_a_dropped_comparison_goes_red(printed):
     page quotes (sam vs ce), each make it report the number."""
     page = PAGE.read_text()
     assert not unprinted(page, printed)
-    quote = "(sam − ce: −3.32 [−3.79, −2.84] overall"
+    quote = "sam − ce: −3.32 [−3.79, −2.84] overall"
     changed = page.replace(quote, quote.replace("−3.32", "−3.33"))
     assert changed != page
     assert any("-3.33 is not printed" in m for m in unprinted(changed, printed))

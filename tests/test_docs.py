@@ -115,3 +115,27 @@ def test_the_docs_site_builds_in_strict_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     pages = {p.relative_to(tmp_path / "site").as_posix() for p in (tmp_path / "site").rglob("index.html")}
     assert {"index.html", "quickstart/index.html", "hooks/index.html", "paper-budget/index.html"} <= pages
+
+
+def test_the_board_and_the_docs_link_each_other():
+    """The markdown boards link the docs' board page (from leaderboards/, where they are committed), and the docs'
+    home and board page link the web board, published at the root of the pages with the docs under docs/ (so
+    ``../`` from docs/index.html and ``../../`` from docs/board/index.html). The site's index links the docs' board
+    page too (tests/test_site_paper_sections.py, where the site is built)."""
+    import posixpath
+
+    from ltbench.results.leaderboard import render
+
+    rec = {"dataset": "d-if1", "budget": "cpu", "method": "m", "methods": ["m"], "seed": 0, "variant": "m",
+           "config_id": "c0", "metrics": {"overall": 10.0, "many": 10.0, "medium": 10.0, "few": 1.0},
+           "wall_time_s": 10.0, "stage_wall_time_s": {"stage1": 10.0}, "config": {"backbone": "b", "epochs": 1},
+           "group_sizes": {"many": 1, "medium": 0, "few": 1}, "group_thresholds": {"few_below": 20, "many_above": 100},
+           "status": "completed"}
+    page = render([rec])["d-if1.md"]
+    (target,) = re.findall(r"\[Reading the board\]\(([^)]+)\)", page)
+    assert (DOCS.parent / "leaderboards" / target).resolve() == (DOCS / "board.md").resolve()
+    for name, published in (("index.md", "docs/"), ("board.md", "docs/board/")):
+        links = re.findall(r"\[the web leaderboard\]\(([^)]+)\)", (DOCS / name).read_text())
+        assert links and all(posixpath.normpath(posixpath.join(published, link)) == "." for link in links), links
+    internals = (DOCS / "internals.md").read_text()
+    assert "## Records are untrusted input" in internals and "(internals.md)" in (DOCS / "board.md").read_text()

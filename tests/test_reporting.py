@@ -305,12 +305,12 @@ def test_the_web_leaderboard_served_alone_switches_boards_marks_noise_and_filter
         assert heading.endswith(f"{records[0]['config']['epochs']} backbone epochs")
         headers = board.find_elements("css selector", "th")
         names = [h.text for h in headers]
-        assert {"backbone epochs", "params (M)", "MACs (M)", "wall (s)", "paper many"} <= set(names)
+        assert {"backbone epochs", "params (M)", "MACs (M)", "wall × ce", "paper many"} <= set(names)
         assert all(h.get_attribute("title") for h in headers)  # each column says what it means
 
         # the best of each accuracy column, and whether the other row is within noise of it, as `compare` says
         def cell(method, column):
-            row = board.find_element("xpath", f".//tbody/tr[td[1]/a[text()='{method}']]")
+            row = board.find_element("xpath", f".//tbody/tr[td[2]/a[text()='{method}']]")
             return row.find_elements("css selector", "td")[names.index(column)].text
 
         for g in ("overall", "many", "medium", "few"):
@@ -327,13 +327,18 @@ def test_the_web_leaderboard_served_alone_switches_boards_marks_noise_and_filter
         assert len(board.find_element("css selector", "svg.pareto .front").get_attribute("points").split()) >= 1
         # the filters apply to the rows and to both charts; the front is drawn again over what is shown
         browser.find_element("css selector", '.filters input[value="re-sampling"]').click()
-        assert [r.text.split()[0] for r in board.find_elements("css selector", "tbody tr") if r.is_displayed()] == ["ce"]
+        shown = [r.find_elements("css selector", "td")[1].text for r in board.find_elements("css selector", "tbody tr")
+                 if r.is_displayed()]
+        assert shown == ["ce"]  # the rank comes first, then the name
         assert len(drawn("svg.pareto .point")) == 1 and len(drawn("svg.bars g.method")) == 1
         assert len(board.find_element("css selector", "svg.pareto .front").get_attribute("points").split()) == 1
-        # every link and image of the index resolves with the site folder as the web root
-        urls = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
-                                      ".concat(Array.from(document.images).map(i => i.src))")
+        # every link and image of the index resolves with the site folder as the web root, but for the links to
+        # the docs, published beside the site (test_site_paper_sections serves both as the workflow publishes them)
+        urls = browser.execute_script("return Array.from(document.querySelectorAll('a[href]:not(.docs)'))"
+                                      ".map(a => a.href).concat(Array.from(document.images).map(i => i.src))")
         assert len(urls) > 10 and all(_resolves(u) for u in urls), [u for u in urls if not _resolves(u)]
+        docs = browser.execute_script("return Array.from(document.querySelectorAll('a.docs')).map(a => a.href)")
+        assert base + "docs/board/" in docs
         # the figures of every row at once are a page of their own: nothing on the index ignores the filters
         figures = board.find_element("partial link text", "Every row in one figure each").get_attribute("href")
         browser.get(figures)

@@ -247,6 +247,12 @@ def test_the_paper_section_links_the_paper_budget_page_where_the_docs_are_publis
     assert (REPO / "docs" / "paper-budget.md").exists()
 
 
+def test_the_index_links_the_docs_board_page(built):
+    links = [a for a in built["index"].find_all("a", class_="docs") if "Reading the board" in a.text()]
+    assert [a.attrs["href"] for a in links] == ["docs/board/"]  # docs/board.md where the docs are published
+    assert (REPO / "docs" / "board.md").exists()
+
+
 def test_a_value_and_its_spread_stay_on_one_line(built):
     spreads = [td for td in built["index"].find_all("td") if "±" in td.text()]
     assert len(spreads) >= 4 * len(CPU_ROWS)  # every accuracy column of the 3-seed rows

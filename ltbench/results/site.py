@@ -2,17 +2,21 @@
 fetched from elsewhere and every link stays inside the folder (the records it links to are copied in), so it
 opens from disk or from any static host that serves the folder alone.
 
-``index.html`` holds every board (one per dataset and budget) behind a switcher. Each board's heading says its
-dataset, budget, backbones and epochs; its table has the markdown board's columns (accuracy per shot group,
-seeds, backbone epochs, parameters, MACs, wall time; each header explains itself on hover and in the notes
-below) and the paper's numbers where the source gives them. A board that compares with the papers (the ``paper``
+``index.html`` holds every board (one per dataset and budget) behind a switcher, under a last-updated line
+(:mod:`ltbench.results.downloads`). Each board's heading says its dataset, budget, backbones and epochs; its table
+has a rank, the accuracy per shot group, Δ vs ce with its paired interval, seeds, backbone epochs (▲ more than
+ce's), ECE, parameters, MACs, wall time and images per second as ratios to ce on the same machine (each header
+explains itself on hover and in the notes below; the hardware line and the footnote of the ratios under it) and
+the paper's numbers where the source gives them; rows that are one computation are one row with both names
+(:mod:`ltbench.results.reading`). A search box filters rows and charts by name, and every table is written beside
+the page as CSV and JSON and linked under it. A board that compares with the papers (the ``paper``
 budget, as the markdown board's paper section) has a section of its own under its table: each row's overall against
 its paper's, "ours − paper" where the paper measured the same setting, the setting and source of each published
 number (:mod:`ltbench.results.references`, from the installed methods), the seeds behind each row, and a link to the
-docs' paper-budget page. The best mean of each accuracy column is marked
-★, and a row whose difference from that best is not distinguishable from noise by ltbench's paired bootstrap
-over seeds and test images (:func:`ltbench.results.summary.compare`) is marked ≈. Two charts follow, drawn as
-inline SVG so that the family filters apply to them as to the rows: accuracy against training compute with
+docs' paper-budget page. The best mean of each accuracy column among the rows with the same backbone epochs
+is marked ★, and a row whose difference from that best is not distinguishable from noise by ltbench's paired
+bootstrap over seeds and test images (:func:`ltbench.results.summary.compare`) is marked ≈. Two charts follow,
+drawn as inline SVG so that the family filters apply to them as to the rows: accuracy against training compute with
 the Pareto front of the rows shown, and the shot groups per method. Every row links to a page of its own
 (``methods/<board>/<method>.html``: per-class accuracy against training count, learning curves, the method's
 paper and interpretations, its configuration and records). The matplotlib figures of
@@ -33,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from ltbench.results import charts, plots
+from ltbench.results import charts, downloads, plots, reading
 from ltbench.results.records import compute
 from ltbench.results.references import reference_description, reference_result, reference_setting
-from ltbench.results.summary import GROUPS
+from ltbench.results.site_assets import SCRIPT, STYLE
+from ltbench.results.summary import GROUPS, seeds_note
 
 SITE = "site"
 #: the docs site from the board's root: the leaderboard workflow publishes the board at the root of its pages and
@@ -47,81 +52,29 @@ PAPER_BUDGET_PAGE = DOCS + "paper-budget/"
 #: bootstrap draws for the within-noise marks (seeded: a rebuild marks the same rows)
 NOISE_DRAWS = 1000
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; color: #222; padding: 0 1rem; }
-table { border-collapse: collapse; width: 100%; font-size: 0.85rem; }
-th, td { padding: 0.3rem 0.45rem; border-bottom: 1px solid #ddd; text-align: right; }
-th:first-child, td:first-child, th.text, td.text { text-align: left; }
-th { cursor: pointer; user-select: none; background: #f4f4f4; position: sticky; top: 0; }
-th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
-.sd { color: #888; font-size: 0.8em; } .filters label { margin-right: 1rem; } img { max-width: 100%; }
-td:not(.text), .sd { white-space: nowrap; }  /* a value and its ± spread stay on one line */
-.best { font-weight: 600; } .mark { color: #b15c00; } figure { margin: 1rem 0; } .note { color: #555; font-size: 0.9rem; }
-dl.columns { font-size: 0.85rem; color: #444; display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
-dl.columns dt { font-weight: 600; } svg { max-width: 100%; height: auto; font-size: 11px; }
-svg .axis { stroke: #444; } svg .tick { stroke: #ccc; } svg .front { fill: none; stroke: #d62728; stroke-width: 1.5; }
-svg .point { fill: #1f77b4; fill-opacity: 0.8; } svg .stage2 { stroke: #888; stroke-dasharray: 3 3; }
-"""
-
-SCRIPT = """
-function sortTable(th) {
-  const table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
-  const dir = th.getAttribute('aria-sort') === 'descending' ? 'ascending' : 'descending';
-  table.querySelectorAll('th').forEach(h => h.removeAttribute('aria-sort'));
-  th.setAttribute('aria-sort', dir);
-  const key = row => { const v = row.cells[col].dataset.value; const n = parseFloat(v);
-                       return isNaN(n) ? (v || '') : n; };
-  const rows = Array.from(body.rows);
-  rows.sort((a, b) => { const x = key(a), y = key(b);
-    const c = (typeof x === 'number' && typeof y === 'number') ? x - y : String(x).localeCompare(String(y));
-    return dir === 'ascending' ? c : -c; });
-  rows.forEach(r => body.appendChild(r));
-}
-function drawFront(svg) {  // the Pareto front of the points shown: less compute, higher accuracy
-  const pts = Array.from(svg.querySelectorAll('.point')).filter(p => p.style.display !== 'none')
-    .map(p => [parseFloat(p.getAttribute('cx')), parseFloat(p.getAttribute('cy'))]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let best = Infinity; const front = [];
-  pts.forEach(([x, y]) => { if (y < best) { best = y; front.push(x + ',' + y); } });
-  svg.querySelector('.front').setAttribute('points', front.join(' '));
-}
-function layoutBars(svg) {  // the groups shown, side by side
-  const step = parseFloat(svg.dataset.step), left = parseFloat(svg.dataset.left); let i = 0;
-  svg.querySelectorAll('g.method').forEach(g => { if (g.style.display !== 'none') {
-    g.setAttribute('transform', 'translate(' + (left + step * i++) + ',0)'); } });
-}
-function applyFilters() {
-  const on = new Set(Array.from(document.querySelectorAll('.filters input:checked')).map(i => i.value));
-  document.querySelectorAll('[data-family]').forEach(e => {
-    const shown = on.has(e.dataset.family);
-    if (e.tagName === 'TR') { e.hidden = !shown; } else { e.style.display = shown ? '' : 'none'; } });
-  document.querySelectorAll('svg.pareto').forEach(drawFront);
-  document.querySelectorAll('svg.bars').forEach(layoutBars);
-}
-function showBoard(key) {
-  document.querySelectorAll('section.board').forEach(s => { s.hidden = s.id !== 'board-' + key; });
-  document.getElementById('board-switch').value = key;
-}
-document.querySelectorAll('th').forEach(th => th.addEventListener('click', () => sortTable(th)));
-document.querySelectorAll('.filters input').forEach(i => i.addEventListener('change', applyFilters));
-const switcher = document.getElementById('board-switch');
-switcher.addEventListener('change', () => { showBoard(switcher.value); history.replaceState(null, '', '#' + switcher.value); });
-showBoard(location.hash.slice(1) && document.getElementById('board-' + location.hash.slice(1)) ? location.hash.slice(1) : switcher.value);
-"""
-
 COLUMNS = {  # header -> what it means (the header's tooltip, and the notes under each table)
-    "method": "the method, or a variant of it with the options that differ from its defaults; links to its page",
+    "rank": "the row's place by overall mean on this board (equal means share a place)",
+    "method": "the method, or a variant of it with the options that differ from its defaults; links to its page. "
+              "Names joined by = are one computation under several names (the same accuracy on every class at "
+              "every seed)",
     "family": "the method's family (plugin metadata); the filters above select families",
     "overall": "mean of the per-class test accuracies (%): the mean over the row's seeds, ± their standard deviation "
                "where the row has two or more",
     "many": "mean accuracy of the many-shot classes (more than 100 training images)",
     "medium": "mean accuracy of the medium-shot classes (20 to 100 training images)",
     "few": "mean accuracy of the few-shot classes (fewer than 20 training images)",
+    "Δ vs ce": "overall minus ce's, paired by seed, with the 95 % bootstrap interval over seeds and test images "
+               "(ltbench compare); – where the row has no seed in common with ce",
     "seeds": "how many seeds (subset draws and initialisations) the mean is over",
     "backbone epochs": "epochs that trained the backbone's weights: stage 1, plus a stage 2 that fine-tunes it; "
-                       "a row with more had more compute than its baselines",
+                       "▲ more than ce's: more compute than the baseline, and not ranked for ★ against it",
+    "ECE (%)": "expected calibration error of the test predictions (15 bins; lower is better), the mean over seeds; "
+               "– where a record predates it",
     "params (M)": "parameters of the trained model, heads a method adds included (e.g. RIDE's experts)",
     "MACs (M)": "multiply-accumulates to classify one test image along the method's evaluation path",
-    "wall (s)": "mean wall time per run, a reused stage 1 counted at what it cost to train; machine and load vary",
+    "wall × ce": "wall time over ce's on the same machine (CPU model and threads, or GPU) at this dataset and budget, "
+                 "a reused stage 1 counted at what it cost to train; – where no ce ran on the row's machine",
+    "img/s × ce": "stage-1 training images per second over ce's on the same machine; – where no ce ran there",
     "paper overall": "the paper's number; † where it comes from another setting (hover it: backbone, epochs), "
                      "so that it orients rather than compares",
     "paper many": "the paper's many-shot number, where its source gives one",
@@ -168,6 +121,18 @@ def _slug(name: str) -> str:
     return slug if len(slug) <= 100 else f"{slug[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
+def _unique_slugs(rows: list[Any]) -> None:
+    """Tell apart the rows of a board whose names make one page name (``ce [tag=a b]`` and ``ce [tag=a-b]``; or
+    ``CE`` and ``ce`` on a file system that ignores case): each of them gets a hash of its name after the slug, the
+    same whatever the order of the rows, so that no row's page overwrites another's."""
+    taken: dict[str, int] = {}
+    for row in rows:
+        taken[row.slug.lower()] = taken.get(row.slug.lower(), 0) + 1
+    for row in rows:
+        if taken[row.slug.lower()] > 1:
+            row.slug = f"{row.slug[:80]}-{hashlib.sha256(row.name.encode()).hexdigest()[:12]}"
+
+
 def _mean(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -181,47 +146,24 @@ class Row:
         first = self.recs[0]
         self.family = _family(first["method"], families)
         self.slug = _slug(name)
-        self.mean, self.sd = {}, {}
+        self.mean, self.sd, self.seeds_with = {}, {}, {}
         for g in GROUPS:
             values = [r["metrics"][g] for r in self.recs if r["metrics"][g] is not None]
             self.mean[g] = float(np.mean(values)) if values else None
             self.sd[g] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            self.seeds_with[g] = len(values)  # fewer than the row's seeds: the cell says so (summary.seeds_note)
         costs = [compute(r) for r in self.recs]  # from the record's cost, as the markdown board
         self.backbone_epochs = costs[0]["backbone_epochs"]
         self.params = _mean([c.get("parameters") for c in costs])
         self.macs = _mean([c.get("inference_macs_per_image") for c in costs])
-        self.wall = _mean([r.get("wall_time_s") for r in self.recs])
+        eces = [_finite(r["calibration"].get("ece")) if isinstance(r.get("calibration"), dict) else None
+                for r in self.recs]
+        self.ece = float(np.mean(eces)) if None not in eces else None  # every seed's, or none (as `show`)
         self.paper = reference_result(first)
         self.setting = reference_setting(first) if self.paper else "no published number"
 
     def paper_number(self, group: str) -> float | None:
         return _finite(self.paper.get(group))
-
-
-def _noise_marks(rows: list[Row], records: list[dict[str, Any]], dataset: str, budget: str) -> dict[tuple[str, str], str]:
-    """{(row, group): "★" for the column's best mean, "≈" for a row not distinguishable from it}."""
-    from ltbench.results.summary import compare
-
-    marks: dict[tuple[str, str], str] = {}
-    verdicts: dict[tuple[str, str], dict[str, Any]] = {}
-    for g in GROUPS:
-        scored = [r for r in rows if r.mean[g] is not None]
-        if not scored:
-            continue
-        best = max(scored, key=lambda r: r.mean[g])
-        marks[(best.name, g)] = "★"
-        for row in scored:
-            if row is best:
-                continue
-            pair = (row.name, best.name)
-            if pair not in verdicts:  # rows without a seed in common cannot be paired: no verdict, no mark
-                common = {r["seed"] for r in row.recs} & {r["seed"] for r in best.recs}
-                verdicts[pair] = compare(records, row.name, best.name, dataset=dataset, budget=budget,
-                                         n_boot=NOISE_DRAWS)["groups"] if common else {}
-            verdict = verdicts[pair].get(g)
-            if verdict is not None and not verdict["distinguishable"]:
-                marks[(row.name, g)] = "≈"
-    return marks
 
 
 # -- pages ------------------------------------------------------------------------------------------------------
@@ -331,13 +273,15 @@ def _compares(rows: list[Row], budget: str) -> bool:
     return budget == "paper" or any(row.setting == "" for row in rows)
 
 
-def _paper_section(rows: list[Row], key: str, dataset: str, budget: str) -> str:
+def _paper_section(rows: list[Row], key: str, dataset: str, budget: str) -> tuple[str, list[dict[str, Any]]]:
     """The board's rows against their papers: "ours − paper" where the paper measured the row's setting (the same
-    number as the markdown board's), else what keeps them apart; each published number's setting and source."""
-    body = []
+    number as the markdown board's), else what keeps them apart; each published number's setting and source.
+    With the table's rows as data, for its CSV and JSON."""
+    body, data = [], []
     for row in rows:
         paper = row.paper_number("overall")
         ours = row.mean["overall"]
+        diff = None
         if row.setting == "" and paper is not None and ours is not None:
             diff = ours - float(f"{paper:.2f}")  # against the number as printed, as the markdown board
             gap = f'<td data-value="{diff:.6f}">{diff:+.2f}</td>'
@@ -345,9 +289,12 @@ def _paper_section(rows: list[Row], key: str, dataset: str, budget: str) -> str:
             gap = f'<td class="text" data-value="">{html.escape(row.setting or "no published number")}</td>'
         described = reference_description(row.paper) if paper is not None else "–"
         source = str(row.paper.get("source") or ("not stated" if paper is not None else "–"))
+        data.append({"method": row.name, "seeds": len(row.recs), "ours_overall": ours, "paper_overall": paper,
+                     "ours_minus_paper": diff, "not_compared": "" if diff is not None else
+                     row.setting or "no published number", "paper_setting": described, "source": source})
         name, family = html.escape(row.name), html.escape(row.family)
-        body.append(f'<tr data-family="{family}"><td class="text" data-value="{name}"><a href="methods/'
-                    f'{html.escape(key)}/{row.slug}.html">{name}</a></td>'
+        body.append(f'<tr data-family="{family}" data-name="{name}"><td class="text" data-value="{name}">'
+                    f'<a href="methods/{html.escape(key)}/{row.slug}.html">{name}</a></td>'
                     f'<td data-value="{len(row.recs)}">{len(row.recs)}</td>{_num(ours)}{_num(paper)}{gap}'
                     f'<td class="text" data-value="{html.escape(described)}">{html.escape(described)}</td>'
                     f'<td class="text" data-value="{html.escape(source)}">{html.escape(source)}</td></tr>')
@@ -367,27 +314,104 @@ def _paper_section(rows: list[Row], key: str, dataset: str, budget: str) -> str:
             f"{html.escape(_seeds_note(rows))} "
             f'The recipe and what each difference means: <a class="docs" href="{PAPER_BUDGET_PAGE}">the paper '
             f"budget</a> (docs).</p>"
-            f'<table class="paper"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>')
+            f'<table class="paper"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            f"{downloads.links(f'papers/{key}')}</section>", data)
+
+
+def _merged(rows: list[Row]) -> list[tuple[Row, list[Row]]]:
+    """The table's rows: each row with the rows that are one computation with it (the markdown board's rule,
+    :func:`ltbench.results.reading.identical_groups`), merged into one under the first name (``ce`` where it is
+    one of them); rows in the given order."""
+    groups = reading.identical_groups({row.name: [(r["seed"], tuple(r.get("per_class_accuracy") or ()))
+                                                  for r in row.recs] for row in rows})
+    by_name = {row.name: row for row in rows}
+    same = {name: group for group in groups for name in group}
+    out = []
+    for row in rows:
+        group = same.get(row.name, [row.name])
+        first = reading.BASELINE if reading.BASELINE in group else group[0]
+        if row.name == first:
+            out.append((row, [by_name[n] for n in group if n != first]))
+    return out
+
+
+def _table_row(row: Row, aliases: list[Row], key: str, rank: int | None, marks: dict[tuple[str, str], str],
+               delta: dict[str, Any] | None, cost: dict[str, float | None],
+               more: bool) -> tuple[str, dict[str, Any]]:
+    """One row of a board's table as HTML (with its aliases: the names of the same computation) and as data for
+    the table's CSV and JSON."""
+    names = [row, *aliases]
+    family = "|".join(sorted({r.family for r in names}))
+    label = " = ".join(r.name for r in names)
+    links = " = ".join(f'<a href="methods/{html.escape(key)}/{r.slug}.html">{html.escape(r.name)}</a>' for r in names)
+    same = (f' title="one computation under {len(names)} names: the same accuracy on every class at every seed"'
+            if aliases else "")
+    cells = [f'<td data-value="{rank if rank is not None else ""}">{rank if rank is not None else "–"}</td>',
+             f'<td class="text" data-value="{html.escape(label)}"{same}>{links}</td>',
+             f'<td class="text" data-value="{html.escape(family)}">{html.escape(family.replace("|", ", "))}</td>']
+    cells += [_num(row.mean[g], row.sd[g], marks.get((row.name, g), "")).replace(
+        "</td>", f"{html.escape(seeds_note(row.seeds_with[g], len(row.recs)))}</td>") for g in GROUPS]
+    if row.name == reading.BASELINE:
+        cells.append('<td data-value="0" title="the baseline">baseline</td>')
+    elif delta is None:
+        cells.append(f'<td data-value="" title="no seed in common with {reading.BASELINE}">–</td>')
+    else:
+        (low, high), noise = delta["ci95"], "" if delta["distinguishable"] else " (within noise)"
+        cells.append(f'<td data-value="{delta["difference"]:.6f}" title="95 % paired bootstrap interval{noise}">'
+                     f'{delta["difference"]:+.2f}&nbsp;<span class="sd">[{low:+.2f},&nbsp;{high:+.2f}]</span></td>')
+    cells.append(f'<td data-value="{len(row.recs)}">{len(row.recs)}</td>')
+    badge = (f'&nbsp;<span class="more" title="more backbone epochs than {reading.BASELINE}: more compute than the '
+             f'baseline">▲</span>' if more else "")
+    cells.append(f'<td data-value="{row.backbone_epochs}">{row.backbone_epochs}{badge}</td>')
+    cells += [_num(row.ece), _num(row.params / 1e6 if row.params else None, digits=3),
+              _num(row.macs / 1e6 if row.macs else None)]
+    for value in (cost["wall"], cost["ips1"]):
+        cells.append(f'<td data-value="{value:.6f}">{reading.ratio_text(value)}</td>' if value is not None
+                     else '<td data-value="">–</td>')
+    paper = [_num(row.paper_number(g)) for g in GROUPS]
+    if row.setting and row.paper_number("overall") is not None:  # another setting: said, not compared
+        paper[0] = paper[0].replace("</td>", f' <span class="mark" title="{html.escape(row.setting)}">†</span></td>')
+    cells += paper
+    config_id = html.escape(row.recs[0]["config_id"])
+    cells.append(f'<td class="text" data-value="{config_id}"><a href="configs/{config_id}.json">{config_id}</a></td>')
+    records = " ".join(f'<a href="{_record_path(r)}">{r["seed"]}</a>' for r in row.recs)
+    cells.append(f'<td class="text" data-value="">{records}</td>')
+    data = {"rank": rank, "method": label, "family": family.replace("|", ", "),
+            **{k: v for g in GROUPS for k, v in ((g, row.mean[g]), (f"{g}_sd", row.sd[g]))},
+            "delta_vs_ce": delta["difference"] if delta else None,
+            "delta_vs_ce_ci95_low": delta["ci95"][0] if delta else None,
+            "delta_vs_ce_ci95_high": delta["ci95"][1] if delta else None, "seeds": len(row.recs),
+            "backbone_epochs": row.backbone_epochs, "more_backbone_epochs_than_ce": more, "ece": row.ece,
+            "params_m": row.params / 1e6 if row.params else None, "macs_m": row.macs / 1e6 if row.macs else None,
+            "wall_x_ce": cost["wall"], "img_per_s_x_ce": cost["ips1"],
+            **{f"paper_{g}": row.paper_number(g) for g in GROUPS}, "paper_setting": row.setting,
+            "config": row.recs[0]["config_id"], "records": [_record_path(r) for r in row.recs]}
+    return f'<tr data-family="{html.escape(family)}" data-name="{html.escape(label)}">{"".join(cells)}</tr>', data
 
 
 def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
     """Write the site for ``records`` (each with its ``_path``) into ``site``; return the files written."""
     site = Path(site)
-    for generated in ("configs", "records", "methods", "figures"):  # a rebuild leaves nothing a record no longer names
+    for generated in ("configs", "records", "methods", "figures", downloads.TABLES):  # nothing a record no longer names
         shutil.rmtree(site / generated, ignore_errors=True)
         (site / generated).mkdir(parents=True)
     written = plots.plot_records(records, site / "plots")
     families = _families()
+    updated = downloads.last_updated(records, downloads.build_commit(site))
     sections, options, all_families = [], [], set()
     for (dataset, budget), by_method in sorted(plots.by_place(records).items()):
         key = f"{dataset}-{budget}"
         rows = sorted((Row(name, recs, families) for name, recs in by_method.items()),
                       key=lambda r: -(r.mean["overall"] if r.mean["overall"] is not None else -1))
+        _unique_slugs(rows)  # two rows never share (and overwrite) one page
         board_recs = [r for row in rows for r in row.recs]
-        marks = _noise_marks(rows, board_recs, dataset, budget)
+        shown = _merged(rows)
+        marks = reading.best_marks([row for row, _ in shown], board_recs, dataset, budget, NOISE_DRAWS)
+        deltas = reading.deltas([row for row, _ in shown], board_recs, dataset, budget, NOISE_DRAWS)
+        ranks = reading.ranks([row.mean["overall"] for row, _ in shown])
+        base, base_epochs = reading.baselines(board_recs), reading.baseline_epochs(rows)
         heading = _heading(dataset, budget, board_recs, rows)
         (site / "methods" / key).mkdir(parents=True, exist_ok=True)
-        body_rows = []
         for row in rows:
             all_families.add(row.family)
             for rec in row.recs:
@@ -400,26 +424,13 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
             page = site / "methods" / key / f"{row.slug}.html"
             page.write_text(_method_page(row, key, heading))
             written += [config, page]
-            name, family = html.escape(row.name), html.escape(row.family)
-            cells = [f'<td class="text" data-value="{name}"><a href="methods/{html.escape(key)}/{row.slug}.html">'
-                     f"{name}</a></td>", f'<td class="text" data-value="{family}">{family}</td>']
-            cells += [_num(row.mean[g], row.sd[g], marks.get((row.name, g), "")) for g in GROUPS]
-            cells.append(f'<td data-value="{len(row.recs)}">{len(row.recs)}</td>')
-            cells.append(f'<td data-value="{row.backbone_epochs}">{row.backbone_epochs}</td>')
-            cells.append(_num(row.params / 1e6 if row.params else None, digits=3))
-            cells.append(_num(row.macs / 1e6 if row.macs else None))
-            cells.append(_num(row.wall))
-            paper = [_num(row.paper_number(g)) for g in GROUPS]
-            if row.setting and row.paper_number("overall") is not None:  # another setting: said, not compared
-                paper[0] = paper[0].replace("</td>", f' <span class="mark" title="{html.escape(row.setting)}">†'
-                                                      f"</span></td>")
-            cells += paper
-            config_id = html.escape(row.recs[0]["config_id"])
-            cells.append(f'<td class="text" data-value="{config_id}"><a href="configs/{config_id}.json">{config_id}'
-                         f"</a></td>")
-            links = " ".join(f'<a href="{_record_path(r)}">{r["seed"]}</a>' for r in row.recs)
-            cells.append(f'<td class="text" data-value="">{links}</td>')
-            body_rows.append(f'<tr data-family="{family}">{"".join(cells)}</tr>')
+        body_rows, data = [], []
+        for (row, aliases), rank in zip(shown, ranks):
+            cost = reading.row_cost([r for x in (row, *aliases) for r in x.recs], base)
+            more = base_epochs is not None and row.backbone_epochs > base_epochs
+            line, datum = _table_row(row, aliases, key, rank, marks, deltas[row.name], cost, more)
+            body_rows.append(line)
+            data.append(datum)
         head = "".join(f'<th class="{"text" if h in TEXT_COLUMNS else ""}" title="{html.escape(t)}">{html.escape(h)}'
                        f"</th>" for h, t in COLUMNS.items())
         notes = "".join(f"<dt>{html.escape(h)}</dt><dd>{html.escape(t)}</dd>" for h, t in COLUMNS.items())
@@ -432,13 +443,25 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
                                       f"{html.escape(heading)}</a></p><h1>Every row, in one figure each</h1>"
                                       f"{figures}", root="../"))
         written.append(figures_page)
-        against = _paper_section(rows, key, dataset, budget) if _compares(rows, budget) else ""
+        hardware, cost_note = reading.measured_on(board_recs), reading.cost_note(board_recs, base)
+        about = {"board": key, "dataset": dataset, "budget": budget, "heading": heading, "measured_on": hardware,
+                 "cost_note": cost_note, "updated": updated}
+        written += downloads.write_table(site, key, data, {**about, "columns": COLUMNS})
+        against = ""
+        if _compares(rows, budget):
+            against, paper_data = _paper_section(rows, key, dataset, budget)
+            written += downloads.write_table(site, f"papers/{key}", paper_data, {**about, "columns": PAPER_COLUMNS})
         sections.append(
             f'<section class="board" id="board-{html.escape(key)}"><h2>{html.escape(heading)}</h2>'
             f'<p class="note seeds">{html.escape(_seeds_note(rows))}</p>'
-            f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
-            f'<p class="note">★ the best mean of the column; ≈ not distinguishable from it (ltbench\'s paired '
-            f"bootstrap over seeds and test images, {NOISE_DRAWS} draws, 95 %). Hover a header for what it "
+            f'<table class="board"><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>'
+            f"{downloads.links(key)}"
+            + (f'<p class="note cost">{html.escape(cost_note)}</p>' if cost_note else "")
+            + f'<p class="note hardware">Measured on: {html.escape(hardware)}</p>'
+            f'<p class="note">★ the best mean of the column among rows with the same backbone epochs (two or more); '
+            f"▲ more backbone epochs than {reading.BASELINE}, so more compute than the baseline; ≈ not "
+            f"distinguishable from the ★ (ltbench's paired bootstrap over seeds and test images, {NOISE_DRAWS} "
+            f"draws, 95 %). Hover a header for what it "
             f'means:</p><dl class="columns">{notes}</dl>{against}'
             f"<h3>Accuracy against training compute</h3>{charts.pareto_chart(rows, key)}"
             f'<p class="note">The red line joins the rows no other row beats with less compute (the Pareto front '
@@ -454,8 +477,13 @@ def build(records: list[dict[str, Any]], site: Path) -> list[Path]:
             f"more. "
             f"A paper's number marked † comes from another setting (hover it): it orients, it does not compare. "
             f"Click a header to sort.</p>"
+            f'<p class="note">What the columns mean and why each row sits where it does: <a class="docs" '
+            f'href="{DOCS}board/">Reading the board</a>, in the documentation.</p>'
+            f'<p class="note updated">{html.escape(updated)}</p>'
             f'<p><label>Board: <select id="board-switch">{"".join(options)}</select></label></p>'
-            f'<p class="filters">Method families: {filters}</p>{"".join(sections)}<script>{SCRIPT}</script>')
+            f'<p class="filters">Method families: {filters}</p>'
+            f'<p><label>Search by name: <input type="search" id="search" placeholder="e.g. ldam"></label></p>'
+            f'{"".join(sections)}<script>{SCRIPT}</script>')
     index, style = site / "index.html", site / "style.css"
     index.write_text(_page("ltbench leaderboard", body))
     style.write_text(STYLE.lstrip())

@@ -80,6 +80,9 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
         for g in GROUPS:
             row[g] = done[g].mean() if len(done) else np.nan
             row[f"{g}_std"] = done[g].std() if len(done) > 1 else np.nan
+            # a seed whose split has no class in the group has no accuracy for it: the mean is over the others,
+            # and the table says over how many (:func:`seeds_note`)
+            row[f"{g}_seeds"] = int(done[g].notna().sum())
         for c in ("ece", "nll"):  # records from before calibration have none: – in the table
             row[c] = done[c].mean() if len(done) and done[c].notna().all() else np.nan
         row["failed"] = int((part["status"] == "failed").sum())
@@ -90,10 +93,16 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
                              ignore_index=True)
 
 
-def _cell(mean: float, std: float) -> str:
+def seeds_note(have: int, seeds: int) -> str:
+    """`` (2 of 3 seeds)`` after a mean that some of its row's seeds have no value for (a group with no class in
+    their split), so that a mean over fewer seeds is never read as the row's mean over all; ``""`` otherwise."""
+    return f" ({have} of {seeds} seeds)" if 0 < have < seeds else ""
+
+
+def _cell(mean: float, std: float, have: int = 0, seeds: int = 0) -> str:
     if pd.isna(mean):
         return "–"
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+    return (f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}") + seeds_note(have, seeds)
 
 
 def render(table: pd.DataFrame, fmt: str = "table") -> str:
@@ -104,7 +113,8 @@ def render(table: pd.DataFrame, fmt: str = "table") -> str:
         return table.to_csv(index=False)
     if fmt == "json":
         return json.dumps(json.loads(table.to_json(orient="records")), indent=2)
-    shown = [[r["dataset"], r["budget"], r["method"], *[_cell(r[g], r[f"{g}_std"]) for g in GROUPS],
+    shown = [[r["dataset"], r["budget"], r["method"], *[_cell(r[g], r[f"{g}_std"], r[f"{g}_seeds"], r["seeds"])
+                                                         for g in GROUPS],
               _cell(r["ece"], np.nan), r["seeds"], r["failed"], r["diverged"]] for _, r in table.iterrows()]
     headers = ["dataset", "budget", "method", *GROUPS, "ECE", "seeds", "failed", "diverged"]
     text = tabulate(shown, headers=headers, tablefmt="github" if fmt == "markdown" else "simple",

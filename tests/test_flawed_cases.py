@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -645,3 +646,28 @@ def test_errors_from_python_name_the_option_not_a_flag(options, message, tmp_pat
         ltbench.run(methods="ce", datasets="synthetic-lt", budget="smoke", output=tmp_path / "runs", **options)
     assert message in str(info.value) and "--" not in str(info.value)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"set": {"nope": 1}}, "unknown set key 'nope'"),
+    ({"datasets": "cifar100-lt", "data_root": "MISSING"}, "data_root "),
+    ({"datasets": "cifar100-lt", "data_root": "EMPTY"}, "data_root=DIR"),
+])
+def test_errors_from_config_and_data_loading_name_python_options_too(options, said, tmp_path):
+    """Flawed, continued: an unknown ``set`` key, a missing ``data_root`` and a dataset not found said ``--set``,
+    ``--data-root DIR`` and ``--download`` from Python (they are raised deep in config and data loading); from
+    Python they name the keyword arguments, and the command line keeps its flags."""
+    from ltbench.errors import LtbenchError
+
+    paths = {"MISSING": str(tmp_path / "missing"), "EMPTY": str(tmp_path)}
+    options = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+    options = {"methods": "ce", "datasets": "synthetic-lt", "budget": "smoke", **options}
+    with pytest.raises(LtbenchError) as info:
+        ltbench.run(output=tmp_path / "runs", **options)
+    assert said in str(info.value) and "--" not in str(info.value), str(info.value)
+    assert not (tmp_path / "runs").exists()
+    argv = ["run", "--output", str(tmp_path / "cli"), "--methods", options["methods"], "--datasets",
+            options["datasets"], "--budget", "smoke"]
+    argv += ["--set", "nope=1"] if "set" in options else ["--data-root", options["data_root"]]
+    done = subprocess.run([sys.executable, "-m", "ltbench", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--" in done.stderr, done.stderr

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from ltbench.errors import ConfigError
+from ltbench.errors import ConfigError, LtbenchError
 from ltbench.plugins.catalog import warn_broken
 
 
@@ -96,6 +97,23 @@ def _flag(key: str, python: bool) -> str:
     """How an error names an option: ``--data-root`` on the command line, ``ltbench.run(): data_root`` from
     Python, which has no flags."""
     return f"ltbench.run(): {key}" if python else f"--{key.replace('_', '-')}"
+
+
+#: a command-line flag in a message, with the placeholder that may follow it (``--data-root DIR``)
+_FLAG = re.compile(r"(?<![\w`-])--([a-z][a-z0-9-]*)(?: ([A-Z]{2,}))?(?![\w-])")
+
+
+def python_wording(message: str) -> str:
+    """``message`` (written for the command line) as :func:`ltbench.run` takes its options: ``--set key`` becomes
+    ``set key``, ``--data-root DIR`` ``data_root=DIR``, ``--download`` ``download=True``. A command quoted in
+    backticks is left as it is."""
+    def python(match: re.Match) -> str:
+        key, placeholder = match.group(1).replace("-", "_"), match.group(2)
+        if placeholder:
+            return f"{key}={placeholder}"
+        return f"{key}=True" if key in ("download", "rerun", "quiet") else key
+    parts = message.split("`")
+    return "`".join(_FLAG.sub(python, part) if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def _checked(args: argparse.Namespace, experiment_data: dict[str, Any] | None = None,
@@ -186,7 +204,11 @@ def run_records(experiment_file: str | Path | None, options: dict[str, Any]) -> 
     args = _checked(args, exp, python=True)
     device, output = resolve_device(args.device), Path(args.output)
     warn_broken()
-    cells = plan_cells(args, log=None if args.quiet else stderr_log)
+    try:
+        cells = plan_cells(args, log=None if args.quiet else stderr_log)
+    except LtbenchError as exc:  # messages from config and data loading name flags: Python has options
+        exc.args = (python_wording(str(exc)),)
+        raise
     grid_id = write_manifest(cells, output, how=f"python, jobs {args.jobs}").stem
     return _run_here(args, cells, output, device, (lambda msg: None) if args.quiet else stderr_log, grid_id)
 

@@ -307,3 +307,29 @@ def test_in_a_browser_the_search_box_filters_rows_and_charts_and_the_downloads_r
         browser.quit()
         server.shutdown()
 
+
+
+# -- item 1 on the web: the training compute column -------------------------------------------------------------------
+
+
+def test_the_web_table_shows_each_rows_counted_training_compute_and_marks_an_estimate(tmp_path):
+    """The web table has the markdown board's training compute: the FLOPs counted on the training steps (here sam's
+    are twice ce's per image), ``~`` before an estimate for records that predate counting (6 × MACs × images)."""
+    def counted(row: str, seed: int, per_image: float | None) -> dict:
+        rec = _record(row, seed, {"ce": 0.0, "sam": 1.0, "focal": 2.0}[row])
+        rec["config"]["epochs"] = 2
+        rec["history"] = [{"stage": 1, "epoch": e, "images": 1000, "train_flops_per_image": per_image}
+                          for e in range(2)]
+        rec["cost"] = {"parameters": 80_000, "inference_macs_per_image": 10_000_000}
+        return rec
+    records = [counted("ce", s, 6e10) for s in (0, 1)] + [counted("sam", s, 1.2e11) for s in (0, 1)]
+    records += [counted("focal", s, None) for s in (0, 1)]  # predates counting: estimated
+    site.build(_write(records, tmp_path / "records"), tmp_path / "site")
+    board = parse(tmp_path / "site" / "index.html").find("section", id=f"board-{KEY}")
+    headers, cells = table(board.find("table", class_="board"))
+    column = {_names(c[headers.index("method")]): c[headers.index("training PFLOPs")].text() for c in cells}
+    # 2 epochs of 1000 images: 6e10 x 2000 = 0.12 PFLOPs; the estimate 6 x 1e7 MACs x 2000 images
+    assert column == {"ce": "0.12", "sam": "0.24", "focal": "~0.00012"}
+    data = json.loads((tmp_path / "site" / "tables" / f"{KEY}.json").read_text())
+    flops = {r["method"]: (r["training_pflops"], r["training_flops_estimated"]) for r in data["rows"]}
+    assert flops["sam"][0] == pytest.approx(2 * flops["ce"][0]) and flops["focal"][1] and not flops["sam"][1]

@@ -72,6 +72,8 @@ COLUMNS = {  # header -> what it means (the header's tooltip, and the notes unde
                "– where a record predates it",
     "params (M)": "parameters of the trained model, heads a method adds included (e.g. RIDE's experts)",
     "MACs (M)": "multiply-accumulates to classify one test image along the method's evaluation path",
+    "training PFLOPs": "the FLOPs training took (10^15), counted on every pass of each epoch's step times its images; "
+                       "~ estimated (6 × MACs × images) for records that predate counting",
     "wall × ce": "wall time over ce's on the same machine (CPU model and threads, or GPU) at this dataset and budget, "
                  "a reused stage 1 counted at what it cost to train; – where no ce ran on the row's machine",
     "img/s × ce": "stage-1 training images per second over ce's on the same machine; – where no ce ran there",
@@ -365,6 +367,8 @@ def _table_row(row: Row, aliases: list[Row], key: str, rank: int | None, marks: 
     cells.append(f'<td data-value="{row.backbone_epochs}">{row.backbone_epochs}{badge}</td>')
     cells += [_num(row.ece), _num(row.params / 1e6 if row.params else None, digits=3),
               _num(row.macs / 1e6 if row.macs else None)]
+    flops, estimated = charts.row_training_compute(row)
+    cells.append(_num(None) if flops is None else f'<td data-value="{flops:.6g}">{"~" * estimated}{flops / 1e15:.3g}</td>')
     for value in (cost["wall"], cost["ips1"]):
         cells.append(f'<td data-value="{value:.6f}">{reading.ratio_text(value)}</td>' if value is not None
                      else '<td data-value="">–</td>')
@@ -383,6 +387,7 @@ def _table_row(row: Row, aliases: list[Row], key: str, rank: int | None, marks: 
             "delta_vs_ce_ci95_high": delta["ci95"][1] if delta else None, "seeds": len(row.recs),
             "backbone_epochs": row.backbone_epochs, "more_backbone_epochs_than_ce": more, "ece": row.ece,
             "params_m": row.params / 1e6 if row.params else None, "macs_m": row.macs / 1e6 if row.macs else None,
+            "training_pflops": flops / 1e15 if flops is not None else None, "training_flops_estimated": estimated,
             "wall_x_ce": cost["wall"], "img_per_s_x_ce": cost["ips1"],
             **{f"paper_{g}": row.paper_number(g) for g in GROUPS}, "paper_setting": row.setting,
             "config": row.recs[0]["config_id"], "records": [_record_path(r) for r in row.recs]}

@@ -104,7 +104,7 @@ def test_leaderboard_shows_mean_and_std_over_seeds(tmp_path):
     row = next(line for line in page.splitlines() if line.startswith("| m "))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "20.00 ± 10.00" and cells[3] == "–" and cells[4] == "1.00 ± 0.00"
-    assert cells[5] == "3" and cells[14] == "42.00" and "Table 9" in page
+    assert cells[5] == "3" and cells[14] == "–" and cells[15] == "42.00" and "Table 9" in page  # no ce: no Δ
     assert cells[7:10] == ["–", "–", "–"]  # no cost in these records (nor a training-compute estimate)
     assert cells[6] == str(rec(0, 1.0)["config"]["epochs"])  # backbone epochs: stage 1 only
 

@@ -206,6 +206,18 @@ def test_delta_vs_ce_is_the_paired_bootstrap_comparison_and_a_rebuild_prints_the
     assert (tmp_path / "site" / "index.html").read_text() == (built["site"] / "index.html").read_text()
 
 
+def test_the_markdown_board_prints_the_same_delta_vs_ce_as_the_web(built):
+    """The markdown board (what the README links) has the web's Δ vs ce column: the same paired comparison."""
+    markdown = _markdown_rows(built["markdown"])
+    assert markdown["ce"]["Δ vs ce [95 %]"] == "baseline" and markdown["cb-sampling"]["Δ vs ce [95 %]"] == "–"
+    for name in ("focal", "blt", "ldam"):
+        verdict = summary.compare(built["records"], name, "ce", dataset=DATASET, budget=BUDGET,
+                                  n_boot=leaderboard.DELTA_DRAWS)["groups"]["overall"]
+        low, high = verdict["ci95"]
+        assert markdown[name]["Δ vs ce [95 %]"] == f"{verdict['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+        assert markdown[name]["Δ vs ce [95 %]"] == built["rows"][name]["Δ vs ce"].text().replace("\xa0", " ")
+
+
 def test_the_star_goes_to_the_best_of_the_same_backbone_epochs_and_more_epochs_are_marked(built):
     rows = built["rows"]
     assert float(rows["blt"]["overall"].attrs["data-value"]) > float(rows["focal"]["overall"].attrs["data-value"])

@@ -25,6 +25,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ltbench.errors import LtbenchError
+from ltbench.results import reading
 from ltbench.results.reader import MAX_PREDICTIONS_BYTES, Unreadable, consistent, read_bytes, read_record
 from ltbench.results.reading import (COST_KEYS, baselines, cost_note, identical_groups, measured_on, ratio_text,
                                     relative_cost)
@@ -204,7 +205,9 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                   f"each stage's training images per second over ce's stage-1 images per second there (stage 2 "
                   f"often steps on frozen features). A row's ratio is the mean over its runs; – where no ce ran "
                   f"on the machine (said under the table) or a record predates the number. Load still varies "
-                  f"between runs: `ci/bench_overheads.py` measures ratios under control.",
+                  f"between runs: `ci/bench_overheads.py` measures ratios under control. "
+                  f"Δ vs ce [95 %] is a row's overall minus ce's, paired by seed and test image, with ltbench's "
+                  f"95 % bootstrap interval (`ltbench compare`): an interval that holds 0 is within noise.",
                   ""]
         sources: dict[str, str] = {}
         for budget, bdf in ddf.groupby("budget", sort=True):
@@ -228,6 +231,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
             agg = agg.sort_values(["overall"], ascending=False, kind="mergesort")
             # the paper budget always compares; another budget where a row is in its paper's setting
             compared = budget == "paper" or (agg["setting"] == "").any()
+            deltas = _deltas(boards[(dataset, budget)], list(agg.index), dataset, budget)
             table, settings = [], []
             for method, r in agg.iterrows():
                 n = int(r["seeds"])
@@ -237,7 +241,7 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
                               _fmt(r["few"], r["few_sd"], n, r["few_n"]), n,
                               str(int(r["backbone_epochs"])), _millions(r["params"], 3), _millions(r["macs"], 1),
                               _training_pflops(r["train_flops"], r["train_estimated"]),
-                              *[ratio_text(None if pd.isna(r[k]) else r[k]) for k in COST_KEYS],
+                              *[ratio_text(None if pd.isna(r[k]) else r[k]) for k in COST_KEYS], deltas[method],
                               _md(r["paper"] or "–")])
                 if compared:  # ours - paper where the paper measured the same setting; else why not
                     table[-1].append(f"{r['overall'] - float(r['paper']):+.2f}" if r["setting"] == ""
@@ -251,7 +255,8 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
             epochs = ", ".join(str(e) for e in sorted(set(bdf["epochs"])))
             headers = ["method", "overall", "many", "medium", "few", "seeds", "backbone epochs", "params (M)",
                        "MACs (M)", "training PFLOPs", "wall × ce",
-                       "stage 2 × ce wall", "stage 1 img/s × ce", "stage 2 img/s × ce", "paper overall"]
+                       "stage 2 × ce wall", "stage 1 img/s × ce", "stage 2 img/s × ce", "Δ vs ce [95 %]",
+                       "paper overall"]
             lines += [f"## budget `{_md(budget)}` ({_md(backbones)}, {epochs} epochs)", ""]
             if compared:
                 lines += ["This budget is the published recipe: \"paper overall\" is the number the method's "
@@ -277,6 +282,25 @@ def render(records: list[dict[str, Any]]) -> dict[str, str]:
             lines += [f"- `{_md(m)}`: {_md(s)}" for m, s in sorted(sources.items())] + [""]
         pages[f"{dataset}.md"] = "\n".join(lines)
     return pages
+
+
+#: bootstrap draws of the Δ vs ce column (seeded, as the site's: a rebuild prints the same intervals)
+DELTA_DRAWS = 1000
+
+
+def _deltas(board: list[dict[str, Any]], methods: list[str], dataset: str, budget: str) -> dict[str, str]:
+    """{row: its overall minus ce's with the 95 % paired bootstrap interval, as the web board's Δ vs ce column
+    (:func:`ltbench.results.reading.deltas`)}: ``baseline`` for ce, – for a row with no seed in common with it."""
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(name=m, recs=[r for r in board if r.get("variant", r["method"]) == m]) for m in methods]
+    found = reading.deltas(rows, board, dataset, budget, DELTA_DRAWS)
+    out = {}
+    for m in methods:
+        d = found.get(m)
+        out[m] = ("baseline" if m == reading.BASELINE else "–" if d is None else
+                  f"{d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+    return out
 
 
 #: in ``--out`` while a build writes there: two builds of one board run one after the other

@@ -275,3 +275,24 @@ def test_eval_records_the_contents_it_evaluated_on_and_refuses_changed_training_
     _invert(_images(data, "train"))  # the model did not train on these
     with pytest.raises(ConfigError, match="train images or labels .* changed since the run trained on them"):
         evaluate_run(record.parent, data_root=str(data), output=evals, log=lambda m: None)
+
+
+def test_a_shared_stage1_trained_on_other_contents_is_refused_not_reused(tmp_path, capsys):
+    """A finished shared stage 1 states the contents of the training and validation splits it learnt from; a new
+    second-stage run after the training images were rewritten in place (the same names and labels: the split
+    fingerprint and the stage-1 key cannot tell) is refused by name instead of reusing it; on unchanged data it
+    is reused."""
+    data, runs = _export(tmp_path / "data"), tmp_path / "runs"
+    _age(data)
+    two_stage = ["run", "--datasets", "image-folder-lt", "--budget", "smoke", "--data-root", str(data),
+                 "--output", str(runs), "--methods"]
+    assert main([*two_stage, "crt"]) == 0
+    (info,) = runs.rglob("stage1.json")
+    made_on = json.loads(info.read_text())["data_sha256"]
+    assert made_on == {k: _load(data).content_fingerprint[k] for k in ("train", "val")}
+    capsys.readouterr()
+    assert main([*two_stage, "tau-norm"]) == 0 and "stage 1 reused" in _said(capsys)  # unchanged: reused
+    _invert(_images(data, "train"))
+    assert main([*two_stage, "lws"]) != 0
+    said = _said(capsys)
+    assert "trained on other contents of the train split" in said and "stage 1 reused" not in said

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
-from ltbench.errors import ConfigError, LtbenchError, PluginContractError
+from ltbench.errors import CheckpointError, ConfigError, LtbenchError, PluginContractError
 from ltbench.grid import config as config_mod
 from ltbench.grid.plan import grid_description, grid_progress, stage1_dir
 from ltbench.plugins.catalog import Catalog, get_catalog
@@ -160,6 +160,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
         if reporting is not None:
             run.on_epoch_entry = lambda entry: reporting.emit("ltbench_report_epoch_end", run=info, entry=entry)
         shared = stage1_dir(cell, output, catalog)
+        trained_on = {k: cell.data.content_fingerprint[k] for k in STAGE1_SPLITS}  # what a stage 1 learns from
         plain = shared is not None
         s1_dir = shared if plain else out
         # a shared stage 1's checkpoints belong to its key (every method that reuses it), others to the run
@@ -169,10 +170,10 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
                 if rerun and s1_dir not in retrained:
                     shutil.rmtree(s1_dir, ignore_errors=True)
                     retrained.add(s1_dir)
-                stage1_info = run_stage1(run, s1_dir, output, timing)
+                stage1_info = run_stage1(run, s1_dir, output, timing, trained_on)
                 s1_lock.remove_if((s1_dir / "stage1.pt").exists())
         else:
-            stage1_info = run_stage1(run, s1_dir, output, timing)
+            stage1_info = run_stage1(run, s1_dir, output, timing, trained_on)
         stage1_info["shared"] = plain
         plan = run.pm.hook.ltbench_second_stage(run=run)
         if plan is not None:
@@ -534,14 +535,31 @@ def _record_fields(run: Run) -> dict[str, Any]:
     return extra
 
 
-def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -> dict[str, Any]:
-    """Train stage 1, or load it when it is already complete in ``s1_dir``."""
+#: the splits whose contents a stage 1 is trained and selected on: a finished stage 1 states their ``data_sha256``
+STAGE1_SPLITS = ("train", "val")
+
+
+def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float],
+               trained_on: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train stage 1, or load it when it is already complete in ``s1_dir``. ``trained_on``: the contents digests
+    of the training and validation splits loaded now (:data:`STAGE1_SPLITS`); a finished stage 1 states the ones
+    it was trained on, and one trained on other contents (images rewritten in place under the same names) is
+    refused, never reused. A stage 1 from before ltbench stated them is reused as before."""
     final = s1_dir / "stage1.pt"
     info_path = s1_dir / "stage1.json"
     if distributed.agree(final.exists() and info_path.exists()):
         state = checkpoints.load(final)
         check_identity(run, final, state, stated_only=True)  # another key's (or run's) stage 1 is never reused
         info = json.loads(info_path.read_text())
+        made_on = info.get("data_sha256")
+        if isinstance(made_on, dict) and trained_on is not None:
+            changed = [k for k in STAGE1_SPLITS if made_on.get(k) != trained_on[k]]
+            if changed:
+                said = ", ".join(f"{k}: {made_on.get(k)} then, {trained_on[k]} now" for k in changed)
+                raise CheckpointError(f"{final} was trained on other contents of the {' and '.join(changed)} "
+                                      f"split{'s' if len(changed) > 1 else ''} than the data loaded now "
+                                      f"(data_sha256 {said}): refused, never reused. Pass --rerun to retrain it, "
+                                      f"or give this data its own --output")
         run.model.load_state_dict(state["model"])
         for m in run.methods:
             m.load_state_dict(state["methods"].get(m.name, {}))
@@ -569,7 +587,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float]) -
         checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run),
                           "identity": run.checkpoint_identity}, final)
         atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history,
-                                      "trained_by": trained_by})
+                                      "trained_by": trained_by, "data_sha256": trained_on})
         ckpt.unlink(missing_ok=True)  # stage1.pt holds the finished stage; the resume checkpoint is redundant
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}

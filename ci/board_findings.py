@@ -276,6 +276,19 @@ COST_ROWS = ["ce", "ce [epochs=40]", "blt", "blt-finetune", "ride", "ride [reduc
              "logit-adjust", "paco", "sam"]
 
 
+def print_calibration(records: list[dict[str, Any]]) -> None:
+    """The expected calibration error (%, 15 bins) of every row whose records all carry one, mean over seeds (the
+    board's ECE column); records made before calibration was recorded have none."""
+    print("## Calibration (ECE %, 15 bins, mean over seeds; rows whose records carry it)\n")
+    rows = sorted({r.get("variant", r["method"]) for r in records if r["dataset"] == DATASET and r["budget"] == BUDGET})
+    for name in rows:
+        runs = by_method(records, name)
+        eces = [(r.get("calibration") or {}).get("ece") for r in runs]
+        if runs and None not in eces:
+            print(f"{name}: ECE {sum(eces) / len(eces):.2f} ({', '.join(f'{e:.2f}' for e in eces)})")
+    print()
+
+
 def print_costs(records: list[dict[str, Any]]) -> None:
     """Backbone epochs, parameters and MACs against ce's, and the mean wall time of each row (the board's columns);
     the spread over seeds of the board's noisiest row; how many runs the board holds."""
@@ -376,6 +389,7 @@ def main(argv: list[str]) -> int:
     print_cam_fusion_sets(records)
     print_training(records)
     print_costs(records)
+    print_calibration(records)
     print_schedule(records)
     print_settings(records)
     if ablations_dir.exists():  # the ablations' own crt copy is the board's: the board's rows are used

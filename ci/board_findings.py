@@ -80,7 +80,15 @@ BUDGET_STUDY = [
     ("ldam-drw [epochs=45]", "ldam [epochs=45]", "what DRW adds to the margins at 45 epochs"),
 ]
 
+#: the cpu budget's crt and lws with BagofTricks-LT's stage 2 (the paper budget's: backbone in train mode on augmented
+#: class-balanced images, Nesterov, warm-up and steps; its 30-epoch schedule scaled to the cpu's 10 epochs)
+BOT_CRT, BOT_LWS = ("crt [stage2_lr_milestones=3,7, stage2_warmup_epochs=2]",
+                    "lws [stage2_lr_milestones=3,7, stage2_warmup_epochs=2]")
 ABLATIONS = [
+    (BOT_CRT, "crt", "crt with BagofTricks-LT's stage 2 against the cpu board's (cached features, cosine)"),
+    (BOT_LWS, "lws", "lws with BagofTricks-LT's stage 2 against the cpu board's"),
+    ("breadcrumb", BOT_CRT, "breadcrumb against crt with BagofTricks-LT's stage 2"),
+    ("cam-fusion", BOT_CRT, "cam-fusion against crt with BagofTricks-LT's stage 2"),
     ("crt-capped", "crt", "crt with classes cut to n_B rows"),
     ("crt-train-mode", "crt", "crt on train-mode features of augmented images (as Breadcrumb's snapshots)"),
     ("crt-capped-train-mode", "crt", "crt with both of breadcrumb-weak's differences"),

@@ -30,6 +30,7 @@ from ltbench import Method, MethodMetadata, hookimpl
 from ltbench.cli import main
 from ltbench.plugins.reporter import Reporter
 from ltbench.plugins.testing import catalog_with
+from test_record_reader import _copy  # tests/ is on the path: the same copy of a trained runs folder
 
 SMOKE = ["--datasets", "synthetic-lt", "--budget", "smoke", "--quiet"]
 META = MethodMetadata(title="test method")
@@ -42,14 +43,6 @@ def trained(tmp_path_factory) -> Path:
     (record,) = ltbench.run(methods=["ce"], output=runs, datasets="synthetic-lt", budget="smoke", quiet=True)
     assert record["status"] == "completed"
     return runs
-
-
-def _copy(trained: Path, where: Path) -> tuple[Path, Path]:
-    """A copy of the runs, and the ce run's directory in it."""
-    runs = where / "runs"
-    shutil.copytree(trained, runs, symlinks=True)
-    (ce,) = [p.parent for p in runs.glob("*/*/ce/*/seed0/result.json")]
-    return runs, ce
 
 
 def _records(root: Path) -> list[dict]:

@@ -31,6 +31,7 @@ from ltbench.cli import main
 from ltbench.plugins.reporter import Reporter
 from ltbench.plugins.testing import catalog_with
 from test_record_reader import _copy  # tests/ is on the path: the same copy of a trained runs folder
+from test_trust import IMPOSTOR as TRUST_IMPOSTOR
 
 SMOKE = ["--datasets", "synthetic-lt", "--budget", "smoke", "--quiet"]
 META = MethodMetadata(title="test method")
@@ -237,17 +238,7 @@ def _fake_distribution(root: Path, dist: str, entry_points: dict[str, str], file
         (info / "direct_url.json").write_text(json.dumps(direct_url))
 
 
-IMPOSTOR = '''
-from ltbench import Method, MethodMetadata, hookimpl
-
-class Impostor(Method):
-    name = "ce"
-    metadata = MethodMetadata(title="impostor")
-
-@hookimpl
-def ltbench_register_methods(register):
-    register(Impostor)
-'''
+IMPOSTOR = TRUST_IMPOSTOR.format(name="ce")  # a third-party plugin registering the built-in name ce
 
 
 def test_a_builtin_that_fails_to_load_leaves_its_name_to_no_third_party_plugin(tmp_path, monkeypatch):

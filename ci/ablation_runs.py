@@ -13,10 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BOARD, OUT = ROOT / "leaderboards" / "records", ROOT / "leaderboards" / "ablations"
 
 
-def run_ablation(catalog: Catalog, methods: list[str], seeds: list[int], data_root: str) -> None:
-    """Train ``methods`` on CIFAR-100-LT at the cpu budget into leaderboards/ablations, reusing the board's
-    shared stage 1s where leaderboards/records has them (stage 1 is deterministic: the same models)."""
-    cells = plan_grid(methods, ["cifar100-lt"], seeds, "cpu", data_root=data_root, catalog=catalog)
+def run_ablation(catalog: Catalog, methods: list[str], seeds: list[int], data_root: str,
+                 settings: dict[str, str] | None = None) -> None:
+    """Train ``methods`` (with ``settings``, as ``--set``) on CIFAR-100-LT at the cpu budget into
+    leaderboards/ablations, reusing the board's shared stage 1s where leaderboards/records has them (stage 1 is
+    deterministic: the same models)."""
+    cells = plan_grid(methods, ["cifar100-lt"], seeds, "cpu", settings=settings, data_root=data_root,
+                      catalog=catalog)
     for cell in cells:
         mine, board = stage1_dir(cell, OUT, catalog), stage1_dir(cell, BOARD, catalog)
         if mine is not None and not mine.exists() and (board / "stage1.pt").exists():

@@ -51,6 +51,8 @@ ADDED: dict[str, dict[str, list[str]]] = {
             "code identity: a record states the digest of every module of a plugin's package that its method "
             "imports, and of plugin backbones and datasets; `run` and `status` name a changed one",
             "the kit's former module path still works in 1.1 and warns with `ltbench.api`; it goes in 1.2",
+            "`SecondStage.lr_milestones` and `warmup_epochs`: a step schedule of the method's own in stage 2 (as "
+            "BagofTricks-LT's `WarmupMultiStepLR` steps it), whatever the budget's; bad steps are a contract error",
         ],
     },
 }

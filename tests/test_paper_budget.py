@@ -99,11 +99,56 @@ def test_stage2_of_crt_and_lws_is_bagoftricks_cifar_config_as_its_code_runs_it(p
         assert [config["stage2_lr"] * factor(e, 30) for e in range(30)] == pytest.approx(expected, rel=1e-12)
 
 
-def test_the_cpu_budgets_crt_and_lws_keep_the_cheaper_cached_stage2(catalog):
+def test_the_cpu_budgets_crt_and_lws_take_bagoftricks_stage2_scaled_to_its_ten_epochs(catalog):
+    """The cpu board measured that the cheaper cached stage 2 changes the ranking (issue 37), so its cRT and LWS
+    take BagofTricks-LT's: train-mode batch norm on augmented images, Nesterov, and its schedule scaled from 30 to
+    10 epochs: a warm-up of 2 from a third of the rate, x0.1 from epochs 3 and 7 (1-based, as its loop steps)."""
     config = resolve(catalog.dataset("cifar100-lt"), "cpu", [catalog.method("crt").cls])
+    assert config["stage2_epochs"] == 10 and not config["stage2_lr_milestones"]  # the budget itself has a cosine
     for name in ("crt", "lws"):
         plan = catalog.method(name).cls().ltbench_second_stage(run=types.SimpleNamespace(config=config))
-        assert plan.cached_features and not plan.update_bn_statistics and not plan.nesterov
+        assert plan.update_bn_statistics and not plan.cached_features and plan.nesterov
+        assert (plan.warmup_epochs, plan.lr_milestones) == (2, (3, 7))
+        factor = stage2_schedule(config, plan)
+        assert [0.1 * factor(e, 10) for e in range(10)] == pytest.approx(
+            [bagoftricks_lr(e, 0.1, 2, (3, 7)) for e in range(1, 11)], rel=1e-12)
+        cached = catalog.method(name).cls(stage2="cached").ltbench_second_stage(run=types.SimpleNamespace(config=config))
+        assert cached.cached_features and not cached.update_bn_statistics and not cached.nesterov
+        assert stage2_schedule(config, cached)(5, 10) == pytest.approx(0.5)  # the budget's cosine
+
+
+def test_bagoftricks_schedule_scales_its_thirty_epochs():
+    from ltbench_builtin.decoupling import bagoftricks_schedule
+
+    assert bagoftricks_schedule(30) == (5, (10, 20))
+    assert bagoftricks_schedule(10) == (2, (3, 7))
+    assert bagoftricks_schedule(2) == (1, (1,)) and bagoftricks_schedule(1) == (1, ())
+
+
+@pytest.mark.parametrize("steps, warmup", [((3, 2), 0), ((0,), 0), ((4,), 0), ((1.5,), 0), ((2,), 5), ((True,), 0)])
+def test_a_second_stage_with_bad_own_steps_is_a_contract_error(catalog, tmp_path, steps, warmup):
+    from ltbench.api import Method, MethodMetadata, hookimpl
+    from ltbench.plugins.testing import catalog_with
+
+    class BadSteps(Method):
+        name = "bad-steps"
+        plain_stage1 = True
+
+        metadata = MethodMetadata(title="stage-2 steps outside the stage")
+
+        @hookimpl
+        def ltbench_second_stage(self):
+            return SecondStage(lr_milestones=steps, warmup_epochs=warmup)
+
+    (rec,) = run_methods(catalog_with(BadSteps), ["bad-steps"], tmp_path, settings={"stage2_epochs": 4})
+    assert rec["status"] == "failed" and "PluginContractError" in rec["error"] and "'bad-steps'" in rec["error"]
+    assert "SecondStage.lr_milestones must be increasing whole stage-2 epochs from 1 to 3" in rec["error"]
+
+
+@pytest.mark.parametrize("name", ["crt", "lws"])
+def test_an_unknown_stage2_recipe_is_an_error_naming_the_valid_ones(catalog, name):
+    with pytest.raises(ConfigError, match=rf"{name}.stage2 must be one of bagoftricks, cached, decoupling, got 'bot'"):
+        catalog.method(name).cls(stage2="bot")
 
 
 def test_a_method_with_its_own_stage2_length_keeps_its_own_schedule(paper):

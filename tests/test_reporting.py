@@ -83,6 +83,8 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 #: cpu rows whose defaults changed with a fidelity fix; their committed records hold the old configuration
 AWAITING_RETRAIN = {
     "paco": "issue 37, item 2: the released CIFAR-100 script's alpha 0.01, 32-d keys and peak lr 0.05",
+    "crt": "issue 37, item 1: BagofTricks-LT's stage 2 (the stage2 option) at every budget",
+    "lws": "issue 37, item 1: BagofTricks-LT's stage 2 (the stage2 option) at every budget",
 }
 
 
@@ -113,7 +115,12 @@ def test_the_board_file_plans_exactly_the_committed_records():
     committed = committed_now
     assert committed and committed <= planned  # running the file skips every committed run
     paper = {(r["method"], r["config_id"], r["seed"]) for r in records if r["budget"] == "paper"}
-    assert paper <= {(c.method, c.config_id, c.seed) for c in paper_cells}
+    paper_planned = {(c.method, c.config_id, c.seed) for c in paper_cells}
+    for method in AWAITING_RETRAIN:  # the paper rows of a changed method too, where it has one
+        if any(m == method for m, _, _ in paper):
+            assert any(m == method for m, _, _ in paper_planned), method
+    paper = {key for key in paper if key[0] not in AWAITING_RETRAIN}
+    assert paper <= paper_planned
     assert {r["budget"] for r in records} <= {"cpu", "paper"}
     # and the board is complete: every planned run (each row's 3 seeds) is committed
     assert planned <= committed, sorted(planned - committed)[:10]
@@ -406,7 +413,8 @@ def test_a_log_without_a_terminal_gets_phases_heartbeats_and_the_grids_eta(tmp_p
 
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.0)  # every step and every batch: a line
     lines: list[str] = []
-    cells = plan_grid(["crt", "ce"], ["synthetic-lt"], [0], "smoke", log=lines.append)
+    cells = plan_grid(["crt", "ce"], ["synthetic-lt"], [0], "smoke", settings={"crt.stage2": "cached"},
+                      log=lines.append)
     run_grid(cells, tmp_path, torch.device("cpu"), log=lines.append)
     text = "\n".join(lines)
     assert "loading synthetic-lt-if30" in lines[0] and "loaded synthetic-lt-if30" in lines[1]

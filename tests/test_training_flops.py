@@ -51,7 +51,9 @@ def test_every_record_states_its_training_flops_per_stage(records):
         # each epoch's history entry carries the count of its first step
         assert all(e["train_flops_per_image"] > 0 for e in record["history"]), name
     crt = records["crt"]["compute"]["stages"]
-    assert set(crt) == {"1", "2"} and crt["2"]["flops_per_image"] < crt["1"]["flops_per_image"] / 100  # a head only
+    # BagofTricks' stage 2: the frozen backbone's forward pass (no backward, about a third of a training step)
+    assert set(crt) == {"1", "2"} and crt["1"]["flops_per_image"] / 4 < crt["2"]["flops_per_image"] < \
+        crt["1"]["flops_per_image"] / 2
 
 
 def test_the_total_is_the_per_image_count_times_the_images_seen(records):

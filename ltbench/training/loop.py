@@ -434,10 +434,16 @@ def stage2_schedule(config: dict[str, Any], plan: SecondStage) -> Callable[[int,
     training loop steps it (``scheduler.step()`` before each 1-based epoch ``e = epoch + 1``): a warm-up from a
     third of the rate, ``1/3 (1 - e/w) + e/w`` while ``e < w`` (``w`` = ``stage2_warmup_epochs``), and
     x ``stage2_lr_decay`` for each milestone ``<= e``; without, a cosine to 0. A method that sets its own length
-    keeps its own: a cosine, or a constant rate with ``cosine=False``."""
-    milestones = config.get("stage2_lr_milestones", []) if plan.epochs is None and plan.cosine else []
-    if milestones:
-        warm, decay = config.get("stage2_warmup_epochs", 0), config.get("stage2_lr_decay", 0.1)
+    keeps its own: a cosine, or a constant rate with ``cosine=False``. A method that sets ``plan.lr_milestones``
+    gets those steps and ``plan.warmup_epochs``, whatever the budget's."""
+    if plan.lr_milestones is not None:
+        milestones, warm = list(plan.lr_milestones), plan.warmup_epochs
+    elif plan.epochs is None and plan.cosine:
+        milestones, warm = config.get("stage2_lr_milestones", []), config.get("stage2_warmup_epochs", 0)
+    else:
+        milestones, warm = [], 0
+    if milestones or plan.lr_milestones is not None:
+        decay = config.get("stage2_lr_decay", 0.1)
 
         def step(epoch: int, epochs: int) -> float:
             e = epoch + 1  # the scheduler's last_epoch while this epoch trains
@@ -447,6 +453,18 @@ def stage2_schedule(config: dict[str, Any], plan: SecondStage) -> Callable[[int,
     if plan.cosine:
         return lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     return lambda epoch, epochs: 1.0
+
+
+def _check_own_steps(run: Run, plan: SecondStage, epochs: int) -> None:
+    """A method's own stage-2 steps are whole, increasing stage-2 epochs inside the stage."""
+    if plan.lr_milestones is None:
+        return
+    steps, warm = list(plan.lr_milestones), plan.warmup_epochs
+    whole = all(isinstance(m, int) and not isinstance(m, bool) for m in [*steps, warm])
+    if not (whole and steps == sorted(set(steps)) and all(1 <= m < epochs for m in steps) and 0 <= warm <= epochs):
+        raise PluginContractError(f"{_owner(run, 'ltbench_second_stage')}: SecondStage.lr_milestones must be "
+                                  f"increasing whole stage-2 epochs from 1 to {epochs - 1} and warmup_epochs a whole "
+                                  f"number from 0 to {epochs}, got {plan.lr_milestones!r} and {plan.warmup_epochs!r}")
 
 
 def head_lr_factor(plan: SecondStage, name: str) -> float:
@@ -477,6 +495,7 @@ def train_stage2(run: Run, plan: SecondStage, ckpt_path: Path, on_epoch_end: Cal
     optimizer = make_optimizer(run, 2, groups, momentum=plan.momentum, nesterov=plan.nesterov)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
+    _check_own_steps(run, plan, epochs)
     schedule = stage2_schedule(config, plan)
 
     def set_lr(epoch: int) -> None:

@@ -141,6 +141,11 @@ class SecondStage:
     update_bn_statistics: bool = False
     #: learning-rate multipliers for the classifier's parameters, by name prefix (``{"head.": 0.2}``); others x1
     head_lr_factors: dict[str, float] = field(default_factory=dict)
+    #: a step schedule of the method's own, as BagofTricks-LT's ``WarmupMultiStepLR`` steps it: x ``stage2_lr_decay``
+    #: at each of these 1-based stage-2 epochs, after a warm-up from a third of the rate over ``warmup_epochs``.
+    #: None takes the budget's stage-2 schedule (its ``stage2_lr_milestones``, else a cosine)
+    lr_milestones: tuple[int, ...] | None = None
+    warmup_epochs: int = 0
 
     def describe(self) -> dict[str, Any]:
         """The JSON-serialisable part, for the run record."""

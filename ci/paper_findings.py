@@ -8,9 +8,10 @@ per dataset key. In each: for each row (method or composition) with records, our
 the published number (the installed method's current reference, compositions included), ours − paper where the
 source measured the same setting (else why not), whether that is within the issue's ±1.5 points; then the
 differences a seed paper claims, ours beside the paper's (``safa − ce`` and ``ldam-drw+safa − ldam-drw``, where
-both rows have records); then what stage 1 cost: its wall time and the images per second it trained at, from the
-records (a reused stage 1 counted once, by the run that trained it). Rows that are still training are listed as
-pending, with the methods of the experiment file that have no record yet.
+both rows have records), with the epoch where the row's training stops being its baseline's; then what stage 1
+cost: its wall time and the images per second it trained at, from the records (a reused stage 1 counted once, by
+the run that trained it). Rows that are still training are listed as pending, with the methods of the experiment
+file that have no record yet.
 """
 
 from __future__ import annotations
@@ -41,6 +42,30 @@ def _same_setting_number(recs: list[dict]) -> float | None:
     """The published overall of a row's records where it was measured in their setting, else None."""
     ref = reference_result(recs[0])
     return ref["overall"] if ref.get("overall") is not None and reference_setting(recs[0]) == "" else None
+
+
+def departures(row: list[dict], base: list[dict]) -> list[str]:
+    """Where ``row``'s stage 1 stops being ``base``'s, per seed both have: the first epoch whose task loss differs
+    (a plug-in that is inactive until then trains as its baseline bit for bit), and the learning rate it trains at
+    from there, as a fraction of the peak. Empty where the histories do not say."""
+    lines = []
+    for r in row:
+        b = next((x for x in base if x["seed"] == r["seed"]), None)
+        if b is None:
+            continue
+        mine, theirs = ({e["epoch"]: e for e in x.get("history", []) if e.get("stage") == 1} for x in (r, b))
+        common = sorted(set(mine) & set(theirs))
+        if not common or any("loss_task" not in mine[e] or "loss_task" not in theirs[e] for e in common):
+            continue
+        first = next((e for e in common if mine[e]["loss_task"] != theirs[e]["loss_task"]), None)
+        if first is None:
+            lines.append(f"seed {r['seed']}: trains as {b['variant']} bit for bit through all {common[-1]} epochs")
+            continue
+        peak = r["config"]["lr"]
+        lines.append(f"seed {r['seed']}: trains as {b['variant']} bit for bit through epoch {first - 1} of "
+                     f"{common[-1]}; from epoch {first} at {mine[first]['lr'] / peak:g} of the peak lr, then "
+                     f"{min(mine[e]['lr'] for e in common if e >= first) / peak:g}")
+    return lines
 
 
 def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
@@ -80,6 +105,8 @@ def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
         lacking = [name for name, number in ((row, a), (base, b)) if number is None]
         paper = f"{a - b:+.2f}" if not lacking else f"– (no same-setting published number of {' or '.join(lacking)})"
         print(f"\n{row} − {base}: ours {ours:+.2f}, paper {paper}")
+        for line in departures(by_method[row], by_method[base]):
+            print(f"  {line}")
     print("\nstage 1 of each run that trained one (a reused stage 1 is the run that trained it):")
     for method, recs in sorted(by_method.items()):
         for rec in recs:
@@ -89,6 +116,16 @@ def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
             ips = (rec.get("throughput_img_per_s") or {}).get("stage1")
             print(f"  {method} seed {rec['seed']}: {seconds / 3600:.2f} h at {ips:.0f} images/s "
                   f"({rec.get('device_model') or rec['device']}, commit {rec['versions'].get('git_commit', '?')[:7]})")
+    selection = []
+    for method, recs in sorted(by_method.items()):
+        for rec in recs:
+            val = [e["val_overall"] for e in rec.get("history", []) if e.get("stage") == 1 and "val_overall" in e]
+            if val:
+                selection.append(f"  {method} seed {rec['seed']}: {max(val) - val[-1]:+.2f} (best {max(val):.2f}, "
+                                 f"final {val[-1]:.2f})")
+    if selection:
+        print("\nstage 1's validation accuracy, its best epoch over its final one (what selecting an epoch would add; "
+              "ltbench reports the final epoch):", *selection, sep="\n")
     pending = [m for m in planned if m not in by_method]
     if pending:
         print(f"\npending (no record yet): {', '.join(pending)}")

@@ -367,6 +367,7 @@ def test_each_imbalance_factor_has_its_own_paper_section_and_a_composition_finds
                                                                           "epochs": 200, "source": "an old copy"}}
     records = _write([
         _record(base_record, "ce", 35.0, "cifar100-lt-if200"),
+        _record(base_record, "ldam-drw", 40.0, "cifar100-lt-if200"),
         _record(base_record, "safa", 37.0, "cifar100-lt-if200"),
         _record(base_record, "ldam-drw+safa", 41.0, "cifar100-lt-if200", options=safa, metadata=stale),
         _record(base_record, "safa+ldam-drw", 43.0, "cifar100-lt-if200", options=safa),
@@ -381,7 +382,8 @@ def test_each_imbalance_factor_has_its_own_paper_section_and_a_composition_finds
     assert rows["ldam-drw+safa"][-2:] == ["42.47", "-1.47"]
     assert rows["safa+ldam-drw"][-2:] == ["42.47", "+0.53"]  # either spelling of the composition
     assert rows["safa"][-2:] == ["38.66", "-1.66"]  # Table 3, CE-SAFA
-    assert rows["ce"][-2:] == ["–", "no published number"]
+    assert rows["ce"][-2:] == ["34.84", "+0.16"]  # Cui et al.'s Table 2, softmax
+    assert rows["ldam-drw"][-2:] == ["–", "no published number"]
     assert ("- `ldam-drw+safa`: 42.47 (resnet32, 200 epochs, augmentation not stated, safa.position=layer2); "
             "source: supplementary Table 4") in section
     rows, section = _paper_rows(pages["cifar100-lt-if100.md"])
@@ -420,3 +422,30 @@ def test_paper_findings_prints_a_section_per_imbalance_factor_with_safas_differe
     assert "safa − ce: ours +2.00, paper +3.84" in out
     assert "safa − ce: no record yet of ce (planned)" in out  # imbalance 200: safa alone so far
     assert "ldam-drw+safa − ldam-drw: no record yet of ldam-drw+safa (planned) and ldam-drw (planned)" in out
+
+
+def test_paper_findings_says_where_a_plug_in_stops_training_as_its_baseline(base_record):
+    """SAFA's reconstruction is inactive until its start epoch, so its run is ce's bit for bit until then: the
+    findings name that epoch and the learning rate the plug-in acts at from there (from the histories alone)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "ci" / "paper_findings.py"
+    spec = importlib.util.spec_from_file_location("paper_findings", path)
+    findings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(findings)
+    lrs = [0.1] * 3 + [0.001] * 2
+
+    def history(losses):
+        return [{"stage": 1, "epoch": e + 1, "lr": lr, "loss_task": loss} for e, (lr, loss) in
+                enumerate(zip(lrs, losses))]
+
+    ce, safa = _record(base_record, "ce", 30.0), _record(base_record, "safa", 31.0)
+    safa["config"]["lr"] = 0.1
+    ce["history"], safa["history"] = history([3.0, 2.0, 1.5, 1.0, 0.9]), history([3.0, 2.0, 1.5, 1.2, 0.95])
+    assert findings.departures([safa], [ce]) == [
+        "seed 0: trains as ce bit for bit through epoch 3 of 5; from epoch 4 at 0.01 of the peak lr, then 0.01"]
+    safa["history"] = history([3.0, 2.1, 1.5, 1.2, 0.95])  # active from the second epoch, at the peak lr
+    assert findings.departures([safa], [ce])[0].startswith("seed 0: trains as ce bit for bit through epoch 1 of 5; "
+                                                           "from epoch 2 at 1 of the peak lr")
+    safa["history"] = ce["history"]
+    assert findings.departures([safa], [ce]) == ["seed 0: trains as ce bit for bit through all 5 epochs"]

@@ -33,9 +33,10 @@ class CrossEntropy(Method):
             "cifar10-lt-if100": {"overall": 70.36, **LDAM_SETTING, "source": "LDAM-DRW paper, Table 2 (ResNet-32)"},
             "cifar100-lt-if50": {"overall": 43.85, **LDAM_SETTING,
                                  "source": BOT_GALLERY + ", baseline (100 - 56.15 top-1 error)"},
-            "cifar100-lt-if200": {"overall": None, **LDAM_SETTING,
-                                  "source": "no same-setting number found: LDAM-DRW's Table 2 reports imbalance 100 "
-                                  "and 10, BagofTricks-LT 100 and 50, and SAFA's supplement has no plain-CE row"},
+            "cifar100-lt-if200": {"overall": 34.84, **LDAM_SETTING,
+                                  "source": "Cui et al., Class-Balanced Loss (CVPR 2019), Table 2 and Fig. 10, softmax "
+                                  "(100 - 65.16 top-1 error; ResNet-32, 200 epochs, lr 0.1 x0.01 at 160 and 180, "
+                                  "5-epoch warm-up, batch 128: the same recipe)"},
         },
     )
 

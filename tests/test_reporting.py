@@ -82,7 +82,6 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 
 #: cpu rows whose defaults changed with a fidelity fix; their committed records hold the old configuration
 AWAITING_RETRAIN = {
-    "paco": "issue 37, item 2: the released CIFAR-100 script's alpha 0.01, 32-d keys and peak lr 0.05",
     "crt": "issue 37, item 1: BagofTricks-LT's stage 2 (the stage2 option) at every budget",
     "lws": "issue 37, item 1: BagofTricks-LT's stage 2 (the stage2 option) at every budget",
 }

@@ -81,10 +81,7 @@ def test_a_bad_experiment_file_is_refused_naming_the_key(text, message, tmp_path
 
 
 #: cpu rows whose defaults changed with a fidelity fix; their committed records hold the old configuration
-AWAITING_RETRAIN = {
-    "crt": "issue 37, item 1: BagofTricks-LT's stage 2 (the stage2 option) at every budget",
-    "lws": "issue 37, item 1: BagofTricks-LT's stage 2 (the stage2 option) at every budget",
-}
+AWAITING_RETRAIN: dict[str, str] = {}
 
 
 @pytest.mark.skipif(not CIFAR.exists(), reason=f"needs CIFAR-100 at {CIFAR}")

@@ -96,6 +96,9 @@ ABLATIONS = [
     ("breadcrumb-weak", "crt-capped-train-mode", "what the back-tracked history adds on top of both"),
     ("cam-fusion", "cam-fusion-real", "fused features against real images of the same tail class"),
     ("cam-fusion-real", CACHED_CRT, "CAM fusion's Phase II on real images against crt on cached features"),
+    ("safa [start=0.5]", "safa", "SAFA's generated samples from half the epochs (at the full learning rate) against "
+     "its start at 80 %, after the decay"),
+    ("safa [start=0.5]", "ce", "SAFA with samples from half the epochs against plain training"),
     ("cb-focal", "cb-focal (default bias)", "Cui et al.'s prior bias initialisation against PyTorch's default"),
     ("cb-focal", "cb-focal (prior 0.1)", "Cui et al.'s prior 1/C, bias not decayed, against ltbench's earlier 0.1, decayed"),
     ("cb-focal (prior 0.1)", "cb-focal (default bias)", "the earlier prior of 0.1 against PyTorch's default bias"),

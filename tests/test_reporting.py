@@ -62,6 +62,31 @@ set = {{ gamma = 0.5 }}
     assert "focal [eval_batch_size=64, gamma=0.5]" in said and "smoke-budget numbers only show that the runs work" in said
 
 
+def test_methods_on_the_command_line_narrow_an_experiment_files_variants_too(tmp_path):
+    """``--config paper.toml --methods crt`` runs crt alone, not the file's variants as well; a variant's name
+    runs that variant (not the plain method of the same name)."""
+    from ltbench.grid.orchestrate import plan_cells, run_options
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text('''
+methods = ["ce", "crt"]
+datasets = ["synthetic-lt"]
+budget = "smoke"
+
+[variants.focal]
+method = "focal"
+set = { gamma = 0.5 }
+''')
+
+    def planned(*flags):
+        args = run_options(build_parser().parse_args(["run", "--config", str(exp), *flags]))
+        return sorted((c.label, c.seed) for c in plan_cells(args))
+
+    assert planned("--methods", "crt") == [("crt", 0)]
+    assert planned("--methods", "focal,ce") == [("ce", 0), ("focal [gamma=0.5]", 0)]
+    assert planned() == [("ce", 0), ("crt", 0), ("focal [gamma=0.5]", 0)]
+
+
 @pytest.mark.parametrize("text, message", [
     ('methods = ["ce"]\nmethds = ["x"]', "unknown experiment-file key 'methds'. Did you mean 'methods'?"),
     ('methods = "ce"\nepochs = "ten"', "epochs must be an integer, got 'ten'"),

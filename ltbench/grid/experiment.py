@@ -144,7 +144,8 @@ def _kind_name(kind) -> str:
 
 def merge(experiment: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     """The run's options: the command line's defaults, then the file's values, then the flags given
-    (``None``/``False``/empty for a flag not given; ``--set`` entries are added to the file's)."""
+    (``None``/``False``/empty for a flag not given; ``--set`` entries are added to the file's). ``--methods``
+    given over a file with variants keeps the variants it names, and only those."""
     options = {key: default for key, (_, default) in KEYS.items()}
     options.update({k: v for k, v in experiment.items()})
     for key, value in flags.items():
@@ -162,6 +163,12 @@ def merge(experiment: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise ConfigError(f"--seeds expects comma-separated integers, got {options['seeds']!r}") from None
     options["seeds"] = seeds if isinstance(seeds, list) else [seeds]
+    if flags.get("methods") and experiment.get("variants"):
+        # --methods narrows the file's grid: its variants too, to those it names (a name runs the variant, not a
+        # plain method of the same name), so `--methods crt` never starts the file's other rows
+        named = set(options["methods"])
+        options["variants"] = {n: v for n, v in options["variants"].items() if n in named}
+        options["methods"] = [m for m in options["methods"] if m not in options["variants"]]
     if not options["methods"] and not options["variants"]:
         raise ConfigError("--methods: give at least one method (on the command line or as methods = [...] in "
                           "the --config file)")

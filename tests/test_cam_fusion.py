@@ -238,7 +238,7 @@ def test_the_paper_setting_experiment_file_plans_the_papers_cifar_recipe(cifar_r
     from ltbench.cli import build_parser
     from ltbench.grid.orchestrate import plan_cells, run_options
     from ltbench.grid.plan import stage1_dir
-    from ltbench.training.loop import lr_at
+    from ltbench.training.schedules import lr_at
 
     repo = Path(__file__).resolve().parents[1]
     args = run_options(build_parser().parse_args(["run", "--config", str(repo / "leaderboards/experiments/"

@@ -172,7 +172,7 @@ def test_rerun_retrains_a_shared_stage1_once_per_grid(catalog, tmp_path):
 
 
 def test_the_cosine_schedule_warms_up_then_falls_to_zero_and_step_is_unchanged():
-    from ltbench.training.loop import lr_at
+    from ltbench.training.schedules import lr_at
 
     config = {"lr": 0.2, "warmup_epochs": 2, "epochs": 10, "lr_milestones": [0.5], "lr_decay": 0.1}
     assert [round(lr_at(config, e), 4) for e in (0, 1, 5, 9)] == [0.1, 0.2, 0.02, 0.02]  # step (the default)

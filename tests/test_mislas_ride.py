@@ -152,7 +152,7 @@ def test_mislas_stage_2_loss_is_label_aware_smoothing_with_more_smoothing_on_hea
 
 
 def test_mislas_stage_2_shifts_bn_retrains_the_classifier_at_a_fifth_of_the_lr_and_the_scales_at_full_lr():
-    from ltbench.training.loop import head_lr_factor
+    from ltbench.training.schedules import head_lr_factor
 
     method = mislas.MiSLAS()
     plan = method.ltbench_second_stage()

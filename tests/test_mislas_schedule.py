@@ -12,7 +12,7 @@ import pytest
 
 from ltbench.api import build_catalog
 from ltbench.grid.config import resolve
-from ltbench.training.loop import stage2_schedule
+from ltbench.training.schedules import stage2_schedule
 
 
 def resolved(budget: str, method: str):

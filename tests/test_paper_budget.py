@@ -18,7 +18,7 @@ import torch
 from ltbench.errors import ConfigError
 from ltbench.grid.config import resolve
 from ltbench.plugins.testing import run_methods
-from ltbench.training.loop import lr_at, stage2_schedule
+from ltbench.training.schedules import lr_at, stage2_schedule
 from ltbench.training.run import SecondStage
 
 

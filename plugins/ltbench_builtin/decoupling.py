@@ -189,13 +189,15 @@ class _ClassBalancedRetraining(_Decoupled):
     @hookimpl
     def ltbench_second_stage(self, run):
         recipe = self.opts["stage2"]
-        if recipe == "bagoftricks" and bagoftricks_recipe(run):
-            return SecondStage(cached_features=False, update_bn_statistics=True, nesterov=True, note=BAGOFTRICKS_NOTE)
         if recipe == "bagoftricks":
-            warmup, steps = bagoftricks_schedule(run.config["stage2_epochs"])
+            if bagoftricks_recipe(run):  # the budget's own steps are BagofTricks-LT's (the paper budget)
+                warmup, steps, note = 0, None, BAGOFTRICKS_NOTE
+            else:
+                warmup, steps = bagoftricks_schedule(run.config["stage2_epochs"])
+                note = (f"{BAGOFTRICKS_NOTE}, scaled from its 30 epochs to {run.config['stage2_epochs']}: warm-up "
+                        f"{warmup}, steps at {list(steps)}")
             return SecondStage(cached_features=False, update_bn_statistics=True, nesterov=True, lr_milestones=steps,
-                               warmup_epochs=warmup, note=f"{BAGOFTRICKS_NOTE}, scaled from its 30 epochs to "
-                               f"{run.config['stage2_epochs']}: warm-up {warmup}, steps at {list(steps)}")
+                               warmup_epochs=warmup, note=note)
         if recipe == "decoupling":
             return SecondStage(cached_features=False, update_bn_statistics=True,
                                note="the Decoupling code's stage 2: batch-norm statistics re-estimated on augmented "

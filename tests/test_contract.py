@@ -1,5 +1,8 @@
 """The hook contract holds without surprises (issue 13, problem 4): each of these was silent before."""
 
+import json
+import sys
+
 import pytest
 import torch
 
@@ -98,6 +101,22 @@ def test_a_renamed_option_keeps_its_former_name_working_with_a_warning_and_its_r
     assert config_mod.config_id(new) == config_mod.config_id(old)  # records made before the rename keep their dirs
     assert config_mod.config_id(new) != config_mod.config_id({**new, "methods": {"blt": {"finetune_epochs": 5},
                                                                                  "cam-fusion": {"phase2_lr": 0.01}}})
+
+
+def test_a_runs_identity_with_a_renamed_option_does_not_depend_on_what_the_process_imported_first():
+    # `ltbench eval` computed a config's id before any plugin was imported, so the renamed options were unknown:
+    # the shipped cam-fusion model was refused as "belonging to another run". A fresh interpreter shows it.
+    import subprocess
+
+    from ltbench.grid import config as config_mod
+
+    config = {"epochs": 30, "methods": {"cam-fusion": {"phase2_lr": 0.01}}}
+    script = ("import json, sys; from ltbench.grid.config import config_id; "
+              "print(config_id(json.loads(sys.argv[1])))")
+    fresh = subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert fresh == config_mod.config_id(config) == config_mod.config_id(
+        {"epochs": 30, "methods": {"cam-fusion": {"lr": 0.01}}})
 
 
 def test_broadcast_hooks_run_in_the_order_the_run_names_the_methods(tmp_path):

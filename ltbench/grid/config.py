@@ -169,14 +169,7 @@ LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretra
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that identifies a run: all of it but :data:`EXECUTION_KEYS` and
-    :data:`LATER_KEYS` at their neutral values, and renamed method options under their former names.
-
-    The renamed options are known once the method's plugin is imported, so the installed plugins are loaded
-    first: an identity never depends on what the process imported before (``ltbench eval`` computed one before
-    any plugin was loaded, and refused the shipped cam-fusion model as another run's)."""
-    from ltbench.plugins.catalog import get_catalog
-
-    get_catalog()
+    :data:`LATER_KEYS` at their neutral values, and renamed method options under their former names."""
     out = {k: v for k, v in canonical(config).items()
            if k not in EXECUTION_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     if isinstance(out.get("methods"), dict):

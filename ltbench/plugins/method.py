@@ -139,6 +139,13 @@ def current_option_name(cls: type[Method], option: str, warn: bool = False) -> s
 
 
 def identity_option_names(method: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """``opts`` under the names a run's identity uses: renamed options under their former names."""
+    """``opts`` under the names a run's identity uses: renamed options under their former names.
+
+    :data:`RENAMED_OPTIONS` fills as plugins are imported, so the installed ones are loaded first: an identity
+    never depends on what the process imported before (``ltbench eval`` computed one before any plugin was
+    loaded, and refused the shipped cam-fusion model as another run's)."""
+    from ltbench.plugins.catalog import get_catalog
+
+    get_catalog()
     former = {new: old for old, new in RENAMED_OPTIONS.get(method, {}).items()}
     return {former.get(k, k): v for k, v in opts.items()}

@@ -71,6 +71,11 @@ class Budget:
     description: str = ""
 
 
+#: the keys `--set` and a config file set on the core (a budget's fields and the imbalance factor), as opposed
+#: to a method's options
+CORE_KEYS = [f.name for f in dataclasses.fields(Budget) if f.name != "description"] + ["imbalance_factor"]
+
+
 @dataclass
 class LTData:
     """A loaded long-tailed dataset: what ``DatasetSpec.load`` returns, three disjoint splits with their labels.

@@ -21,11 +21,10 @@ import json
 import math
 from typing import Any
 
-from ltbench.data.split import Budget, DatasetSpec
+from ltbench.data.split import CORE_KEYS, Budget, DatasetSpec
 from ltbench.errors import ConfigError, UnknownNameError
 from ltbench.plugins.method import Method, current_option_name, identity_option_names
 
-CORE_KEYS = [f.name for f in dataclasses.fields(Budget) if f.name != "description"] + ["imbalance_factor"]
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
@@ -169,7 +168,14 @@ LATER_KEYS = {"sync_bn": False, "schedule": "step", "pretrained": False, "pretra
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that identifies a run: all of it but :data:`EXECUTION_KEYS` and
-    :data:`LATER_KEYS` at their neutral values, and renamed method options under their former names."""
+    :data:`LATER_KEYS` at their neutral values, and renamed method options under their former names.
+
+    The renamed options are known once the method's plugin is imported, so the installed plugins are loaded
+    first: an identity never depends on what the process imported before (``ltbench eval`` computed one before
+    any plugin was loaded, and refused the shipped cam-fusion model as another run's)."""
+    from ltbench.plugins.catalog import get_catalog
+
+    get_catalog()
     out = {k: v for k, v in canonical(config).items()
            if k not in EXECUTION_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     if isinstance(out.get("methods"), dict):

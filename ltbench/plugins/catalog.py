@@ -30,7 +30,7 @@ from typing import Any
 import pluggy
 
 import ltbench.hookspecs as hookspecs
-from ltbench.data.split import DatasetSpec
+from ltbench.data.split import CORE_KEYS, DatasetSpec
 from ltbench.errors import LtbenchError, UnknownNameError
 from ltbench.plugins.method import STAGE_HOOKS, STAGES, Method, MethodMetadata
 from ltbench.results.records import MAX_NAME, SAFE_NAME
@@ -323,8 +323,6 @@ def _check_method_class(cls: Any) -> None:
         raise TypeError(f"method {cls.name!r} has no MethodMetadata 'metadata'")
     if "+" in cls.name or "," in cls.name:
         raise TypeError(f"method name {cls.name!r} may not contain '+' or ','")
-    from ltbench.grid.config import CORE_KEYS
-
     # `--set momentum=...` sets the core key, so an option of that name could never be set: refuse it here.
     colliding = sorted(set(getattr(cls, "options", {})) & set(CORE_KEYS))
     if colliding:

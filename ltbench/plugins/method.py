@@ -141,11 +141,8 @@ def current_option_name(cls: type[Method], option: str, warn: bool = False) -> s
 def identity_option_names(method: str, opts: dict[str, Any]) -> dict[str, Any]:
     """``opts`` under the names a run's identity uses: renamed options under their former names.
 
-    :data:`RENAMED_OPTIONS` fills as plugins are imported, so the installed ones are loaded first: an identity
-    never depends on what the process imported before (``ltbench eval`` computed one before any plugin was
-    loaded, and refused the shipped cam-fusion model as another run's)."""
-    from ltbench.plugins.catalog import get_catalog
-
-    get_catalog()
+    :data:`RENAMED_OPTIONS` fills as plugins are imported: the caller loads the installed ones first
+    (:func:`ltbench.grid.config.identity` does; loading them here would make this module import the catalog,
+    which imports it)."""
     former = {new: old for old, new in RENAMED_OPTIONS.get(method, {}).items()}
     return {former.get(k, k): v for k, v in opts.items()}

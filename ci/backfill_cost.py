@@ -1,4 +1,5 @@
-"""Give committed records that predate ``cost`` their parameters and multiply-accumulates.
+"""Give committed records that predate ``cost`` their parameters and multiply-accumulates (or, with
+``--recount``, recount every record's, where the way they are counted changed).
 
 Neither depends on the trained weights, only on the model's structure, so each is measured exactly on the
 model rebuilt from the record's own config (its dataset, backbone and every method option) with
@@ -7,6 +8,10 @@ stage-2 classifier is built by the method's own ``ltbench_build_classifier`` fir
 ``cost`` with ``"derived"`` saying so; nothing else in it changes.
 
     python ci/backfill_cost.py --data-root ../shared/data [RECORDS_DIR]   # default leaderboards/records
+    python ci/backfill_cost.py --data-root ../shared/data --recount        # rewrites only the costs that change
+
+``--recount`` was first run when ``parameters`` became what the evaluation path reads (SAFA's generator, BCL's and
+PaCo's projection heads and Breadcrumb's class-mean snapshots are used only in training and had been counted).
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", nargs="?", default="leaderboards/records")
     parser.add_argument("--data-root", required=True)
+    parser.add_argument("--recount", action="store_true",
+                        help="measure records that have a cost too, and rewrite those whose numbers differ")
     args = parser.parse_args()
     catalog, cache = build_catalog(), {}
     done = failed = 0
     for path in sorted(Path(args.records).rglob("result.json")):
         record, problem = read_record(path)
-        if record is None or record["status"] != "completed" or record.get("cost"):
+        if record is None or record["status"] != "completed" or (record.get("cost") and not args.recount):
             continue
         try:
             cost = measure(record, catalog, args.data_root, cache)
@@ -69,10 +76,14 @@ def main() -> int:
             failed += 1
             continue
         raw = json.loads(path.read_text())
+        old = raw.get("cost") or {}
+        if all(old.get(k) == cost[k] for k in ("parameters", "inference_macs_per_image")):
+            continue  # --recount: unchanged, left as the run wrote it
         raw["cost"] = cost
         atomic_write_json(path, raw)
         done += 1
-        print(f"{path}: {cost['parameters']} parameters, {cost['inference_macs_per_image']} MACs per image")
+        was = f" (was {old['parameters']}, {old['inference_macs_per_image']})" if old else ""
+        print(f"{path}: {cost['parameters']} parameters, {cost['inference_macs_per_image']} MACs per image{was}")
     print(f"{done} records given their cost, {failed} not", file=sys.stderr)
     return 1 if failed else 0
 

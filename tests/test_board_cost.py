@@ -40,6 +40,17 @@ def test_parameters_count_buffers_that_stand_in_for_weights_but_not_batch_norm_s
     assert model_cost(ltbench_tiny_run)["parameters"] == before - linear.out_features
 
 
+def test_parameters_count_what_evaluation_reads_not_the_modules_only_training_uses(ltbench_tiny_run):
+    model = ltbench_tiny_run.model
+    before = model_cost(ltbench_tiny_run)["parameters"]
+    model.projection = torch.nn.Linear(model.num_features, 32)  # a training-only head (BCL's, PaCo's)
+    model.register_buffer("class_means", torch.zeros(10, model.num_features))  # a training-only statistic (SAFA)
+    try:
+        assert model_cost(ltbench_tiny_run)["parameters"] == before
+    finally:
+        del model.projection, model.class_means
+
+
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("cost")

@@ -70,7 +70,8 @@ COLUMNS = {  # header -> what it means (the header's tooltip, and the notes unde
                        "▲ more than ce's: more compute than the baseline, and not ranked for ★ against it",
     "ECE (%)": "expected calibration error of the test predictions (15 bins; lower is better), the mean over seeds; "
                "– where a record predates it",
-    "params (M)": "parameters of the trained model, heads a method adds included (e.g. RIDE's experts)",
+    "params (M)": "parameters the trained model evaluates with, heads a method adds included (e.g. RIDE's "
+                  "experts); modules only training uses (SAFA's generator, projection heads) are not counted",
     "MACs (M)": "multiply-accumulates to classify one test image along the method's evaluation path",
     "training PFLOPs": "the FLOPs training took (10^15), counted on every pass of each epoch's step times its images; "
                        "~ estimated (6 × MACs × images) for records that predate counting",

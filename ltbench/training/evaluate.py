@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ltbench.results.metrics import EvalResult, evaluate_predictions
 from ltbench.training.hooks import _expect
@@ -20,23 +22,41 @@ if TYPE_CHECKING:
     from ltbench.training.run import Run
 
 
+class _TensorsRead(TorchDispatchMode):
+    """Records the storage of every tensor an operation reads while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        for value in tree_flatten((args, kwargs or {}))[0]:
+            if isinstance(value, torch.Tensor) and value.numel():
+                self.storages.add(value.untyped_storage().data_ptr())
+        return func(*args, **(kwargs or {}))
+
+
 def model_cost(run: Run) -> dict[str, Any]:
-    """What the trained model costs: ``parameters``, every learned number it holds (the parameters of the
-    backbone, the classifier and the heads a method added, e.g. RIDE's experts, and the floating-point buffers
-    that stand in for parameters, e.g. tau-norm's weights and NCM's class means; batch-norm running statistics
-    are not counted), and ``inference_macs_per_image``, the multiply-accumulates of classifying one image along
-    the method's own evaluation path (:func:`predict_logits`), counted by ``torch.utils.flop_counter`` (two
-    FLOPs per multiply-accumulate of a convolution or matrix product; element-wise work is not counted)."""
+    """What the trained model costs at inference: ``parameters``, every learned number its evaluation path reads
+    (the parameters of the backbone, the classifier and the heads a method evaluates with, e.g. RIDE's experts,
+    and the floating-point buffers that stand in for parameters, e.g. tau-norm's weights and NCM's class means;
+    batch-norm running statistics are not counted, nor modules and buffers only training uses, e.g. SAFA's
+    feature generator, BCL's and PaCo's projection heads), and ``inference_macs_per_image``, the
+    multiply-accumulates of classifying one image along the method's own evaluation path
+    (:func:`predict_logits`), counted by ``torch.utils.flop_counter`` (two FLOPs per multiply-accumulate of a
+    convolution or matrix product; element-wise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     images = run.data.x_val if len(run.data.x_val) else run.data.x_train
     # one image: an array's first row, or (streaming) the image files' first path
     images = dataclasses.replace(images, paths=list(images.paths[:1])) if hasattr(images, "paths") else images[:1]
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, _TensorsRead() as read:
         predict_logits(run, images)
-    held = [b for name, b in run.model.named_buffers()
-            if b.is_floating_point() and not name.endswith(("running_mean", "running_var"))]
-    return {"parameters": int(sum(p.numel() for p in run.model.parameters()) + sum(b.numel() for b in held)),
+    learned = list(run.model.parameters()) + [b for name, b in run.model.named_buffers()
+                                               if b.is_floating_point()
+                                               and not name.endswith(("running_mean", "running_var"))]
+    used = [t for t in learned if t.numel() and t.untyped_storage().data_ptr() in read.storages]
+    return {"parameters": int(sum(t.numel() for t in used)),
             "inference_macs_per_image": int(counter.get_total_flops() // 2), "counted_by": "torch.utils.flop_counter"}
 
 

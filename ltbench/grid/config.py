@@ -26,7 +26,6 @@ from ltbench.errors import ConfigError, UnknownNameError
 from ltbench.plugins.method import Method, current_option_name, identity_option_names
 
 
-
 def parse_set(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:

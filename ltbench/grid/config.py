@@ -21,7 +21,7 @@ import json
 import math
 from typing import Any
 
-from ltbench.data.split import CORE_KEYS, Budget, DatasetSpec
+from ltbench.data.split import CORE_KEYS, DatasetSpec
 from ltbench.errors import ConfigError, UnknownNameError
 from ltbench.plugins.method import Method, current_option_name, identity_option_names
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,21 @@ def test_a_run_writes_its_config_metrics_checkpoint_and_result(catalog, tmp_path
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     assert (out / "stage1.pt").exists() and (out / "model.pt").exists()  # the finished stage and the model
     assert not (out / "checkpoint-stage1.pt").exists()  # the resume checkpoint of a finished stage goes
+
+
+def test_a_record_names_the_cpu_generation_and_kernel_level_it_ran_on(catalog, tmp_path):
+    """Machines a virtual machine names alike ("AMD EPYC") train at different speeds and round differently: the record
+    tells them apart by the CPU's family and model numbers and the instruction set torch's kernels use."""
+    (rec,) = run_methods(catalog, ["ce"], tmp_path, epochs=1)
+    said = rec["device_model"]
+    assert said.endswith(f", {torch.get_num_threads()} threads")
+    assert torch.backends.cpu.get_cpu_capability() in said
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        first = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in
+                                                            cpuinfo.read_text().split("\n\n")[0].splitlines()))
+        if "cpu family" in first and "model" in first:
+            assert f"family {first['cpu family']} model {first['model']}" in said, said
 
 
 def test_training_learns_the_synthetic_class_signal(catalog, tmp_path):

@@ -501,18 +501,33 @@ def throughput(history: list[dict[str, Any]], eval_images: int, eval_seconds: fl
 
 
 def device_model(device: torch.device) -> str:
-    """What a throughput was measured on: the GPU's name, or the CPU's model and the threads torch used."""
+    """What a run was measured on: the GPU's name, or the CPU's model, the instruction set torch's kernels chose on
+    it and the threads torch used, e.g. ``"AMD EPYC (family 25 model 1, AVX2), 1 threads"``.
+
+    A virtual machine often names only the vendor's line (``"AMD EPYC"``) for CPUs of different generations, which
+    train at different speeds and can round a training step's floats differently: a paper-budget run resumed on
+    another generation parted from its own earlier path at the first epoch trained there (docs/paper-budget.md).
+    The family and model numbers and torch's kernel level tell them apart, so that the boards compare wall times
+    only between like machines and a reproduction can tell a machine's rounding from a change of code."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
+    first: dict[str, str] = {}  # the first processor's lines of /proc/cpuinfo
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+            if not line.strip() and first:
                 break
+            key, _, value = line.partition(":")
+            first.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    model = first.get("model name") or platform.processor() or platform.machine()
+    details = [f"family {first['cpu family']} model {first['model']}"] if "cpu family" in first and "model" in first \
+        else []
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)  # torch >= 2.1
+    if capability is not None:
+        details.append(str(capability()))
+    said = f" ({', '.join(details)})" if details else ""
+    return f"{model}{said}, {torch.get_num_threads()} threads"
 
 
 def _record_fields(run: Run) -> dict[str, Any]:

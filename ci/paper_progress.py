@@ -32,8 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "leaderboards" / "records"
 CARRIED = REPO / "leaderboards" / "in-progress"
-#: every paper-budget experiment file (one per dataset and imbalance factor); ``save`` carries the runs of all of them
-EXPERIMENTS = sorted((REPO / "leaderboards").glob("*-paper.toml"))
+#: every paper-budget experiment file (one per dataset and imbalance factor, ``<key>-paper.toml``, and any that adds
+#: seeds to one, ``<key>-paper-seeds.toml``); ``save`` carries the runs of all of them
+EXPERIMENTS = sorted((REPO / "leaderboards").glob("*-paper*.toml"))
 #: what a run directory or a shared stage 1 needs to resume, or to be reused once finished
 RESUME_FILES = ("checkpoint-stage1.pt", "checkpoint-stage2.pt", "stage1-progress.json", "stage2-progress.json",
                 "config.json", "data.json")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where cifar100.npz is (save plans the experiment file, which loads the split)")
     parser.add_argument("--experiment", action="append", default=None,
                         help="an experiment file whose unfinished runs are carried (repeat it; default: every "
-                        "leaderboards/*-paper.toml)")
+                        "leaderboards/*-paper*.toml)")
     parser.add_argument("--records", default=str(RECORDS))
     parser.add_argument("--carried", default=str(CARRIED))
     args = parser.parse_args(argv)

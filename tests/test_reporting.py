@@ -121,7 +121,7 @@ def test_the_board_file_plans_exactly_the_committed_records():
     args, cells = plan("cifar100-lt-if100.toml")
     planned = {(c.method, c.config_id, c.seed) for c in cells}
     paper_cells = []  # the paper-budget rows, landing over sessions: a file per imbalance factor
-    for board in sorted(p.name for p in (REPO / "leaderboards").glob("*-paper.toml")):
+    for board in sorted(p.name for p in (REPO / "leaderboards").glob("*-paper*.toml")):  # seeds files too
         paper_args, cells_of_board = plan(board)
         assert paper_args.output == args.output and paper_args.budget == "paper"
         paper_cells += cells_of_board

@@ -82,6 +82,43 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(catalog, tmp_path):
     assert resumed["per_class_accuracy"] == reference["per_class_accuracy"]  # the same computation
 
 
+def test_a_run_resumed_on_another_machine_names_each_stretch_and_the_machine_that_trained_it(catalog, tmp_path,
+                                                                                              monkeypatch):
+    """A run carried between machines says which trained which epochs: CPUs of different generations round a step
+    differently, so the record must not name only the last one."""
+    import ltbench.grid.runner as runner
+    from ltbench.training import checkpoints
+
+    toy.Interrupter.armed = False
+    (whole,) = run_methods(catalog, ["interrupter"], tmp_path / "whole", epochs=4)
+    assert whole["machines"] == [{"stage": 1, "first_epoch": 1, "last_epoch": 4, "device_model": whole["device_model"]}]
+    for name in ("cut", "legacy"):
+        monkeypatch.setattr(runner, "device_model", lambda device: "machine A, 1 threads")
+        toy.Interrupter.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            run_methods(catalog, ["interrupter"], tmp_path / name, epochs=4)
+        if name == "legacy":  # a checkpoint written before ltbench noted machines
+            (ckpt,) = (tmp_path / name).rglob("checkpoint-stage1.pt")
+            state = checkpoints.load(ckpt)
+            del state["machines"]
+            checkpoints.save(state, ckpt)
+        monkeypatch.setattr(runner, "device_model", lambda device: "machine B, 2 threads")
+        (resumed,) = run_methods(catalog, ["interrupter"], tmp_path / name, epochs=4)
+        assert resumed["device_model"] == "machine B, 2 threads"
+        assert resumed["machines"] == [
+            {"stage": 1, "first_epoch": 1, "last_epoch": 1, "device_model": None if name == "legacy" else "machine A, 1 threads"},
+            {"stage": 1, "first_epoch": 2, "last_epoch": 4, "device_model": "machine B, 2 threads"}]
+
+
+def test_a_second_stage_names_the_machines_of_the_stage_1_it_reuses(catalog, tmp_path):
+    (ce,) = run_methods(catalog, ["ce"], tmp_path)
+    (dec,) = run_methods(catalog, ["toy-decoupled"], tmp_path)
+    assert dec["stage1"]["reused"]
+    stage1 = [m for m in dec["machines"] if m["stage"] == 1]
+    assert stage1 == ce["machines"] and stage1[0]["first_epoch"] == 1 and stage1[-1]["last_epoch"] == 3
+    assert [m["stage"] for m in dec["machines"]][-1] == 2
+
+
 def test_a_changed_config_is_another_run_and_never_resumes_the_old_one(catalog, tmp_path):
     toy.Interrupter.armed = True
     with pytest.raises(KeyboardInterrupt):

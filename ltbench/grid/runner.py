@@ -157,6 +157,7 @@ def _execute_locked(cell: Cell, output: Path, out: Path, device: torch.device, r
     status, error, test, val, cost = "completed", None, None, None, None
     try:
         run = build_run(catalog, cell.dataset, cell.data, cell.config, cell.seed, device, out, log=log)
+        run.machine = device_model(device)
         if reporting is not None:
             run.on_epoch_entry = lambda entry: reporting.emit("ltbench_report_epoch_end", run=info, entry=entry)
         shared = stage1_dir(cell, output, catalog)
@@ -374,6 +375,8 @@ def make_record(cell: Cell, device: torch.device, catalog: Catalog, status: str,
         "method_metadata": {n: e.cls.metadata.to_dict() for n, e in entries.items()},
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "device_model": device_model(device),
+        # which machine trained which epochs (a run carried between machines names each; a reused stage 1 its own)
+        "machines": run.machines if run is not None else [],
         "world_size": distributed.world_size(),
         "throughput_img_per_s": throughput(run.history if run is not None else [], eval_images, timing.get("eval")),
         "extra": extra or {},
@@ -580,6 +583,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float],
             m.load_state_dict(state["methods"].get(m.name, {}))
         _set_rng_state(run, state["rng"])
         run.history = list(info["history"])
+        run.machines = list(info.get("machines", []))  # none stated by a stage 1 finished before they were noted
         timing["stage1"] = info["wall_time_s"]
         reused = info.get("trained_by") != str(run.out_dir.relative_to(output))
         if reused:
@@ -602,7 +606,7 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float],
         checkpoints.save({"model": run.model.state_dict(), "methods": method_states(run), "rng": _rng_state(run),
                           "identity": run.checkpoint_identity}, final)
         atomic_write_json(info_path, {"wall_time_s": round(seconds, 3), "history": run.history,
-                                      "trained_by": trained_by, "data_sha256": trained_on})
+                                      "machines": run.machines, "trained_by": trained_by, "data_sha256": trained_on})
         ckpt.unlink(missing_ok=True)  # stage1.pt holds the finished stage; the resume checkpoint is redundant
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}

@@ -175,6 +175,10 @@ THRESHOLDS = fields({"many_above": integer(), "few_below": integer()}, required=
 HISTORY_ENTRY = fields({"stage": integer(1, 2), "epoch": optional(integer()), "images": optional(integer()),
                         "val_overall": optional(PERCENT)},
                        required=("stage",), others=optional(number()))  # losses, lr, seconds, images per second
+#: a stretch of consecutive epochs one machine trained (the record's ``machines``); device_model None: not stated
+MACHINE_STRETCH = fields({"stage": integer(1, 2), "first_epoch": integer(1, 10**6), "last_epoch": integer(1, 10**6),
+                          "device_model": optional(text(MAX_LABEL))},
+                         required=("stage", "first_epoch", "last_epoch"))
 REFERENCE = fields({**{g: optional(number()) for g in GROUPS}, "epochs": optional(integer()),
                     "backbone": text(MAX_LABEL), "options": mapping(), "source": text(10_000, one_line=False),
                     "augmentation": text(10_000, one_line=False)})
@@ -219,6 +223,7 @@ RECORD: dict[str, Check] = {
     "versions": optional(fields({"plugins": optional(mapping(PLUGIN_VERSION))})),
     "method_metadata": optional(mapping(METHOD_METADATA)),
     "device": optional(text(MAX_LABEL)), "device_model": optional(text(MAX_LABEL)),
+    "machines": optional(list_of(MACHINE_STRETCH, max_items=10**6)),
     "world_size": optional(integer(1, 10**6)),
     "throughput_img_per_s": optional(mapping(optional(number(0.0)))),
     "extra": optional(mapping()),

@@ -64,8 +64,20 @@ def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer) -> None:
     checkpoints.save({
         "stage": run.stage, "epoch": run.epoch, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
         "methods": method_states(run), "rng": _rng_state(run), "history": run.history,
-        "identity": run.checkpoint_identity,
+        "identity": run.checkpoint_identity, "machines": run.machines,
     }, path)
+
+
+def note_machine(run: Run, stage: int, epoch: int) -> None:
+    """Add ``epoch`` (1-based) of ``stage`` to :attr:`Run.machines`: it extends the last stretch when it follows
+    it on the same machine, else it starts one."""
+    if not run.machine:
+        return
+    last = run.machines[-1] if run.machines else None
+    if last and (last["stage"], last["device_model"], last["last_epoch"]) == (stage, run.machine, epoch - 1):
+        last["last_epoch"] = epoch
+    else:
+        run.machines.append({"stage": stage, "first_epoch": epoch, "last_epoch": epoch, "device_model": run.machine})
 
 
 def check_identity(run: Run, path: Path, ckpt: Any, stated_only: bool = False) -> None:
@@ -98,6 +110,9 @@ def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -
         m.load_state_dict(ckpt["methods"].get(m.name, {}))
     _set_rng_state(run, ckpt["rng"])
     run.history = ckpt["history"]
+    # a checkpoint written before ltbench noted machines: its epochs of this stage ran on a machine not stated
+    unstated = [{"stage": ckpt["stage"], "first_epoch": 1, "last_epoch": ckpt["epoch"] + 1, "device_model": None}]
+    run.machines = list(ckpt["machines"]) if "machines" in ckpt else [*run.machines, *unstated]
     run.log(f"resuming stage {ckpt['stage']} after epoch {ckpt['epoch'] + 1}")
     return ckpt["epoch"] + 1
 
@@ -331,6 +346,7 @@ def _train_epochs(run: Run, stage: int, epochs: int, optimizer: torch.optim.Opti
         if run._validation_cache and run._validation_cache[0] == (stage, epoch):
             entry["val_overall"] = run._validation_cache[1].overall
         run.history.append(entry)
+        note_machine(run, stage, epoch + 1)
         if run.on_epoch_entry is not None:
             run.on_epoch_entry(entry)
         run.log(f"[{run.method_name} seed {run.seed}] stage {stage} epoch {epoch + 1}/{epochs} "

@@ -121,6 +121,25 @@ def test_markdown_cost_is_a_ratio_to_ce_on_the_same_machine_never_raw_seconds(bu
     assert f"Measured on: {THIRD} (1 runs); {MACHINE} (12 runs); {OTHER} (6 runs)" in built["markdown"]
 
 
+def test_a_run_trained_on_several_machines_has_no_cost_ratio_and_is_never_a_baseline():
+    """A paper-budget run carried between sessions sums seconds from several machines: set beside ce on its last
+    machine (or, as a ce run, set under others) its ratio would compare nothing."""
+    carried = [{"stage": 1, "first_epoch": 1, "last_epoch": 10, "device_model": OTHER},
+               {"stage": 1, "first_epoch": 11, "last_epoch": 30, "device_model": MACHINE}]
+    ce, row = _record("ce", 0, 0.0), _record("focal", 0, 1.0, wall=150.0)
+    moved_row, moved_ce = dict(row, machines=carried), dict(_record("ce", 1, 0.0, wall=1.0), machines=carried)
+    stayed = dict(row, machines=carried[1:])  # one machine throughout: a ratio as before
+    base = reading.baselines([ce, moved_ce, moved_row, stayed])
+    assert base == {MACHINE: {"wall": 100.0, "ips1": 500.0}}  # the carried ce is left out
+    assert reading.relative_cost(stayed, base)["wall"] == 1.5
+    assert reading.machine(moved_row) == reading.SEVERAL
+    assert reading.relative_cost(moved_row, base) == {"wall": None, "stage2": None, "ips1": None, "ips2": None}
+    unstated = dict(row, machines=[dict(carried[0], device_model=None), carried[1]])  # a part ran before they were noted
+    assert reading.relative_cost(unstated, base)["wall"] is None
+    note = reading.cost_note([ce, moved_row], base)
+    assert "the runs of focal trained on several machines" in note and "measured on" not in note
+
+
 def test_web_cost_is_a_ratio_to_ce_on_the_same_machine_with_the_hardware_line(built):
     rows = built["rows"]
     assert "wall (s)" not in built["headers"]

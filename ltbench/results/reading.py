@@ -24,9 +24,18 @@ BASELINE = "ce"
 COST_KEYS = ("wall", "stage2", "ips1", "ips2")
 
 
+#: what :func:`machine` says of a run whose epochs were trained on more than one machine (or partly on one not
+#: stated): its seconds are a sum over machines, so they compare with no baseline's
+SEVERAL = "several machines"
+
+
 def machine(rec: dict[str, Any]) -> str:
-    """What a record was measured on, as the boards print it: ``"AMD EPYC, 2 threads"``, a GPU's name, or the
-    device (``"cpu"``) for records that predate ``device_model``."""
+    """What a record was measured on, as the boards print it: ``"AMD EPYC, 2 threads"``, a GPU's name, the
+    device (``"cpu"``) for records that predate ``device_model``, or :data:`SEVERAL` where its ``machines`` name
+    more than one (a run carried between machines, a second stage on a stage 1 trained elsewhere)."""
+    stretches = rec.get("machines") if isinstance(rec.get("machines"), list) else []
+    if len({str(m.get("device_model")) for m in stretches if isinstance(m, dict)}) > 1:
+        return SEVERAL
     return str(rec.get("device_model") or rec.get("device", "?"))
 
 
@@ -45,7 +54,7 @@ def baselines(board: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]
     :data:`BASELINE` runs of one board (one dataset and budget) on each machine they were measured on."""
     by_machine: dict[str, list[dict[str, Any]]] = {}
     for rec in board:
-        if rec.get("variant", rec["method"]) == BASELINE:
+        if rec.get("variant", rec["method"]) == BASELINE and machine(rec) != SEVERAL:
             by_machine.setdefault(machine(rec), []).append(rec)
     return {m: {"wall": _mean([_positive(r.get("wall_time_s")) for r in recs]),
                 "ips1": _mean([_positive((r.get("throughput_img_per_s") or {}).get("stage1")) for r in recs])}
@@ -93,15 +102,19 @@ def ratio_text(value: float | None) -> str:
 
 
 def cost_note(board: list[dict[str, Any]], base: dict[str, dict[str, float | None]]) -> str:
-    """The footnote of a board's cost ratios: on which machines no ``ce`` ran, and whose runs that leaves out;
-    ``""`` where every run has a same-machine baseline."""
+    """The footnote of a board's cost ratios: on which machines no ``ce`` ran, and whose runs that leaves out, and
+    whose runs trained on several machines (:data:`SEVERAL`); ``""`` where every run has a same-machine baseline."""
     missing = unmatched(board, base)
-    if not missing:
+    several = missing.pop(SEVERAL, None)
+    said = [f"no {BASELINE} run of this board was measured on "
+            + "; ".join(f"{m} ({', '.join(names)})" for m, names in missing.items())] if missing else []
+    if several:
+        said.append(f"the runs of {', '.join(several)} trained on several machines, so their seconds compare with "
+                    f"none")
+    if not said:
         return ""
-    said = "; ".join(f"{m} ({', '.join(names)})" for m, names in missing.items())
-    return (f"– in the cost ratios: no {BASELINE} run of this board was measured on {said}; a row's ratio leaves "
-            f"out its runs there, and is – where it has no other. Raw seconds from different machines are not "
-            f"compared.")
+    return (f"– in the cost ratios: {'; '.join(said)}; a row's ratio leaves out its runs there, and is – where it "
+            f"has no other. Raw seconds from different machines are not compared.")
 
 
 def measured_on(board: list[dict[str, Any]]) -> str:

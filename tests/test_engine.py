@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,15 @@ def test_a_second_stage_names_the_machines_of_the_stage_1_it_reuses(catalog, tmp
     stage1 = [m for m in dec["machines"] if m["stage"] == 1]
     assert stage1 == ce["machines"] and stage1[0]["first_epoch"] == 1 and stage1[-1]["last_epoch"] == 3
     assert [m["stage"] for m in dec["machines"]][-1] == 2
+    # a stage 1 finished before ltbench noted machines (the shipped paper-budget ones): its epochs, not stated
+    (info,) = (tmp_path / "synthetic-lt-if30" / "smoke" / "_stage1").rglob("stage1.json")
+    old = json.loads(info.read_text())
+    del old["machines"]
+    info.write_text(json.dumps(old))
+    shutil.rmtree(tmp_path / "synthetic-lt-if30" / "smoke" / "toy-decoupled")  # its record, not the stage 1
+    (again,) = run_methods(catalog, ["toy-decoupled"], tmp_path)
+    assert again["stage1"]["reused"]
+    assert again["machines"][0] == {"stage": 1, "first_epoch": 1, "last_epoch": 3, "device_model": None}
 
 
 def test_a_changed_config_is_another_run_and_never_resumes_the_old_one(catalog, tmp_path):

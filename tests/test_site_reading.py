@@ -136,6 +136,8 @@ def test_a_run_trained_on_several_machines_has_no_cost_ratio_and_is_never_a_base
     assert reading.relative_cost(moved_row, base) == {"wall": None, "stage2": None, "ips1": None, "ips2": None}
     unstated = dict(row, machines=[dict(carried[0], device_model=None), carried[1]])  # a part ran before they were noted
     assert reading.relative_cost(unstated, base)["wall"] is None
+    elsewhere = dict(row, machines=carried[:1])  # all its epochs on another machine than the one it finished on
+    assert reading.machine(elsewhere) == reading.SEVERAL
     note = reading.cost_note([ce, moved_row], base)
     assert "the runs of focal trained on several machines" in note and "measured on" not in note
 

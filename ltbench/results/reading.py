@@ -2,7 +2,8 @@
 (:mod:`ltbench.results.leaderboard`) and the web board (:mod:`ltbench.results.site`):
 
 - **cost that compares**: wall time and images per second only as ratios to :data:`BASELINE` (``ce``) measured on
-  the same machine (the record's ``device_model``, which names the CPU model and its threads, or the GPU), at the
+  the same machine (the record's ``device_model``, which names the CPU model, generation and threads, or the GPU; a
+  run trained on several machines, its ``machines``, has no ratio), at the
   same dataset and budget; never raw seconds from different machines side by side;
 - **identical computations**: rows whose every seed scores the same accuracy on every class are one computation
   under several names (balanced-softmax and logit-adjust at tau 1);
@@ -30,11 +31,13 @@ SEVERAL = "several machines"
 
 
 def machine(rec: dict[str, Any]) -> str:
-    """What a record was measured on, as the boards print it: ``"AMD EPYC, 2 threads"``, a GPU's name, the
-    device (``"cpu"``) for records that predate ``device_model``, or :data:`SEVERAL` where its ``machines`` name
-    more than one (a run carried between machines, a second stage on a stage 1 trained elsewhere)."""
+    """What a record was measured on, as the boards print it: ``"AMD EPYC (family 25 model 1, AVX2), 2 threads"``
+    (``"AMD EPYC, 2 threads"`` before ltbench named the generation), a GPU's name, the device (``"cpu"``) for
+    records that predate ``device_model``, or :data:`SEVERAL` where its ``machines`` name any machine but the one
+    it finished on, or one not stated (a run carried between machines, a stage 1 trained elsewhere)."""
     stretches = rec.get("machines") if isinstance(rec.get("machines"), list) else []
-    if len({str(m.get("device_model")) for m in stretches if isinstance(m, dict)}) > 1:
+    named = {m.get("device_model") for m in stretches if isinstance(m, dict)}
+    if named and named != {rec.get("device_model")}:
         return SEVERAL
     return str(rec.get("device_model") or rec.get("device", "?"))
 
@@ -118,7 +121,8 @@ def cost_note(board: list[dict[str, Any]], base: dict[str, dict[str, float | Non
 
 
 def measured_on(board: list[dict[str, Any]]) -> str:
-    """The hardware line: ``"AMD EPYC, 2 threads (12 runs); Intel(R) Xeon(R) Processor, 2 threads (3 runs)"``."""
+    """The hardware line: ``"AMD EPYC, 2 threads (12 runs); Intel(R) Xeon(R) Processor, 2 threads (3 runs)"``, with
+    :data:`SEVERAL` for the runs trained on more than one machine."""
     counts: dict[str, int] = {}
     for rec in board:
         counts[machine(rec)] = counts.get(machine(rec), 0) + 1

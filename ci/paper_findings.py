@@ -68,6 +68,16 @@ def departures(row: list[dict], base: list[dict]) -> list[str]:
     return lines
 
 
+def trained_on(rec: dict) -> str:
+    """The machine a record's stage 1 trained on, or, for one carried between machines (its ``machines``), each
+    stretch of epochs and its machine."""
+    stretches = [m for m in rec.get("machines") or [] if m.get("stage") == 1]
+    if not stretches or {m.get("device_model") for m in stretches} == {rec.get("device_model")}:
+        return str(rec.get("device_model") or rec["device"])
+    return "; ".join(f"epochs {m['first_epoch']}-{m['last_epoch']} on {m.get('device_model') or 'a machine not stated'}"
+                     for m in stretches)
+
+
 def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
     """Print one dataset key's paper section: ``by_method`` maps each row (its runnable name, as the board names
     it) to its completed paper-budget records."""
@@ -115,7 +125,7 @@ def section(dataset: str, by_method: dict[str, list[dict]]) -> None:
             seconds = rec["stage_wall_time_s"].get("stage1")
             ips = (rec.get("throughput_img_per_s") or {}).get("stage1")
             print(f"  {method} seed {rec['seed']}: {seconds / 3600:.2f} h at {ips:.0f} images/s "
-                  f"({rec.get('device_model') or rec['device']}, commit {rec['versions'].get('git_commit', '?')[:7]})")
+                  f"({trained_on(rec)}; commit {rec['versions'].get('git_commit', '?')[:7]})")
     selection = []
     for method, recs in sorted(by_method.items()):
         for rec in recs:

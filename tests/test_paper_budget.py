@@ -424,6 +424,25 @@ def test_paper_findings_prints_a_section_per_imbalance_factor_with_safas_differe
     assert "ldam-drw+safa − ldam-drw: no record yet of ldam-drw+safa (planned) and ldam-drw (planned)" in out
 
 
+def test_paper_findings_names_each_machine_a_carried_stage_1_trained_on(base_record):
+    """A paper-budget run carried between sessions may train on CPUs of different generations, which round
+    differently: the findings name each stretch and its machine, not only the one it finished on."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "ci" / "paper_findings.py"
+    spec = importlib.util.spec_from_file_location("paper_findings", path)
+    findings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(findings)
+    rec = _record(base_record, "ldam-drw+sam", 45.0)
+    rec["device_model"] = "AMD EPYC (family 25 model 1, AVX2), 2 threads"
+    rec["machines"] = [{"stage": 1, "first_epoch": 1, "last_epoch": 56, "device_model": None},
+                       {"stage": 1, "first_epoch": 57, "last_epoch": 200, "device_model": rec["device_model"]}]
+    assert findings.trained_on(rec) == ("epochs 1-56 on a machine not stated; epochs 57-200 on AMD EPYC (family 25 "
+                                        "model 1, AVX2), 2 threads")
+    rec["machines"] = rec["machines"][1:]
+    assert findings.trained_on(rec) == rec["device_model"]  # one machine: named once
+
+
 def test_paper_findings_says_where_a_plug_in_stops_training_as_its_baseline(base_record):
     """SAFA's reconstruction is inactive until its start epoch, so its run is ce's bit for bit until then: the
     findings name that epoch and the learning rate the plug-in acts at from there (from the histories alone)."""

@@ -53,6 +53,9 @@ ADDED: dict[str, dict[str, list[str]]] = {
             "the kit's former module path still works in 1.1 and warns with `ltbench.api`; it goes in 1.2",
             "`SecondStage.lr_milestones` and `warmup_epochs`: a step schedule of the method's own in stage 2 (as "
             "BagofTricks-LT's `WarmupMultiStepLR` steps it), whatever the budget's; bad steps are a contract error",
+            "`Run.machine` and `Run.machines`: the machine a run trains on and each stretch of epochs per machine, "
+            "kept across resumes; the record states them as `device_model` (the CPU's family, model and kernel "
+            "level too) and `machines`",
         ],
     },
 }

@@ -411,8 +411,9 @@ def test_markdown_links_and_images_from_record_fields_never_reach_the_markdown_b
     from ltbench.results.leaderboard import build
 
     runs, ce = _copy(trained, tmp_path)
-    _plant(ce, "mdlink0001", variant="ce [tag=![x](https://evil.example/p.png)]",
-           device_model="[fast machine](https://evil.example/ad)")
+    machine = "[fast machine](https://evil.example/ad)"  # and the one machine its epochs trained on
+    _plant(ce, "mdlink0001", variant="ce [tag=![x](https://evil.example/p.png)]", device_model=machine,
+           machines=[{"stage": 1, "first_epoch": 1, "last_epoch": 3, "device_model": machine}])
     build(runs, tmp_path / "board")
     board = (tmp_path / "board" / "synthetic-lt-if30.md").read_text()
     assert "evil.example/p.png" in board and "evil.example/ad" in board  # shown, as text

@@ -221,7 +221,7 @@ class Run:
     #: the runner. A checkpoint or finished stage 1 that names another is refused, never resumed from or reused;
     #: a resume checkpoint that names none is refused too
     checkpoint_identity: str = ""
-    #: what this process trains on (:func:`ltbench.grid.runner.device_model`); set by the runner, "" outside a grid
+    #: what this process trains on, as the record's ``device_model`` names it; set by the runner, "" outside a grid
     machine: str = ""
     #: which machine trained which epochs: ``{"stage", "first_epoch", "last_epoch", "device_model"}`` per stretch
     #: of consecutive epochs on one machine, in order; kept in checkpoints, so that a run carried between machines

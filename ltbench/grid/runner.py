@@ -36,7 +36,7 @@ from ltbench.results.records import (MODEL_FILE, PREDICTIONS_FILE, RESULT_FILE, 
 from ltbench.training import checkpoints, distributed
 from ltbench.training.evaluate import evaluate, model_cost
 from ltbench.training.loop import (Diverged, _rng_state, _set_rng_state, check_identity, method_states, prepare_stage2,
-                                   train_stage1, train_stage2)
+                                   train_stage1, train_stage2, unstated_machine)
 from ltbench.training.run import Run, build_run
 
 from typing import TYPE_CHECKING
@@ -583,7 +583,8 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float],
             m.load_state_dict(state["methods"].get(m.name, {}))
         _set_rng_state(run, state["rng"])
         run.history = list(info["history"])
-        run.machines = list(info["machines"]) if "machines" in info else _unstated_stage1(run.history)
+        run.machines = list(info["machines"]) if "machines" in info else unstated_machine(
+            1, sum(1 for e in run.history if e.get("stage") == 1))
         timing["stage1"] = info["wall_time_s"]
         reused = info.get("trained_by") != str(run.out_dir.relative_to(output))
         if reused:
@@ -610,13 +611,6 @@ def run_stage1(run: Run, s1_dir: Path, output: Path, timing: dict[str, float],
         ckpt.unlink(missing_ok=True)  # stage1.pt holds the finished stage; the resume checkpoint is redundant
     timing["stage1"] = seconds
     return {"source": str(s1_dir.relative_to(output)), "reused": False, "trained_by": trained_by}
-
-
-def _unstated_stage1(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The machines of a finished stage 1 whose ``stage1.json`` predates them: its epochs, on a machine not
-    stated (none where it trained no epoch)."""
-    epochs = sum(1 for e in history if e.get("stage") == 1)
-    return [{"stage": 1, "first_epoch": 1, "last_epoch": epochs, "device_model": None}] if epochs else []
 
 
 def _failed_last(cells: list[Cell], output: Path, log) -> list[Cell]:

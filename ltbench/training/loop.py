@@ -68,6 +68,12 @@ def _checkpoint(run: Run, path: Path, optimizer: torch.optim.Optimizer) -> None:
     }, path)
 
 
+def unstated_machine(stage: int, epochs: int) -> list[dict[str, Any]]:
+    """The stretch of a stage's first ``epochs`` epochs trained before ltbench noted machines (a checkpoint or a
+    finished stage 1 written then): on a machine not stated; none where it trained no epoch."""
+    return [{"stage": stage, "first_epoch": 1, "last_epoch": epochs, "device_model": None}] if epochs else []
+
+
 def note_machine(run: Run, stage: int, epoch: int) -> None:
     """Add ``epoch`` (1-based) of ``stage`` to :attr:`Run.machines`: it extends the last stretch when it follows
     it on the same machine, else it starts one."""
@@ -110,9 +116,8 @@ def _restore(run: Run, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer) -
         m.load_state_dict(ckpt["methods"].get(m.name, {}))
     _set_rng_state(run, ckpt["rng"])
     run.history = ckpt["history"]
-    # a checkpoint written before ltbench noted machines: its epochs of this stage ran on a machine not stated
-    unstated = [{"stage": ckpt["stage"], "first_epoch": 1, "last_epoch": ckpt["epoch"] + 1, "device_model": None}]
-    run.machines = list(ckpt["machines"]) if "machines" in ckpt else [*run.machines, *unstated]
+    run.machines = list(ckpt["machines"]) if "machines" in ckpt else [
+        *run.machines, *unstated_machine(ckpt["stage"], ckpt["epoch"] + 1)]
     run.log(f"resuming stage {ckpt['stage']} after epoch {ckpt['epoch'] + 1}")
     return ckpt["epoch"] + 1
 
